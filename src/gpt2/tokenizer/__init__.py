@@ -1,0 +1,20 @@
+"""Byte-level BPE tokenizers: train one on any UTF-8 text, or load GPT-2's; encode with tiktoken's core.
+
+    python -m gpt2 tokenizer train --input ../shared/data/tinyshakespeare.txt --vocab-size 4096 --out /tmp/tok
+
+    from gpt2.tokenizer import Tokenizer, load_tokenizer, train_bpe
+    tok = load_tokenizer("gpt2")                       # or a directory, or a .tiktoken file
+    tok = train_bpe(["some text", "more text"], vocab_size=300)
+    tok.save("out/tok")                                # our format + HF tokenizer.json
+
+bpe.py trains and holds the plain-Python reference encoder; encoding.py is the `Tokenizer`
+(tiktoken's API and fast path); io.py reads and writes the file formats and resolves "gpt2";
+show.py prints vocabulary statistics and draws token boundaries.
+"""
+
+from gpt2.tokenizer.bpe import GPT2_PATTERN, GPT4_PATTERN, read_documents, reference_encode, train_bpe
+from gpt2.tokenizer.encoding import Tokenizer
+from gpt2.tokenizer.io import load_tokenizer
+
+__all__ = ["GPT2_PATTERN", "GPT4_PATTERN", "Tokenizer", "load_tokenizer", "read_documents", "reference_encode",
+           "train_bpe"]

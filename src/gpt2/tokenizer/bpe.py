@@ -1,0 +1,425 @@
+"""Byte-level BPE: the trainer, and the plain-Python reference encoder the fast path is held equal to.
+
+    python -m gpt2.tokenizer.bpe ../shared/data/tinyshakespeare.txt --vocab-size 4096 --out /tmp/tok-shakespeare
+
+Training (`train_bpe`) works on bytes, never on characters, so any UTF-8 text trains and any text
+encodes: the 256 single bytes are the first 256 ranks (rank = byte value) and every merge adds one
+rank. It scales the way HF `tokenizers` does, not the way educational trainers do:
+
+1. Pre-split every document with the split regex (GPT-2's by default) and count the unique chunks
+   once. IMDB train (33 MB, 7 M chunks) has only ~115 k unique chunks, and every later step works on
+   those with their counts.
+2. Keep the count of every adjacent pair, and for every pair the set of chunks it occurs in.
+3. Take the best pair from a max-heap (lazy deletion: counts only ever fall for existing pairs, so a
+   stale heap entry is an upper bound; a popped entry whose count is out of date is pushed back with
+   the true count). Merge it in only the chunks that contain it, updating only the pair counts next to
+   each merged position, and push the new pairs (all contain the new token) with their final counts.
+
+Tie-breaking is deterministic and independent of input order: the pair with the highest count wins;
+among equal counts, the pair whose (left bytes, right bytes) is lexicographically smallest wins.
+Special tokens are cut out of the training text before pre-splitting (their text is never learned)
+and get the ids after the last merge.
+
+The reference encoder (`reference_encode`) is tiktoken's algorithm written out in Python: split with
+the regex, then per chunk take the whole chunk if it is a token, else repeatedly merge the adjacent
+pair whose concatenation has the lowest rank (leftmost on ties). Tests hold it equal to the tiktoken
+fast path in `encoding.py`.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import heapq
+import io
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from itertools import pairwise
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import regex
+
+if TYPE_CHECKING:
+    from gpt2.tokenizer.encoding import Tokenizer
+
+# GPT-2's split pattern as tiktoken writes it (tiktoken_ext/openai_public.py, r50k_pat_str): the same
+# splits as the original `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
+# but with possessive quantifiers, which run faster.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+# GPT-4's (cl100k_base) split pattern: case-insensitive contractions, digits in groups of at most
+# three, and no leading space glued to punctuation runs.
+GPT4_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
+ENDOFTEXT = "<|endoftext|>"
+
+PatternName = Literal["gpt2", "gpt4"]
+
+
+def resolve_pattern(pattern: str) -> str:
+    """"gpt2"/"gpt4" → that split regex; anything else is taken as a regex and must compile."""
+    pattern = PATTERNS.get(pattern, pattern)
+    try:
+        regex.compile(pattern)
+    except regex.error as e:
+        raise ValueError(f"split pattern {pattern!r} is not a valid regex ({e}); use 'gpt2', 'gpt4' "
+                         "or a regex the `regex` module accepts") from None
+    return pattern
+
+
+# ------------------------------------------------------------------------------------------- input
+def _expand(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Files named directly or by glob, in the order given (each glob sorted), refusing a miss."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[Path] = []
+    for p in paths:
+        s = os.fspath(p)
+        if glob.has_magic(s):
+            hits = sorted(Path(h) for h in glob.glob(os.path.expanduser(s), recursive=True) if Path(h).is_file())
+            if not hits:
+                raise FileNotFoundError(f"input glob {s!r} matches no files")
+            out.extend(hits)
+        else:
+            path = Path(s).expanduser()
+            if path.is_dir():
+                raise ValueError(f"input {s!r} is a directory; pass files or a glob such as '{s}/*.txt'")
+            if not path.is_file():
+                raise FileNotFoundError(f"input file {s!r} does not exist")
+            out.append(path)
+    if not out:
+        raise ValueError("no input files given; pass at least one file or glob")
+    return out
+
+
+def _text_blocks(f: io.TextIOBase, block_chars: int = 1 << 22) -> Iterator[str]:
+    """A large text file in ~4 MB blocks, cut only where pre-splitting is unaffected by the cut.
+
+    A cut is made only after a line that ends in a non-space character followed by "\\n", when the
+    next line starts with a non-space character: none of the split patterns joins across such a
+    boundary ("\\n" alone is its own chunk there), so the chunks equal those of the whole file.
+    """
+    buf: list[str] = []
+    size = 0
+    prev_ok = False
+    for line in f:
+        if prev_ok and size >= block_chars and line[:1] and not line[:1].isspace():
+            yield "".join(buf)
+            buf, size = [], 0
+        buf.append(line)
+        size += len(line)
+        prev_ok = len(line) >= 2 and line[-1] == "\n" and not line[-2].isspace()
+    if buf:
+        yield "".join(buf)
+
+
+def read_documents(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *,
+                   field: str | None = None) -> Iterator[str]:
+    """Documents from files or globs: one per line of .jsonl, one per row of .csv/.tsv, else the text.
+
+    `field` names the JSON key or CSV column holding the text (default "text"). Plain text files are
+    read whole, or in exact-split blocks when large.
+    """
+    key = field or "text"
+    for path in _expand(paths):
+        suffix = path.suffix.lower()
+        try:
+            with open(path, encoding="utf-8", newline="" if suffix in (".csv", ".tsv") else None) as f:
+                if suffix in (".jsonl", ".ndjson"):
+                    for lineno, line in enumerate(f, 1):
+                        if not line.strip():
+                            continue
+                        try:
+                            obj = json.loads(line)
+                        except json.JSONDecodeError as e:
+                            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                        if isinstance(obj, str):
+                            yield obj
+                        elif isinstance(obj, dict) and isinstance(obj.get(key), str):
+                            yield obj[key]
+                        else:
+                            keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+                            raise ValueError(f"{path}:{lineno}: no string field {key!r} (found {keys}); "
+                                             "pick the text field with field=... / --field")
+                elif suffix in (".csv", ".tsv"):
+                    reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+                    if reader.fieldnames is None or key not in reader.fieldnames:
+                        raise ValueError(f"{path}: no column {key!r} (columns: {reader.fieldnames}); "
+                                         "pick the text column with field=... / --field")
+                    for row in reader:
+                        if row[key]:
+                            yield row[key]
+                else:
+                    yield from _text_blocks(f)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); "
+                             "convert it to UTF-8 first") from None
+
+
+# ----------------------------------------------------------------------------------------- training
+def count_chunks(documents: Iterable[str], *, pattern: str = GPT2_PATTERN,
+                 special_tokens: Collection[str] = (), progress: bool = False) -> Counter[str]:
+    """How often each pre-split chunk occurs, with special-token text cut out first."""
+    pat = regex.compile(resolve_pattern(pattern))
+    special_re = (regex.compile("|".join(regex.escape(s) for s in sorted(special_tokens, key=len, reverse=True)))
+                  if special_tokens else None)
+    counts: Counter[str] = Counter()
+    bar = _progress(progress, desc="counting chunks", unit="doc")
+    for doc in documents:
+        if not isinstance(doc, str):
+            raise ValueError(f"documents must be str, got {type(doc).__name__}; "
+                             "for files use train_bpe(files=...) or read_documents(...)")
+        if special_re is not None and special_re.search(doc):
+            for part in special_re.split(doc):
+                counts.update(pat.findall(part))
+        else:
+            counts.update(pat.findall(doc))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return counts
+
+
+def _progress(enabled: bool, **kwargs):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(file=sys.stderr, mininterval=0.5, **kwargs)
+
+
+def learn_merges(chunk_counts: dict[str, int] | dict[bytes, int], *, n_merges: int, min_frequency: int = 2,
+                 progress: bool = False) -> list[tuple[bytes, bytes]]:
+    """The merges, in order, that byte-level BPE learns from unique chunks and their counts.
+
+    Returns (left bytes, right bytes) pairs; merge i creates rank 256 + i. Stops early when no pair
+    occurs `min_frequency` times or more. See the module docstring for the algorithm and tie-breaking.
+    """
+    if n_merges < 0:
+        raise ValueError(f"n_merges={n_merges} must be >= 0")
+    token_bytes: list[bytes] = [bytes([i]) for i in range(256)]
+    words: list[list[int]] = []
+    freqs: list[int] = []
+    for chunk, c in chunk_counts.items():
+        b = chunk.encode("utf-8") if isinstance(chunk, str) else chunk
+        if len(b) >= 2 and c > 0:  # a one-byte chunk has no pair to merge
+            words.append(list(b))
+            freqs.append(c)
+
+    pair_counts: dict[tuple[int, int], int] = {}
+    where: dict[tuple[int, int], set[int]] = {}
+    for i, w in enumerate(words):
+        f = freqs[i]
+        for p in pairwise(w):
+            pair_counts[p] = pair_counts.get(p, 0) + f
+            s = where.get(p)
+            if s is None:
+                where[p] = {i}
+            else:
+                s.add(i)
+    # Heap entries: (-count, left bytes, right bytes, left id, right id); the bytes break count ties.
+    heap = [(-c, token_bytes[a], token_bytes[b], a, b) for (a, b), c in pair_counts.items()]
+    heapq.heapify(heap)
+
+    merges: list[tuple[bytes, bytes]] = []
+    min_frequency = max(min_frequency, 1)
+    bar = _progress(progress, total=n_merges, desc="merging", unit="merge")
+    heappush, heappop = heapq.heappush, heapq.heappop
+    while len(merges) < n_merges and heap:
+        negc, ba, bb, a, b = heappop(heap)
+        c = pair_counts.get((a, b), 0)
+        if c != -negc:  # stale entry: the pair lost occurrences since it was pushed
+            if c > 0:
+                heappush(heap, (-c, ba, bb, a, b))
+            continue
+        if c < min_frequency:
+            break
+        new = len(token_bytes)
+        token_bytes.append(ba + bb)
+        merges.append((ba, bb))
+        del pair_counts[(a, b)]
+        touched: set[tuple[int, int]] = set()
+        for i in where.pop((a, b)):
+            w = words[i]
+            n = len(w)
+            if n < 2:
+                continue
+            f = freqs[i]
+            out: list[int] = []
+            j = 0
+            hit = False
+            while j < n:
+                if w[j] == a and j + 1 < n and w[j + 1] == b:
+                    hit = True
+                    if out:  # left neighbour: (x, a) becomes (x', new); x' is `new` after a repeat
+                        p = (w[j - 1], a)
+                        if p != (a, b):
+                            pair_counts[p] -= f
+                        q = (out[-1], new)
+                        pair_counts[q] = pair_counts.get(q, 0) + f
+                        touched.add(q)
+                        s = where.get(q)
+                        if s is None:
+                            where[q] = {i}
+                        else:
+                            s.add(i)
+                    if j + 2 < n:
+                        y = w[j + 2]
+                        # When the right neighbour starts another occurrence, that occurrence's
+                        # left-neighbour step accounts for the pair between them.
+                        if not (y == a and j + 3 < n and w[j + 3] == b):
+                            p = (b, y)
+                            if p != (a, b):
+                                pair_counts[p] -= f
+                            q = (new, y)
+                            pair_counts[q] = pair_counts.get(q, 0) + f
+                            touched.add(q)
+                            s = where.get(q)
+                            if s is None:
+                                where[q] = {i}
+                            else:
+                                s.add(i)
+                    out.append(new)
+                    j += 2
+                else:
+                    out.append(w[j])
+                    j += 1
+            if hit:
+                words[i] = out
+        for q in touched:
+            c = pair_counts[q]
+            if c > 0:
+                heappush(heap, (-c, token_bytes[q[0]], token_bytes[q[1]], q[0], q[1]))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return merges
+
+
+def train_bpe(documents: Iterable[str] | None = None, *, files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+              | None = None, field: str | None = None, vocab_size: int, pattern: PatternName | str = "gpt2",
+              special_tokens: Sequence[str] = (ENDOFTEXT,), min_frequency: int = 2, name: str = "bpe",
+              progress: bool = False) -> Tokenizer:
+    """Train a byte-level BPE tokenizer on documents (an iterable of str) or on files/globs.
+
+    vocab_size counts everything: the 256 bytes, the merges and the special tokens, the way HF's
+    trainer counts it. Fewer merges are learned when no pair is left with `min_frequency`
+    occurrences; the tokenizer is then smaller than asked (its n_vocab says so).
+    """
+    from gpt2.tokenizer.encoding import Tokenizer
+
+    if (documents is None) == (files is None):
+        raise ValueError("pass either documents (an iterable of str) or files=... (paths or globs), not both or neither")
+    if isinstance(documents, (str, bytes)):
+        raise ValueError("documents must be an iterable of str, not a single string; wrap it in a list, "
+                         "or pass paths as files=...")
+    specials = list(dict.fromkeys(special_tokens))
+    for s in specials:
+        if not isinstance(s, str) or not s:
+            raise ValueError(f"special token {s!r} must be a non-empty string")
+    if vocab_size < 256 + len(specials):
+        raise ValueError(f"vocab_size={vocab_size} is too small: it must be at least 256 (the bytes) + "
+                         f"{len(specials)} special tokens = {256 + len(specials)}")
+    pattern = resolve_pattern(pattern)
+    if files is not None:
+        documents = read_documents(files, field=field)
+    t0 = time.perf_counter()
+    counts = count_chunks(documents, pattern=pattern, special_tokens=specials, progress=progress)
+    if not counts:
+        raise ValueError("the training corpus is empty (no text after removing special tokens); "
+                         "check the input files and the --field name")
+    t1 = time.perf_counter()
+    merges = learn_merges(counts, n_merges=vocab_size - 256 - len(specials), min_frequency=min_frequency,
+                          progress=progress)
+    t2 = time.perf_counter()
+    ranks = {bytes([i]): i for i in range(256)}
+    for left, right in merges:
+        ranks[left + right] = len(ranks)
+    special_ids = {s: len(ranks) + k for k, s in enumerate(specials)}
+    if progress:
+        print(f"trained {len(ranks) + len(special_ids)} tokens ({len(merges)} merges) from {len(counts):,} unique "
+              f"chunks: counting {t1 - t0:.1f}s, merging {t2 - t1:.1f}s", file=sys.stderr)
+    return Tokenizer(ranks, pattern=pattern, special_tokens=special_ids, name=name)
+
+
+# ------------------------------------------------------------------------------ reference encoder
+def bpe_encode_piece(piece: bytes, ranks: dict[bytes, int], *, max_rank: int | None = None) -> list[bytes]:
+    """Split one pre-split chunk into tokens the way tiktoken does (rank-ordered merges, leftmost first).
+
+    With `max_rank`, only tokens of lower rank may be formed: splitting a token with max_rank=its own
+    rank gives the two parts it was merged from.
+    """
+    if max_rank is None and piece in ranks:
+        return [piece]
+    parts = [piece[i:i + 1] for i in range(len(piece))]
+    while len(parts) > 1:
+        best_rank = None
+        best_i = -1
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and (max_rank is None or r < max_rank) and (best_rank is None or r < best_rank):
+                best_rank, best_i = r, i
+        if best_rank is None:
+            break
+        parts[best_i:best_i + 2] = [parts[best_i] + parts[best_i + 1]]
+    return parts
+
+
+def reference_encode(text: str, ranks: dict[bytes, int], *, pattern: str = GPT2_PATTERN,
+                     special_tokens: dict[str, int] | None = None,
+                     allowed_special: Collection[str] = ()) -> list[int]:
+    """Plain-Python encoder: the same ids as the tiktoken fast path, only slower.
+
+    Only specials in `allowed_special` become special ids; checking for disallowed ones is the
+    caller's job (Tokenizer.encode does it). Lone surrogates become U+FFFD first, as in tiktoken.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    pat = regex.compile(pattern)
+    specials = special_tokens or {}
+    allowed = [s for s in allowed_special if s in specials]
+    segments: list[tuple[str, bool]]
+    if allowed:
+        special_re = regex.compile("(" + "|".join(regex.escape(s) for s in sorted(allowed, key=len, reverse=True)) + ")")
+        segments = [(part, k % 2 == 1) for k, part in enumerate(special_re.split(text)) if part]
+    else:
+        segments = [(text, False)]
+    ids: list[int] = []
+    cache: dict[str, list[int]] = {}
+    for part, is_special in segments:
+        if is_special:
+            ids.append(specials[part])
+            continue
+        for chunk in pat.findall(part):
+            got = cache.get(chunk)
+            if got is None:
+                got = cache[chunk] = [ranks[p] for p in bpe_encode_piece(chunk.encode("utf-8"), ranks)]
+            ids.extend(got)
+    return ids
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="train a byte-level BPE tokenizer (same as `gpt2 tokenizer train`)")
+    ap.add_argument("inputs", nargs="+")
+    ap.add_argument("--vocab-size", type=int, required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    tok = train_bpe(files=args.inputs, vocab_size=args.vocab_size, progress=True)
+    tok.save(args.out)
+    print(f"saved {tok!r} to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

