@@ -1,0 +1,206 @@
+"""The model on its own: presets, init, SDPA vs reference attention, KV cache vs recompute, fused loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gpt2 import GPT2Config, GPT2LMHeadModel, KVCache
+from gpt2.model.loss import lm_head_cross_entropy, reference_cross_entropy
+
+
+def tiny(**kw) -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config.from_preset("tiny", **kw)).eval()
+
+
+@pytest.mark.parametrize(
+    "name,count",
+    [("gpt2", 124_439_808), ("gpt2-medium", 354_823_168), ("gpt2-large", 774_030_080), ("gpt2-xl", 1_557_611_200)],
+)
+def test_presets_have_hf_parameter_counts(name: str, count: int) -> None:
+    with torch.device("meta"):
+        model = GPT2LMHeadModel(GPT2Config.from_preset(name))
+    assert model.num_parameters() == count
+
+
+def test_init_follows_gpt2() -> None:
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=8, n_head=4, n_embd=256, vocab_size=1000, n_positions=64, pad_vocab_size_multiple=128)
+    model = GPT2LMHeadModel(cfg)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    proj = model.transformer.h[0].mlp.c_proj.weight
+    fc = model.transformer.h[0].mlp.c_fc.weight
+    assert abs(fc.std().item() - 0.02) < 0.001
+    assert abs(proj.std().item() - 0.02 / (2 * 8) ** 0.5) < 0.0005
+    assert model.transformer.wte.weight[1000:].abs().sum() == 0
+    assert model.transformer.h[0].attn.c_attn.bias.abs().sum() == 0
+
+
+def test_padded_vocabulary_never_changes_outputs() -> None:
+    plain = tiny()
+    padded = GPT2LMHeadModel(GPT2Config.from_preset("tiny", pad_vocab_size_multiple=384)).eval()
+    assert padded.config.padded_vocab_size == 768
+    sd = plain.state_dict()
+    sd["transformer.wte.weight"] = torch.cat([sd["transformer.wte.weight"], torch.randn(256, 64) * 10])
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    padded.load_state_dict(sd)
+    ids = torch.randint(0, 512, (2, 20))
+    y = torch.randint(0, 512, (2, 20))
+    with torch.no_grad():
+        a, b = plain(ids, targets=y), padded(ids, targets=y)
+    assert b.logits.shape[-1] == 512
+    torch.testing.assert_close(a.logits, b.logits)
+    torch.testing.assert_close(a.loss, b.loss)
+    assert plain.num_parameters() == padded.num_parameters()
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_sdpa_equals_reference_attention(with_mask: bool) -> None:
+    sdpa = tiny()
+    eager = tiny(attn_implementation="eager")
+    eager.load_state_dict(sdpa.state_dict())
+    ids = torch.randint(0, 512, (3, 40))
+    mask = None
+    if with_mask:
+        mask = torch.ones(3, 40, dtype=torch.long)
+        mask[1, :7] = 0
+        mask[2, :39] = 0
+    with torch.no_grad():
+        a = sdpa(ids, attention_mask=mask).logits
+        b = eager(ids, attention_mask=mask).logits
+    assert (a - b).abs().max().item() <= 1e-5
+
+
+def test_sdpa_equals_reference_gradients() -> None:
+    sdpa = tiny()
+    eager = tiny(attn_implementation="eager")
+    eager.load_state_dict(sdpa.state_dict())
+    ids = torch.randint(0, 512, (2, 33))
+    for m in (sdpa, eager):
+        m(ids, targets=ids).loss.backward()
+    for (name, p), q in zip(sdpa.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def _greedy_check(model: GPT2LMHeadModel, ids: torch.Tensor, mask: torch.Tensor, steps: int) -> None:
+    """Decode `steps` tokens with the cache and compare each step's logits with a full recompute."""
+    B = ids.shape[0]
+    cache = KVCache(model.config, batch_size=B, max_len=ids.shape[1] + steps)
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask, kv_cache=cache).logits[:, -1]
+        seq, full_mask = ids, mask
+        for _ in range(steps):
+            full = model(seq, attention_mask=full_mask).logits[:, -1]
+            assert (logits - full).abs().max().item() <= 1e-4
+            nxt = logits.argmax(-1, keepdim=True)  # (B, 1)
+            seq = torch.cat([seq, nxt], 1)
+            full_mask = torch.cat([full_mask, torch.ones(B, 1, dtype=full_mask.dtype)], 1)
+            logits = model(nxt, attention_mask=full_mask, kv_cache=cache).logits[:, -1]
+    assert cache.pos == seq.shape[1]
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_kv_cache_equals_recompute_batch(impl: str) -> None:
+    model = tiny(attn_implementation=impl)
+    ids = torch.randint(0, 512, (4, 12), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(4, 12, dtype=torch.long)
+    _greedy_check(model, ids, mask, steps=20)
+    mask[1, :5] = 0
+    mask[3, :11] = 0  # a one-token prompt, left-padded
+    _greedy_check(model, ids, mask, steps=20)
+
+
+def test_kv_cache_chunked_prefill_and_limits() -> None:
+    model = tiny()
+    ids = torch.randint(0, 512, (2, 30))
+    cache = KVCache(model.config, batch_size=2, max_len=40)
+    with torch.no_grad():
+        model(ids[:, :10], kv_cache=cache)
+        chunked = model(ids[:, 10:], kv_cache=cache).logits
+        full = model(ids).logits[:, 10:]
+    assert (chunked - full).abs().max().item() <= 1e-4
+    with pytest.raises(ValueError, match="KV cache holds 40"):
+        model(torch.zeros(2, 11, dtype=torch.long), kv_cache=cache)
+    with pytest.raises(ValueError, match="n_positions=128"):
+        model(torch.zeros(1, 129, dtype=torch.long))
+    with pytest.raises(ValueError, match="exceeds the model's n_positions"):
+        KVCache(model.config, batch_size=1, max_len=500)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_fused_loss_equals_plain_loss_and_gradients(padded: bool) -> None:
+    a = tiny(pad_vocab_size_multiple=128 if padded else 1, vocab_size=500)
+    b = GPT2LMHeadModel(a.config)
+    b.load_state_dict(a.state_dict())
+    ids = torch.randint(0, 500, (3, 25))
+    targets = torch.randint(0, 500, (3, 25))
+    targets[0, :10] = -100
+    out_a = a(ids, targets=targets)
+    out_b = b(ids, targets=targets, return_logits=False)
+    assert out_b.logits is None
+    torch.testing.assert_close(out_a.loss, out_b.loss, atol=1e-6, rtol=1e-6)
+    out_a.loss.backward()
+    out_b.loss.backward()
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-7, rtol=1e-5, msg=name)
+
+
+def test_fused_loss_function_against_reference() -> None:
+    torch.manual_seed(0)
+    x1 = torch.randn(64, 32, dtype=torch.float64, requires_grad=True)
+    w1 = torch.randn(300, 32, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 300, (64,))
+    t[::3] = -100
+    x2, w2 = x1.detach().clone().requires_grad_(), w1.detach().clone().requires_grad_()
+    ref = reference_cross_entropy(x1, w1, t)
+    fused = lm_head_cross_entropy(x2, w2, t)
+    (ref * 2.5).backward()
+    (fused * 2.5).backward()
+    torch.testing.assert_close(fused.double(), ref.double())
+    torch.testing.assert_close(x2.grad, x1.grad)
+    torch.testing.assert_close(w2.grad, w1.grad)
+    # all targets ignored: loss 0 and zero gradients, never NaN
+    x3 = torch.randn(4, 32, requires_grad=True)
+    loss = lm_head_cross_entropy(x3, torch.randn(10, 32), torch.full((4,), -100))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(x3.grad, torch.zeros_like(x3))
+
+
+def test_fused_loss_under_bf16_autocast_is_close() -> None:
+    model = tiny()
+    ids = torch.randint(0, 512, (2, 16))
+    with torch.no_grad():
+        ref = model(ids, targets=ids).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = model(ids, targets=ids, return_logits=False).loss
+    fused.backward()
+    assert fused.dtype == torch.float32
+    assert abs(fused.item() - ref.item()) < 0.05
+    assert model.transformer.wte.weight.grad.dtype == torch.float32
+
+
+def test_dropout_is_active_only_in_training() -> None:
+    model = tiny(resid_pdrop=0.5, embd_pdrop=0.5, attn_pdrop=0.5)
+    ids = torch.randint(0, 512, (1, 10))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, model(ids).logits)
+        model.train()
+        assert not torch.equal(model(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(n_embd=100, n_head=3), "divisible by n_head"),
+        (dict(n_layer=0), "n_layer must be a positive integer"),
+        (dict(activation_function="swiglu"), "activation_function='swiglu'"),
+        (dict(attn_pdrop=1.5), "attn_pdrop"),
+        (dict(attn_implementation="flash"), "attn_implementation"),
+    ],
+)
+def test_bad_config_names_the_field(kw: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        GPT2Config(**kw)
+    with pytest.raises(ValueError, match="unknown model preset 'gpt3'"):
+        GPT2Config.from_preset("gpt3")

@@ -1,0 +1,50 @@
+"""The `gpt2` command line through a real subprocess: help, model info, errors, planned verbs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def gpt2(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gpt2", *args], capture_output=True, text=True, timeout=120, **kw)
+
+
+def test_help_lists_the_verbs() -> None:
+    r = gpt2("--help")
+    assert r.returncode == 0
+    for verb in ("model", "tokenizer", "data", "train", "generate", "chat", "eval", "finetune", "serve"):
+        assert verb in r.stdout
+
+
+def test_model_info_preset_and_json() -> None:
+    r = gpt2("model", "info", "gpt2")
+    assert r.returncode == 0, r.stderr
+    assert "124,439,808" in r.stdout
+    r = gpt2("model", "info", "gpt2-xl", "--seq-len", "256", "--json")
+    info = json.loads(r.stdout)
+    assert info["parameters"] == 1_557_611_200
+    assert info["training_flops_per_token"] == 3 * info["forward_flops_per_token"]
+
+
+def test_model_info_of_a_saved_directory(tmp_path) -> None:
+    from gpt2 import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config.from_preset("tiny", vocab_size=1000)).save_pretrained(tmp_path / "m")
+    r = gpt2("model", "info", str(tmp_path / "m"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["vocab_size"] == 1000
+
+
+def test_bad_input_is_one_line_and_exit_2() -> None:
+    r = gpt2("model", "info", "gpt5")
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: ")
+    assert "gpt5" in r.stderr
+
+
+def test_planned_verbs_say_so() -> None:
+    r = gpt2("serve")
+    assert r.returncode == 2
+    assert "not implemented yet" in r.stderr
