@@ -51,7 +51,124 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------------------- tokenizer
 def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tokenizer", help="train, inspect and apply byte-level BPE tokenizers")
-    p.set_defaults(func=_not_yet("tokenizer", 3))
+    tsub = p.add_subparsers(dest="tokenizer_cmd", required=True, metavar="COMMAND")
+
+    train = tsub.add_parser("train", help="train a byte-level BPE tokenizer on text files")
+    train.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                       help="files or globs: .txt read whole, .jsonl one document per line, .csv/.tsv one per row")
+    train.add_argument("--vocab-size", type=int, required=True, metavar="N",
+                       help="total ids: 256 bytes + merges + special tokens")
+    train.add_argument("--out", required=True, metavar="DIR", help="directory to save the tokenizer in")
+    train.add_argument("--field", default=None, help="JSON key / CSV column holding the text (default: text)")
+    train.add_argument("--pattern", default="gpt2", help="split regex: gpt2 (default), gpt4 or a regex")
+    train.add_argument("--special", action="append", default=[], metavar="TOKEN",
+                       help="another special token after <|endoftext|> (repeatable)")
+    train.add_argument("--min-frequency", type=int, default=2, metavar="N",
+                       help="stop when no pair occurs N times (default: 2)")
+    train.add_argument("--name", default=None, help="tokenizer name (default: the --out directory's name)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    def run_train(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from gpt2.tokenizer import train_bpe
+
+        tok = train_bpe(files=args.input, field=args.field, vocab_size=args.vocab_size, pattern=args.pattern,
+                        special_tokens=["<|endoftext|>", *args.special], min_frequency=args.min_frequency,
+                        name=args.name or Path(args.out).name, progress=not args.quiet)
+        tok.save(args.out)
+        print(f"saved {tok!r} to {args.out}")
+        return 0
+
+    train.set_defaults(func=run_train)
+
+    encode = tsub.add_parser("encode", help="text → token ids")
+    encode.add_argument("tokenizer", help="gpt2, a tokenizer directory or a .tiktoken file")
+    encode.add_argument("text", nargs="?", default=None, help="the text (default: --file, else stdin)")
+    encode.add_argument("--file", default=None, help="read the text from this UTF-8 file")
+    encode.add_argument("--allowed-special", default="none", metavar="WHICH",
+                        help="special tokens written in the text: none (refuse, the default), all, or a comma list")
+    encode.add_argument("--format", choices=["ids", "json", "tokens"], default="ids",
+                        help="ids: space-separated; json: a list; tokens: one 'id<TAB>token' per line")
+
+    def run_encode(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from gpt2.tokenizer import load_tokenizer
+        from gpt2.tokenizer.show import format_token, parse_allowed_special
+
+        tok = load_tokenizer(args.tokenizer)
+        if args.text is not None:
+            text = args.text
+        elif args.file is not None:
+            text = Path(args.file).read_text(encoding="utf-8")
+        else:
+            text = sys.stdin.read()
+        ids = tok.encode(text, allowed_special=parse_allowed_special(args.allowed_special))
+        if args.format == "json":
+            print(ids)
+        elif args.format == "tokens":
+            print("\n".join(f"{i}\t{format_token(tok.decode_single_token_bytes(i))}" for i in ids))
+        else:
+            print(" ".join(map(str, ids)))
+        return 0
+
+    encode.set_defaults(func=run_encode)
+
+    decode = tsub.add_parser("decode", help="token ids → text")
+    decode.add_argument("tokenizer", help="gpt2, a tokenizer directory or a .tiktoken file")
+    decode.add_argument("ids", nargs="*", help="ids, as '1 2 3', '1,2,3' or '[1, 2, 3]' (default: stdin)")
+
+    def run_decode(args: argparse.Namespace) -> int:
+        from gpt2.tokenizer import load_tokenizer
+        from gpt2.tokenizer.show import parse_ids
+
+        tok = load_tokenizer(args.tokenizer)
+        ids = parse_ids(args.ids if args.ids else [sys.stdin.read()])
+        sys.stdout.write(tok.decode(ids) + "\n")
+        return 0
+
+    decode.set_defaults(func=run_decode)
+
+    show = tsub.add_parser("show", help="vocabulary statistics, merges, and token boundaries of a sample")
+    show.add_argument("tokenizer", help="gpt2, a tokenizer directory or a .tiktoken file")
+    show.add_argument("--merges", type=int, default=20, metavar="N", help="print N merges (default: 20)")
+    show.add_argument("--merges-from", type=int, default=0, metavar="K", help="start at merge K (default: 0)")
+    show.add_argument("--sample", default=None, help="a sample text to measure and draw")
+    show.add_argument("--sample-file", default=None, help="read the sample text from this UTF-8 file")
+    show.add_argument("--html", default=None, metavar="OUT", help="write the sample with coloured tokens as HTML")
+    show.add_argument("--png", default=None, metavar="OUT", help="write the same picture as PNG (needs matplotlib)")
+    show.add_argument("--json", action="store_true", help="print the statistics as JSON")
+
+    def run_show(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from gpt2.tokenizer import load_tokenizer
+        from gpt2.tokenizer.show import render_merges, render_stats, vocab_stats, write_html, write_png
+
+        tok = load_tokenizer(args.tokenizer)
+        sample = args.sample
+        if args.sample_file is not None:
+            sample = Path(args.sample_file).read_text(encoding="utf-8")
+        if (args.html or args.png) and sample is None:
+            raise ValueError("--html/--png draw a sample text: give it with --sample TEXT or --sample-file FILE")
+        stats = vocab_stats(tok, sample=sample)
+        if args.json:
+            import json
+
+            print(json.dumps(stats, indent=2, ensure_ascii=False))
+        else:
+            print(render_stats(stats))
+            if args.merges:
+                print()
+                print(render_merges(tok, start=args.merges_from, count=args.merges))
+        if args.html:
+            print(f"wrote {write_html(tok, sample, args.html)}", file=sys.stderr)
+        if args.png:
+            print(f"wrote {write_png(tok, sample, args.png)}", file=sys.stderr)
+        return 0
+
+    show.set_defaults(func=run_show)
 
 
 # ---------------------------------------------------------------------------------------------- data

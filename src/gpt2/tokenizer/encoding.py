@@ -195,7 +195,10 @@ class Tokenizer:
     def encode(self, text: str, *, allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
                disallowed_special: Literal["all"] | Collection[str] = "all") -> list[int]:
         """Text → ids. Special-token text is refused unless in `allowed_special` (then it is the special id)."""
-        return self._enc.encode(text, allowed_special=allowed_special, disallowed_special=disallowed_special)
+        try:
+            return self._enc.encode(text, allowed_special=allowed_special, disallowed_special=disallowed_special)
+        except ValueError as e:
+            raise self._special_error(e, [text]) from None
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Text → ids, treating special-token text as ordinary text."""
@@ -205,8 +208,20 @@ class Tokenizer:
                      allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
                      disallowed_special: Literal["all"] | Collection[str] = "all") -> list[list[int]]:
         """`encode` over many texts on `num_threads` threads (tiktoken releases the GIL)."""
-        return self._enc.encode_batch(list(texts), num_threads=num_threads, allowed_special=allowed_special,
-                                      disallowed_special=disallowed_special)
+        try:
+            return self._enc.encode_batch(list(texts), num_threads=num_threads, allowed_special=allowed_special,
+                                          disallowed_special=disallowed_special)
+        except ValueError as e:
+            raise self._special_error(e, texts) from None
+
+    def _special_error(self, e: ValueError, texts: Sequence[str]) -> ValueError:
+        """tiktoken's several-line message about a disallowed special token, as one line with the fix."""
+        if "disallowed special token" not in str(e):
+            return e
+        found = next((s for s in sorted(self._specials, key=len, reverse=True) for t in texts if s in t), "?")
+        return ValueError(f"the text contains the special token {found!r}, which encode() refuses by default; "
+                          f"pass allowed_special={{{found!r}}} (or 'all') to encode it as its special id, or use "
+                          "encode_ordinary() to encode it as plain text")
 
     def encode_ordinary_batch(self, texts: Sequence[str], *, num_threads: int = 8) -> list[list[int]]:
         """`encode_ordinary` over many texts on `num_threads` threads."""
