@@ -199,8 +199,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
     "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
-    # Small shapes for tests and CPU runs; the vocabulary is set to the tokenizer's by whoever builds them.
-    "tiny": dict(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=512, **_NO_DROPOUT),
-    "mini": dict(n_layer=4, n_head=4, n_embd=128, n_positions=256, vocab_size=4096, **_NO_DROPOUT),
-    "small": dict(n_layer=6, n_head=6, n_embd=384, n_positions=256, vocab_size=8192, **_NO_DROPOUT),
+    # Small shapes for tests and CPU runs. The vocabulary is usually overridden with the tokenizer's;
+    # end-of-text is the last id, as in GPT-2 and in tokenizers trained here.
+    "tiny": dict(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=512, bos_token_id=511,
+                 eos_token_id=511, **_NO_DROPOUT),
+    "mini": dict(n_layer=4, n_head=4, n_embd=128, n_positions=256, vocab_size=4096, bos_token_id=4095,
+                 eos_token_id=4095, **_NO_DROPOUT),
+    "small": dict(n_layer=6, n_head=6, n_embd=384, n_positions=256, vocab_size=8192, bos_token_id=8191,
+                  eos_token_id=8191, **_NO_DROPOUT),
 }
