@@ -1,0 +1,135 @@
+"""Forward + backward throughput: our GPT2LMHeadModel against transformers.GPT2LMHeadModel, side by side.
+
+    python bench/train_step.py                       # tiny and gpt2 (124M) at T=256, fp32 and bf16
+    python bench/train_step.py --models gpt2 --dtypes fp32 --steps 5
+
+Both models get the same config, the same weights and the same batch; steps alternate between them
+(ours, HF, ours, HF, ...) so machine noise hits both alike, and the median step time is reported.
+Ours runs the step `gpt2 train` runs: forward with targets and the fused LM-head loss
+(return_logits=False), then backward. HF runs `model(x, labels=x).loss.backward()`. bf16 means
+torch.autocast(bfloat16) around the forward for both, weights kept in fp32, as mixed-precision
+training does. Achieved GFLOP/s counts matmul FLOPs (gpt2.model.info.flops_per_token) and is compared
+with this machine's matmul peak, measured here on large square matmuls in the same dtype.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from gpt2 import GPT2Config, GPT2LMHeadModel
+from gpt2.model.hf import to_hf_state_dict
+from gpt2.model.info import flops_per_token
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def matmul_peak(dtype: torch.dtype, *, n: int = 2048, reps: int = 5) -> float:
+    """Best GFLOP/s of an n×n by n×n matmul in `dtype` (the reference for MFU on this CPU)."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def build_pair(preset: str, seq_len: int):
+    import transformers
+
+    config = GPT2Config.from_preset(preset, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config.n_positions = max(config.n_positions, seq_len)
+    torch.manual_seed(0)
+    ours = GPT2LMHeadModel(config).train()
+    d = config.to_hf_dict()
+    d.pop("pad_vocab_size_multiple")
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**d)).train()
+    missing, unexpected = hf.load_state_dict(to_hf_state_dict(ours), strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    hf.tie_weights()
+    return config, ours, hf
+
+
+def run(preset: str, *, seq_len: int, batch: int, steps: int, dtype_name: str) -> dict:
+    config, ours, hf = build_pair(preset, seq_len)
+    dtype = DTYPES[dtype_name]
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, config.vocab_size, (batch, seq_len), generator=g)
+    targets = torch.cat([x[:, 1:], torch.full((batch, 1), -100)], dim=1)
+
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+
+    def step_ours() -> float:
+        with autocast():
+            loss = ours(x, targets=targets, return_logits=False).loss
+        loss.backward()
+        for p in ours.parameters():
+            p.grad = None
+        return loss.item()
+
+    def step_hf() -> float:
+        with autocast():
+            loss = hf(x, labels=x).loss
+        loss.backward()
+        for p in hf.parameters():
+            p.grad = None
+        return loss.item()
+
+    loss_ours, loss_hf = step_ours(), step_hf()  # warm-up (allocator, oneDNN primitives)
+    times: dict[str, list[float]] = {"ours": [], "hf": []}
+    for _ in range(steps):
+        for name, fn in (("ours", step_ours), ("hf", step_hf)):
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    tokens = batch * seq_len
+    flops = flops_per_token(config, seq_len, training=True) * tokens
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "preset": preset,
+        "dtype": dtype_name,
+        "tok_s_ours": tokens / med["ours"],
+        "tok_s_hf": tokens / med["hf"],
+        "ratio": med["hf"] / med["ours"],
+        "gflops_ours": flops / med["ours"] / 1e9,
+        "gflops_hf": flops / med["hf"] / 1e9,
+        "loss_diff": abs(loss_ours - loss_hf),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="tiny,gpt2", help="comma-separated presets")
+    p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per model (after one warm-up)")
+    args = p.parse_args(argv)
+    dtypes = args.dtypes.split(",")
+    peaks = {d: matmul_peak(DTYPES[d]) for d in dtypes}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch} × T {args.seq_len}")
+    print("matmul peak (2048² matmul): " + ", ".join(f"{d} {peaks[d]:.0f} GFLOP/s" for d in dtypes))
+    print()
+    header = "| model | dtype | ours tok/s | HF tok/s | ours / HF | ours GFLOP/s (% peak) | HF GFLOP/s (% peak) |"
+    print(header)
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for preset in args.models.split(","):
+        for d in dtypes:
+            r = run(preset, seq_len=args.seq_len, batch=args.batch, steps=args.steps, dtype_name=d)
+            print(
+                f"| {preset} | {d} | {r['tok_s_ours']:.0f} | {r['tok_s_hf']:.0f} | {r['ratio']:.2f}× "
+                f"| {r['gflops_ours']:.0f} ({100 * r['gflops_ours'] / peaks[d]:.0f}%) "
+                f"| {r['gflops_hf']:.0f} ({100 * r['gflops_hf'] / peaks[d]:.0f}%) |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
