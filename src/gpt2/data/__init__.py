@@ -28,7 +28,8 @@ _LAZY = {
     "TokenStream": "gpt2.data.loader",
 }
 
-__all__ = list(_LAZY)
+__all__ = ["CORPORA", "PrepareResult", "Source", "TokenLoader", "TokenStream", "data_info", "prepare", "read_header",
+           "read_shard", "resolve_source", "write_shard"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from gpt2.data.loader import TokenLoader, TokenStream
