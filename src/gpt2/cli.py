@@ -174,13 +174,131 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------------------------------------- data
 def _add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="turn a corpus into token shards")
-    p.set_defaults(func=_not_yet("data", 4))
+    dsub = p.add_subparsers(dest="data_cmd", required=True, metavar="COMMAND")
+    prep = dsub.add_parser("prepare", help="tokenize files, globs, hf:NAME datasets or a named corpus into shards")
+    prep.add_argument("--source", action="append", metavar="SPEC",
+                      help="a .txt/.jsonl/.json/.csv/.tsv/.parquet file, a directory, a glob, hf:NAME[:CONFIG] or "
+                           "a named corpus (repeatable; default: shakespeare)")
+    prep.add_argument("--out", required=True, help="output directory for the shards and meta.json")
+    prep.add_argument("--tokenizer", default="gpt2", help="gpt2 or a tokenizer directory (default: gpt2)")
+    prep.add_argument("--field", default="text", help="JSON field / parquet or HF column holding the text")
+    prep.add_argument("--column", default=None, help="csv/tsv column: a header name or a 0-based index "
+                                                      "(default: the --field name)")
+    prep.add_argument("--no-header", dest="header", action="store_false", help="csv/tsv files have no header row")
+    prep.add_argument("--delimiter", default=None, help="split .txt files into documents on 'blank' (blank lines) "
+                                                         "or a literal string (\\n, \\t understood); default: "
+                                                         "one document per file")
+    prep.add_argument("--split", default="train", help="split of an hf: dataset (default: train)")
+    prep.add_argument("--data-files", nargs="+", default=None, metavar="FILE", help="data_files for an hf: dataset")
+    prep.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: one per CPU)")
+    prep.add_argument("--shard-size", type=int, default=100_000_000, metavar="TOKENS",
+                      help="tokens per shard (default: 100,000,000)")
+    val = prep.add_mutually_exclusive_group()
+    val.add_argument("--val-fraction", type=float, default=None, metavar="F",
+                     help="hold out this fraction of documents for val (default: 0.01, or a named corpus's own "
+                          "held-out files)")
+    val.add_argument("--val-files", nargs="+", default=None, metavar="NAME",
+                     help="hold out these source files (names or glob patterns) for val")
+    prep.add_argument("--overwrite", action="store_true", help="replace shards prepared with another configuration")
+    prep.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+    def run_prepare(args: argparse.Namespace) -> int:
+        from gpt2.data.prepare import prepare
+        from gpt2.data.sources import parse_delimiter
+
+        result = prepare(args.source or ["shakespeare"], out=args.out, tokenizer=args.tokenizer,
+                         workers=args.workers, shard_size=args.shard_size, val_fraction=args.val_fraction,
+                         val_files=args.val_files, field=args.field, column=args.column,
+                         delimiter=parse_delimiter(args.delimiter), header=args.header, split=args.split,
+                         data_files=args.data_files, overwrite=args.overwrite, progress=args.progress)
+        for w in result.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        print(result.summary())
+        return 0
+
+    prep.set_defaults(func=run_prepare)
+    info = dsub.add_parser("info", help="meta.json and shard counts of a prepared directory")
+    info.add_argument("dir", help="a directory written by `gpt2 data prepare` (or any llm.c shards)")
+    info.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+    def run_info(args: argparse.Namespace) -> int:
+        from gpt2.data.prepare import data_info, render_info
+
+        result = data_info(args.dir)
+        if args.json:
+            import json
+
+            print(json.dumps(result, indent=2))
+        else:
+            print(render_info(result))
+        return 0
+
+    info.set_defaults(func=run_info)
+
+
+# --------------------------------------------------------------------------------------------- train
+DEFAULT_RECIPE = "shakespeare-cpu"
+
+
+def _recipe_path(name: str | None):
+    """A YAML path, or the name of a recipe shipped in configs/ (with or without .yaml)."""
+    from pathlib import Path
+
+    if name is None:
+        name = DEFAULT_RECIPE
+    p = Path(name)
+    if p.is_file():
+        return p
+    shipped = Path(__file__).resolve().parent / "configs" / (p.name if p.suffix else f"{p.name}.yaml")
+    if shipped.is_file():
+        return shipped
+    raise FileNotFoundError(f"no config file {name!r} (and no shipped recipe of that name; see configs/)")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a GPT-2 from a YAML recipe (default: shakespeare-cpu)")
+    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]",
+                   help="a recipe (a file, or a name from configs/) and dotted overrides, e.g. train.max_steps=100")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run (or a checkpoint) exactly where it stopped")
+
+    def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from gpt2.config import load_config
+        from gpt2.train import TrainingStopped, train
+        from gpt2.train.checkpoint import resolve_checkpoint
+
+        recipe = args.args[0] if args.args and "=" not in args.args[0] else None
+        overrides = args.args[1:] if recipe else args.args
+        if args.resume and recipe is None:
+            # the resolved config the run was started with, so `--resume DIR` alone continues it
+            recipe_path = resolve_checkpoint(args.resume) / "run.yaml"
+            if not recipe_path.is_file():
+                recipe_path = Path(args.resume) / "run.yaml"
+        else:
+            recipe_path = _recipe_path(recipe)
+        cfg = load_config(recipe_path, overrides)
+        try:
+            result = train(cfg, resume=args.resume)
+        except TrainingStopped as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        bpb = f", {result.val_bpb:.3f} bits/byte" if result.val_bpb else ""
+        print(f"\nstep {result.step}: val loss {result.val_loss:.4f} nats/token{bpb}")
+        for text in result.samples:
+            print("-" * 60)
+            print(text)
+        print("-" * 60)
+        print(f"run directory: {result.run_dir} (metrics.jsonl, loss.png, tensorboard/)")
+        print(f"last checkpoint: {result.last_checkpoint}")
+        return 130 if result.interrupted else 0
+
+    p.set_defaults(func=run)
 
 
 # ----------------------------------------------------------------------------- verbs still to come
 def _add_planned(sub: argparse._SubParsersAction) -> None:
     planned = [
-        ("train", "train a GPT-2 from a YAML recipe", 5),
         ("generate", "sample text from a checkpoint", 6),
         ("chat", "talk to an instruction-tuned checkpoint", 6),
         ("eval", "loss, perplexity, bits per byte, HellaSwag", 7),
@@ -200,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(sub)
     _add_tokenizer(sub)
     _add_data(sub)
+    _add_train(sub)
     _add_planned(sub)
     return parser
 

@@ -611,10 +611,11 @@ def prepare(
         raise ValueError(f"empty corpus: {names} hold no documents ({stats['bytes']:,} bytes read, "
                          f"{stats['empty']:,} empty or whitespace-only documents skipped)")
     warnings = []
+    wants_val = rule.fraction > 0 or bool(rule.files)
     for k, w in enumerate(writers):
-        if w.tokens == 0:
+        if w.tokens == 0 and (k == 0 or wants_val):
             why = (f"val_fraction={rule.fraction} picks whole documents and there are only {n_docs}"
-                   if rule.fraction else "no document matched the split rule")
+                   if rule.fraction else "the val_files hold every document" if k == 0 else "")
             warnings.append(f"the {w.split} split is empty ({why}); "
                             + ("split files into documents (delimiter) or set val_files" if k else "lower val_fraction"))
     meta = {
