@@ -126,8 +126,11 @@ def read_documents(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[st
     `field` names the JSON key or CSV column holding the text (default "text"). Plain text files are
     read whole, or in exact-split blocks when large.
     """
-    key = field or "text"
-    for path in _expand(paths):
+    return _read_documents(_expand(paths), field or "text")  # files are checked now, read later
+
+
+def _read_documents(files: list[Path], key: str) -> Iterator[str]:
+    for path in files:
         suffix = path.suffix.lower()
         try:
             with open(path, encoding="utf-8", newline="" if suffix in (".csv", ".tsv") else None) as f:
@@ -192,7 +195,8 @@ def _progress(enabled: bool, **kwargs):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(file=sys.stderr, mininterval=0.5, **kwargs)
+    # disable=None: no bar when stderr is not a terminal (logs, pipes, tests stay clean).
+    return tqdm(file=sys.stderr, mininterval=0.5, disable=None, **kwargs)
 
 
 def learn_merges(chunk_counts: dict[str, int] | dict[bytes, int], *, n_merges: int, min_frequency: int = 2,

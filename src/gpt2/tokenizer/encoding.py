@@ -198,7 +198,7 @@ class Tokenizer:
         try:
             return self._enc.encode(text, allowed_special=allowed_special, disallowed_special=disallowed_special)
         except ValueError as e:
-            raise self._special_error(e, [text]) from None
+            raise self._special_error(e, [text], allowed_special, disallowed_special) from None
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Text → ids, treating special-token text as ordinary text."""
@@ -212,13 +212,16 @@ class Tokenizer:
             return self._enc.encode_batch(list(texts), num_threads=num_threads, allowed_special=allowed_special,
                                           disallowed_special=disallowed_special)
         except ValueError as e:
-            raise self._special_error(e, texts) from None
+            raise self._special_error(e, texts, allowed_special, disallowed_special) from None
 
-    def _special_error(self, e: ValueError, texts: Sequence[str]) -> ValueError:
+    def _special_error(self, e: ValueError, texts: Sequence[str], allowed: Literal["all"] | AbstractSet[str],
+                       disallowed: Literal["all"] | Collection[str]) -> ValueError:
         """tiktoken's several-line message about a disallowed special token, as one line with the fix."""
         if "disallowed special token" not in str(e):
             return e
-        found = next((s for s in sorted(self._specials, key=len, reverse=True) for t in texts if s in t), "?")
+        allowed_set = set(self._specials) if allowed == "all" else set(allowed)
+        refused = set(self._specials) - allowed_set if disallowed == "all" else set(disallowed)
+        found = next((s for t in texts for _, s in sorted((t.find(s), s) for s in refused if s in t)), "?")
         return ValueError(f"the text contains the special token {found!r}, which encode() refuses by default; "
                           f"pass allowed_special={{{found!r}}} (or 'all') to encode it as its special id, or use "
                           "encode_ordinary() to encode it as plain text")

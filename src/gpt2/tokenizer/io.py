@@ -38,7 +38,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gpt2.common import atomic_write_bytes, atomic_write_text, cache_dir
+import regex
+
 from gpt2.tokenizer.bpe import ENDOFTEXT, GPT2_PATTERN
 from gpt2.tokenizer.encoding import (
     Tokenizer,
@@ -60,6 +61,24 @@ GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838
 GPT2_HF_REPO = "openai-community/gpt2"
 WHISPER_SDIST = "openai-whisper==20250625"
 WHISPER_MEMBER = "whisper/assets/gpt2.tiktoken"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    # gpt2.common imports torch (~1 s); importing it only when a file is written keeps
+    # `import gpt2.tokenizer` (CLI calls, data-pipeline workers) at tiktoken's ~0.1 s.
+    from gpt2.common import atomic_write_bytes as write
+
+    write(path, data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def cache_dir() -> Path:
+    from gpt2.common import cache_dir as get
+
+    return get()
 
 
 def _sha256(data: bytes) -> str:
@@ -203,6 +222,22 @@ def save_gpt2_files(tok: Tokenizer, directory: str | os.PathLike[str]) -> Path:
 
 
 # ------------------------------------------------------------------------------------ HF tokenizer.json
+# HF `tokenizers` runs split regexes with Oniguruma, which reads `X{1,3}+` as "X{1,3}, one or more times",
+# not as a possessive interval (GPT-4's `\p{N}{1,3}+` then swallows whole digit runs). An atomic group
+# `(?>X{1,3})` means the same in both engines, so the export rewrites to it and the import rewrites back.
+_ATOM = r"(\\[pP]\{[^}]+\}|\\.|\[(?:\\.|[^\]\\])*\]|[^\\\[\]()|{}])"
+_POSSESSIVE_INTERVAL = regex.compile(_ATOM + r"(\{\d+(?:,\d*)?\})\+")
+_ATOMIC_INTERVAL = regex.compile(r"\(\?>" + _ATOM + r"(\{\d+(?:,\d*)?\})\)")
+
+
+def pattern_to_onig(pattern: str) -> str:
+    return _POSSESSIVE_INTERVAL.sub(r"(?>\1\2)", pattern)
+
+
+def pattern_from_onig(pattern: str) -> str:
+    return _ATOMIC_INTERVAL.sub(r"\1\2+", pattern)
+
+
 def hf_tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
     """HF `tokenizers` JSON for this tokenizer: split regex, byte-level mapping, BPE, specials as added tokens."""
     vocab, merges = gpt2_vocab_and_merges(tok)
@@ -216,7 +251,7 @@ def hf_tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
         "added_tokens": added,
         "normalizer": None,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": tok.pattern}, "behavior": "Isolated", "invert": False},
+            {"type": "Split", "pattern": {"Regex": pattern_to_onig(tok.pattern)}, "behavior": "Isolated", "invert": False},
             byte_level,
         ]},
         "post_processor": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
@@ -264,7 +299,7 @@ def _pattern_from_hf(pre: dict[str, Any] | None, *, source: str) -> str:
         pat = pre.get("pattern", {})
         if "Regex" not in pat or pre.get("behavior") != "Isolated" or pre.get("invert"):
             raise ValueError(f"{source}: Split pre_tokenizer must be an isolated, non-inverted Regex; got {pre}")
-        return pat["Regex"]
+        return pattern_from_onig(pat["Regex"])
     raise ValueError(f"{source}: pre_tokenizer type {kind!r} is not supported (ByteLevel, Split, Sequence are)")
 
 

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gpt2.common import atomic_write_bytes, atomic_write_text
 from gpt2.tokenizer.bpe import PATTERNS
 from gpt2.tokenizer.encoding import Tokenizer
+from gpt2.tokenizer.io import atomic_write_bytes, atomic_write_text
 
 # Light pastel colours that keep black text readable; neighbours always differ.
 PALETTE = ["#ffd6a5", "#caffbf", "#9bf6ff", "#bdb2ff", "#ffc6ff", "#fdffb6", "#a0c4ff", "#ffadad"]

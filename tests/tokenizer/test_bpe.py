@@ -1,0 +1,188 @@
+"""The trainer: equal to a recount-everything BPE, deterministic, and strict about bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+import regex
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpt2.tokenizer.bpe import (
+    GPT2_PATTERN,
+    GPT4_PATTERN,
+    _text_blocks,
+    count_chunks,
+    learn_merges,
+    read_documents,
+    train_bpe,
+)
+
+
+def naive_merges(chunks: dict[str, int], n_merges: int, min_frequency: int = 1) -> list[tuple[bytes, bytes]]:
+    """Educational BPE: recount every pair of every chunk before each merge; same tie-break rule."""
+    words: dict[tuple[bytes, ...], int] = Counter()
+    for chunk, n in chunks.items():
+        b = chunk.encode("utf-8")
+        words[tuple(b[i:i + 1] for i in range(len(b)))] += n
+    merges = []
+    for _ in range(n_merges):
+        counts: Counter[tuple[bytes, bytes]] = Counter()
+        for w, n in words.items():
+            for p in pairwise(w):
+                counts[p] += n
+        if not counts:
+            break
+        best = min(counts, key=lambda p: (-counts[p], p[0], p[1]))
+        if counts[best] < min_frequency:
+            break
+        merges.append(best)
+        new: dict[tuple[bytes, ...], int] = Counter()
+        for w, n in words.items():
+            out, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
+                    out.append(w[i] + w[i + 1])
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            new[tuple(out)] += n
+        words = new
+    return merges
+
+
+# Few distinct characters make long repeats ("aaaa", "abab") and many tied counts: the hard cases.
+_docs = st.lists(st.text(alphabet="ab c\nd€é你", max_size=40), min_size=1, max_size=25)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_docs, st.integers(1, 3))
+def test_incremental_trainer_equals_naive_recount(docs: list[str], min_frequency: int) -> None:
+    chunks = count_chunks(docs)
+    assert learn_merges(chunks, n_merges=60, min_frequency=min_frequency) == naive_merges(chunks, 60, min_frequency)
+
+
+def test_trainer_equals_naive_on_real_text(shared_data: Path) -> None:
+    text = (shared_data / "the-verdict.txt").read_text(encoding="utf-8")
+    zh = [json.loads(line)["text"] for line in (shared_data / "douban_movie_reviews_zh.jsonl").read_text(encoding="utf-8").splitlines()][:150]
+    chunks = count_chunks([text, *zh])
+    assert learn_merges(chunks, n_merges=150) == naive_merges(chunks, 150, 2)
+
+
+def test_training_ignores_document_order_and_is_repeatable() -> None:
+    docs = ["the cat sat on the mat", "a bat and a cat", "that hat", "mat mat mat"] * 3
+    shuffled = docs[:]
+    random.Random(0).shuffle(shuffled)
+    a = train_bpe(docs, vocab_size=270, min_frequency=1)
+    b = train_bpe(shuffled, vocab_size=270, min_frequency=1)
+    assert a.mergeable_ranks == b.mergeable_ranks and a.hash == b.hash
+
+
+def test_ties_go_to_the_lexicographically_smallest_pair() -> None:
+    # "ab", "cd" and "xy" all occur twice: the documented rule takes (a, b) first, then (c, d), then (x, y).
+    merges = learn_merges({"xy": 2, "cd": 2, "ab": 2}, n_merges=3)
+    assert merges == [(b"a", b"b"), (b"c", b"d"), (b"x", b"y")]
+
+
+def test_vocab_layout_bytes_then_merges_then_specials() -> None:
+    tok = train_bpe(["hello hello hello world world"], vocab_size=262, special_tokens=["<|endoftext|>", "<|x|>"],
+                    min_frequency=1)
+    assert all(tok.mergeable_ranks[bytes([b])] == b for b in range(256))
+    assert sorted(tok.mergeable_ranks.values()) == list(range(256 + 4))
+    assert tok.special_tokens == {"<|endoftext|>": 260, "<|x|>": 261}
+    assert tok.n_vocab == 262 and tok.eot_token == 260
+
+
+def test_min_frequency_stops_early_and_says_so_in_n_vocab() -> None:
+    tok = train_bpe(["abc abc xyz"], vocab_size=1000, min_frequency=2)
+    # only the pairs of " abc"/"abc" occur twice or more
+    assert tok.n_vocab < 1000
+    assert all(tok.mergeable_ranks[t] < 256 or t in (b"ab", b"abc", b"bc") for t in tok.mergeable_ranks)
+
+
+def test_special_tokens_in_training_text_are_not_learned() -> None:
+    docs = ["<|endoftext|>" * 50 + "hi"]
+    tok = train_bpe(docs, vocab_size=300, min_frequency=1)
+    assert not any(b"endoftext" in t or b"<|" in t for t in tok.mergeable_ranks)
+
+
+def test_gpt4_pattern_option() -> None:
+    tok = train_bpe(["123456789 123456789 HELLO'S"], vocab_size=300, pattern="gpt4", min_frequency=1)
+    assert tok.pattern == GPT4_PATTERN
+    assert b"123" in tok.mergeable_ranks and b"1234" not in tok.mergeable_ranks  # digits split in threes
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"vocab_size": 200}, "vocab_size=200 is too small"),
+    ({"vocab_size": 257, "special_tokens": ["<|a|>", "<|b|>"]}, "at least 256"),
+    ({"vocab_size": 300, "pattern": "(unclosed"}, "not a valid regex"),
+    ({"vocab_size": 300, "special_tokens": [""]}, "non-empty"),
+])
+def test_bad_arguments_are_one_line_value_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=regex.escape(message)) as e:
+        train_bpe(["some text"], **kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_empty_corpus_is_refused() -> None:
+    with pytest.raises(ValueError, match="corpus is empty"):
+        train_bpe([], vocab_size=300)
+    with pytest.raises(ValueError, match="corpus is empty"):
+        train_bpe(["<|endoftext|>"], vocab_size=300)
+
+
+def test_documents_must_be_strings_not_one_string() -> None:
+    with pytest.raises(ValueError, match="not a single string"):
+        train_bpe("a document", vocab_size=300)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="either documents"):
+        train_bpe(vocab_size=300)
+
+
+def test_files_globs_jsonl_csv(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("alpha beta gamma\n", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("delta epsilon\n", encoding="utf-8")
+    (tmp_path / "c.jsonl").write_text(json.dumps({"text": "zeta"}) + "\n\n" + json.dumps({"text": "eta"}) + "\n",
+                                      encoding="utf-8")
+    (tmp_path / "d.csv").write_text('label,review\n1,"theta, iota"\n0,kappa\n', encoding="utf-8")
+    assert list(read_documents(str(tmp_path / "*.txt"))) == ["alpha beta gamma\n", "delta epsilon\n"]
+    assert list(read_documents(tmp_path / "c.jsonl")) == ["zeta", "eta"]
+    assert list(read_documents(tmp_path / "d.csv", field="review")) == ["theta, iota", "kappa"]
+    tok = train_bpe(files=[tmp_path / "a.txt", str(tmp_path / "c.jsonl")], vocab_size=300, min_frequency=1)
+    assert tok.decode(tok.encode("alpha zeta")) == "alpha zeta"
+
+
+def test_bad_input_files(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        list(read_documents(tmp_path / "missing.txt"))
+    with pytest.raises(FileNotFoundError, match="matches no files"):
+        list(read_documents(str(tmp_path / "*.nothing")))
+    with pytest.raises(ValueError, match="is a directory"):
+        list(read_documents(tmp_path))
+    (tmp_path / "x.jsonl").write_text('{"body": "hi"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"x.jsonl:1: no string field 'text' \(found \['body'\]\)"):
+        list(read_documents(tmp_path / "x.jsonl"))
+    (tmp_path / "y.csv").write_text("a,b\n1,2\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no column 'text'"):
+        list(read_documents(tmp_path / "y.csv"))
+    (tmp_path / "z.txt").write_bytes(b"ok \xff\xfe not utf-8")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        list(read_documents(tmp_path / "z.txt"))
+
+
+@pytest.mark.parametrize("pattern", [GPT2_PATTERN, GPT4_PATTERN])
+def test_large_files_are_cut_only_where_splitting_is_unchanged(pattern: str) -> None:
+    import io
+
+    rng = random.Random(1)
+    pieces = ["word", " ", "  ", "\n", "\n\n", " \n", "\t", "42", "!?", "x.\n", "é", "你好"]
+    text = "".join(rng.choice(pieces) for _ in range(20000))
+    blocks = list(_text_blocks(io.StringIO(text, newline=None), block_chars=500))
+    assert len(blocks) > 10 and "".join(blocks) == text
+    pat = regex.compile(pattern)
+    assert Counter(c for b in blocks for c in pat.findall(b)) == Counter(pat.findall(text))
