@@ -1,0 +1,273 @@
+"""Run configuration: one dataclass per concern under RunConfig, read from YAML plus dotted overrides.
+
+    python -m gpt2.config configs/shakespeare-cpu.yaml train.max_steps=10    # print the resolved config
+
+Precedence: dataclass defaults < the YAML recipe < `key=value` overrides. omegaconf checks keys and
+types against the dataclasses; an unknown key or a value of the wrong type is a ValueError that names
+the key. Each component receives only its own section (the loop hands `cfg.optim` to the optimizer,
+`cfg.data` to the data pipeline, ...).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+# omegaconf needs typing.Optional / List in annotations it resolves at runtime, so this module avoids
+# PEP 604 unions in dataclass fields.
+
+
+@dataclass
+class ModelConfig:
+    """Which GPT-2 to train."""
+
+    preset: str = "tiny"
+    """Base shape: gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny, mini, small (gpt2.model.config.PRESETS)."""
+    n_layer: int | None = None
+    """Override the preset's number of blocks."""
+    n_head: int | None = None
+    """Override the preset's attention heads."""
+    n_embd: int | None = None
+    """Override the preset's width."""
+    n_positions: int | None = None
+    """Context size of the position table; default: train.seq_len."""
+    vocab_size: int | None = None
+    """Default: the tokenizer's vocabulary size."""
+    dropout: float = 0.0
+    """One value for resid/embd/attn dropout (GPT-2 used 0.1; short runs do better with 0)."""
+    pad_vocab_size_multiple: int = 1
+    """Round the embedding table up to a multiple of this (64 on GPUs); outputs never change."""
+    init_from: str | None = None
+    """Start from pretrained weights: an HF-format directory or a hub id (continued pretraining)."""
+
+
+@dataclass
+class TokenizerConfig:
+    """Which tokenizer, or how to train one."""
+
+    name: str = "train"
+    """'train' (a byte-level BPE trained on the training split), 'gpt2', or a tokenizer directory."""
+    vocab_size: int = 4096
+    """Vocabulary size when training one (special tokens included)."""
+    min_frequency: int = 2
+    """Pairs seen fewer times than this are not merged when training one."""
+    pattern: str = "gpt2"
+    """Pre-split pattern when training one: gpt2 or gpt4."""
+
+
+@dataclass
+class DataConfig:
+    """Where training text comes from and where its shards go."""
+
+    source: str = "shakespeare"
+    """A named corpus (shakespeare), a file, directory or glob, or hf:NAME[:CONFIG]."""
+    dir: str | None = None
+    """Shard directory; default: a cache directory keyed by source and tokenizer. Existing shards are reused."""
+    field: str = "text"
+    """jsonl/HF field holding the text."""
+    delimiter: str | None = None
+    """For .txt sources: split each file into documents on this string ('blank' = blank lines); None = one per file."""
+    val_fraction: float | None = None
+    """Fraction of documents held out; default: the source's own split (whole plays for shakespeare)."""
+    workers: int = 0
+    """Tokenizer processes for preparing shards; 0 = one per CPU."""
+    tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the learning-rate schedule."""
+
+    lr: float = 6e-4
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """The schedule decays to lr × this."""
+    warmup_steps: int = 100
+    """Linear warm-up from lr / warmup_steps."""
+    schedule: str = "cosine"
+    """cosine, linear or constant (after warm-up)."""
+    weight_decay: float = 0.1
+    """Applied to matrices (2-D weights) only; biases, LayerNorms and embeddings... see optim.py."""
+    beta1: float = 0.9
+    """AdamW β1."""
+    beta2: float = 0.95
+    """AdamW β2."""
+    eps: float = 1e-8
+    """AdamW ε."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 = off)."""
+    fused: bool | None = None
+    """Fused AdamW kernel; default: on where CUDA has it."""
+
+
+@dataclass
+class TrainConfig:
+    """The loop: sizes, duration, precision, distribution, logging cadence."""
+
+    out_dir: str = "runs/default"
+    """Run directory: checkpoints, metrics.jsonl, TensorBoard events, loss.png, samples."""
+    seq_len: int = 128
+    """Context length of each training window."""
+    micro_batch_size: int = 16
+    """Sequences per forward pass on each process."""
+    global_batch_tokens: int | None = None
+    """Tokens per optimizer step over all processes and micro-steps; default: one micro-batch per process."""
+    max_steps: int = 1000
+    """Optimizer steps (the schedule spans these)."""
+    max_minutes: float | None = None
+    """Stop early after this much wall time, saving a final checkpoint (the schedule is not shortened)."""
+    seed: int = 1337
+    """Seeds model init, data order, dropout and sampling."""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N or mps."""
+    dtype: str = "auto"
+    """auto (bf16 autocast where supported, else fp16 on CUDA, else fp32), fp32, bf16 or fp16."""
+    compile: bool = False
+    """torch.compile the model (from outside; eval and sampling at other shapes use the plain module)."""
+    distributed: str = "ddp"
+    """Under torchrun: ddp, or fsdp (FSDP2 fully_shard per block) for models too big for one device."""
+    log_interval: int = 10
+    """Steps between progress/metrics lines."""
+    threads: int | None = None
+    """torch CPU threads; default: torch's own choice."""
+    spike_factor: float = 0.0
+    """Skip an update whose loss exceeds the running mean by this many running std-devs (0 = off)."""
+    max_skipped_in_row: int = 10
+    """Stop the run after this many skipped (non-finite or spiking) updates in a row."""
+
+
+@dataclass
+class CheckpointConfig:
+    """When and how many checkpoints."""
+
+    interval: int = 500
+    """Steps between checkpoints (0 = only the final one)."""
+    keep_last: int = 3
+    """How many step-NNNNNN directories to keep."""
+    resume: str | None = None
+    """A run directory or checkpoint to continue from (same as `gpt2 train --resume DIR`)."""
+
+
+@dataclass
+class EvalConfig:
+    """Periodic validation."""
+
+    interval: int = 200
+    """Steps between validation passes (0 = only at the end)."""
+    steps: int = 20
+    """Batches per validation pass (0 = the whole val split)."""
+
+
+@dataclass
+class SampleConfig:
+    """Periodic sample generations."""
+
+    interval: int = 0
+    """Steps between samples (0 = only at the end)."""
+    prompts: list = dataclasses.field(default_factory=lambda: ["\n"])
+    """Prompts to continue."""
+    max_new_tokens: int = 64
+    """Tokens generated per sample."""
+    temperature: float = 0.8
+    """Sampling temperature."""
+    top_k: int = 50
+    """Keep the k most likely tokens (0 = all)."""
+
+
+@dataclass
+class RunConfig:
+    """Everything `gpt2 train` needs."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    sample: SampleConfig = dataclasses.field(default_factory=SampleConfig)
+
+
+def _one_line(e: OmegaConfBaseException) -> str:
+    msg = str(e).splitlines()[0]
+    key = getattr(e, "full_key", None)
+    if isinstance(e, ConfigKeyError):
+        return f"unknown config key {key!r}: {msg}"
+    if isinstance(e, ValidationError):
+        return f"bad value for config key {key!r}: {msg}"
+    return f"config error at {key!r}: {msg}" if key else f"config error: {msg}"
+
+
+def load_config(
+    recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), **sections: Any
+) -> RunConfig:
+    """Defaults < YAML recipe < dotted overrides ("train.max_steps=10"); then validate."""
+    try:
+        cfg = OmegaConf.structured(RunConfig)
+        if recipe is not None:
+            path = Path(recipe)
+            if not path.is_file():
+                raise FileNotFoundError(f"no config file at {path}")
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        if sections:
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(sections))
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ValueError(f"override {bad[0]!r} is not key=value (e.g. train.max_steps=100)")
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        raise ValueError(_one_line(e)) from None
+    validate(run)
+    return run
+
+
+def validate(cfg: RunConfig) -> None:
+    """Checks omegaconf's types cannot express; each error names the key."""
+    t, o = cfg.train, cfg.optim
+    checks = [
+        (t.seq_len >= 1, "train.seq_len must be at least 1"),
+        (t.micro_batch_size >= 1, "train.micro_batch_size must be at least 1"),
+        (t.max_steps >= 1, "train.max_steps must be at least 1"),
+        (t.global_batch_tokens is None or t.global_batch_tokens >= 1, "train.global_batch_tokens must be positive"),
+        (t.dtype in ("auto", "fp32", "bf16", "fp16"), f"train.dtype={t.dtype!r}: use auto, fp32, bf16 or fp16"),
+        (t.distributed in ("ddp", "fsdp"), f"train.distributed={t.distributed!r}: use ddp or fsdp"),
+        (t.log_interval >= 1, "train.log_interval must be at least 1"),
+        (o.lr > 0, f"optim.lr={o.lr} must be positive"),
+        (0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio={o.min_lr_ratio} must be in [0, 1]"),
+        (o.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+        (o.schedule in ("cosine", "linear", "constant"), f"optim.schedule={o.schedule!r}: use cosine, linear or constant"),
+        (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)"),
+        (o.grad_clip >= 0, "optim.grad_clip must be >= 0"),
+        (0 <= cfg.model.dropout < 1, "model.dropout must be in [0, 1)"),
+        (cfg.model.n_positions is None or t.seq_len <= cfg.model.n_positions,
+         f"train.seq_len={t.seq_len} is longer than model.n_positions={cfg.model.n_positions}"),
+        (cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last must be at least 1"),
+        (cfg.checkpoint.interval >= 0 and cfg.eval.interval >= 0 and cfg.sample.interval >= 0,
+         "checkpoint/eval/sample intervals must be >= 0"),
+        (cfg.data.tokenizer.pattern in ("gpt2", "gpt4"), "data.tokenizer.pattern: use gpt2 or gpt4"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(msg)
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    """The resolved config as YAML (written to run.yaml in every checkpoint)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    recipe = argv[0] if argv and "=" not in argv[0] else None
+    print(to_yaml(load_config(recipe, argv[1:] if recipe else argv)), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

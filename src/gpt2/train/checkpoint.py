@@ -1,0 +1,118 @@
+"""Checkpoints: one self-contained, HF-loadable directory per step, written atomically, the last k kept.
+
+    python -m gpt2.train.checkpoint runs/default        # list a run's checkpoints
+
+    runs/default/
+      step-000200/   config.json  model.safetensors  tokenizer files  run.yaml  trainer_state.pt
+      step-000400/   ...
+      latest         a one-line file naming the newest complete checkpoint
+
+A checkpoint is filled under a temporary name and renamed when whole, then `latest` is rewritten
+(also by rename), so a kill at any moment leaves the previous checkpoint intact and `latest` pointing
+at a complete one. `transformers.GPT2LMHeadModel.from_pretrained("runs/default/step-000400")` loads the
+model as it is; trainer_state.pt holds what exact resumption needs (optimizer, schedule, step, tokens
+seen, data position, RNG states of every rank).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gpt2.common import atomic_directory, atomic_write_text
+
+_STEP_DIR = re.compile(r"^step-(\d{6,})$")
+TRAINER_STATE = "trainer_state.pt"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary, half-written ones are not listed)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.iterdir() if p.is_dir() and _STEP_DIR.match(p.name) and (p / TRAINER_STATE).is_file()]
+    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    *,
+    model: torch.nn.Module,
+    trainer_state: dict[str, Any],
+    tokenizer: Any = None,
+    run_yaml: str | None = None,
+    keep_last: int = 3,
+) -> Path:
+    """Write step-NNNNNN atomically, point `latest` at it, and delete all but the newest keep_last."""
+    from gpt2.model.hf import save_pretrained
+
+    run_dir = Path(run_dir)
+    final = run_dir / checkpoint_name(step)
+    with atomic_directory(final) as tmp:
+        save_pretrained(model, tmp)  # type: ignore[arg-type]
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+        if run_yaml is not None:
+            (tmp / "run.yaml").write_text(run_yaml, encoding="utf-8")
+        torch.save(trainer_state, tmp / TRAINER_STATE)
+    atomic_write_text(run_dir / "latest", final.name + "\n")
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def clean_stale(run_dir: str | Path) -> None:
+    """Remove temporary directories a killed writer left behind (.step-NNNNNN.*.tmp)."""
+    run_dir = Path(run_dir)
+    if run_dir.is_dir():
+        for p in run_dir.glob(".step-*.tmp"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from a run directory (via `latest`, else the newest) or a checkpoint itself."""
+    path = Path(path)
+    if (path / TRAINER_STATE).is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"no run or checkpoint directory at {path}")
+    latest = path / "latest"
+    if latest.is_file():
+        candidate = path / latest.read_text().strip()
+        if (candidate / TRAINER_STATE).is_file():
+            return candidate
+    found = list_checkpoints(path)
+    if not found:
+        raise FileNotFoundError(f"{path} holds no complete checkpoint (step-NNNNNN/ with {TRAINER_STATE})")
+    return found[-1]
+
+
+def load_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
+    path = Path(checkpoint) / TRAINER_STATE
+    try:
+        # RNG states and the optimizer are plain tensors and containers; numpy's RNG state needs
+        # numpy scalars, hence weights_only=False for our own file.
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    for ckpt in list_checkpoints(argv[0] if argv else "runs/default"):
+        print(ckpt)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Everything a run needs before its first step: the tokenizer, the token shards, the model.
+
+    python -m gpt2.train.setup configs/shakespeare-cpu.yaml     # fetch, train the tokenizer, prepare shards
+
+Each piece is cached and reused: a tokenizer trained with the same settings on the same source is
+loaded from `$GPT2_CACHE/tokenizers/`, shards prepared with the same tokenizer from
+`$GPT2_CACHE/data/` (prepare itself leaves a finished directory alone and resumes an unfinished one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from gpt2.common import cache_dir
+from gpt2.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from gpt2.model import GPT2Config, GPT2LMHeadModel
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[-40:] or "data"
+
+
+def _train_documents(cfg: DataConfig):
+    """The documents of the training split only, so the tokenizer never sees validation text."""
+    from gpt2.data.prepare import DEFAULT_VAL_FRACTION, is_val_document
+    from gpt2.data.sources import resolve_source
+
+    src = resolve_source(cfg.source, field=cfg.field, delimiter=cfg.delimiter)
+    if src.val_files and cfg.val_fraction is None:
+        src = dataclasses.replace(src, files=tuple(f for f in src.files if f.name not in src.val_files))
+        yield from src.documents()
+        return
+    fraction = cfg.val_fraction if cfg.val_fraction is not None else DEFAULT_VAL_FRACTION
+    for doc in src.documents():
+        if not is_val_document(doc, fraction):
+            yield doc
+
+
+def ensure_tokenizer(cfg: DataConfig, *, progress: bool = True):
+    """The run's tokenizer: GPT-2's, a directory, or a BPE trained (once, then cached) on the training split."""
+    from gpt2.tokenizer import load_tokenizer, train_bpe
+
+    t = cfg.tokenizer
+    if t.name != "train":
+        return load_tokenizer(t.name)
+    source_id = cfg.source if not Path(cfg.source).exists() else str(Path(cfg.source).resolve())
+    key = json.dumps([source_id, cfg.field, cfg.delimiter, cfg.val_fraction, t.vocab_size, t.min_frequency, t.pattern])
+    name = f"{_slug(source_id)}-bpe{t.vocab_size}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    directory = cache_dir() / "tokenizers" / name
+    try:
+        return load_tokenizer(directory)
+    except (FileNotFoundError, ValueError):
+        pass
+    print(f"training a {t.vocab_size}-token byte-level BPE on {cfg.source} (train split) → {directory}", file=sys.stderr)
+    tok = train_bpe(_train_documents(cfg), vocab_size=t.vocab_size, min_frequency=t.min_frequency,
+                    pattern=t.pattern, progress=progress)
+    tok.save(directory)
+    return tok
+
+
+def ensure_shards(cfg: DataConfig, tokenizer: Any, *, progress: bool = True) -> Path:
+    """A prepared shard directory for (source, tokenizer); prepared now if missing or unfinished."""
+    from gpt2.data.prepare import prepare
+
+    if cfg.dir is not None:
+        out = Path(cfg.dir)
+    else:
+        source_id = cfg.source if not Path(cfg.source).exists() else str(Path(cfg.source).resolve())
+        key = json.dumps([source_id, cfg.field, cfg.delimiter, cfg.val_fraction, tokenizer.hash])
+        out = cache_dir() / "data" / f"{_slug(source_id)}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    result = prepare(cfg.source, out=out, tokenizer=tokenizer, workers=cfg.workers or None, field=cfg.field, delimiter=cfg.delimiter,
+                     val_fraction=cfg.val_fraction, progress=progress)
+    if not result.already_done:
+        print(result.summary(), file=sys.stderr)
+    return out
+
+
+def bytes_per_token(shard_dir: str | Path, tokenizer: Any, split: str = "val") -> float:
+    """UTF-8 bytes per token of a split, to turn nats/token into bits/byte.
+
+    Counted by decoding the split's tokens (byte-level BPE decodes to exactly the bytes it encoded;
+    the <|endoftext|> before each document stands for no text and counts 0 bytes), then cached
+    beside the shards.
+    """
+    import numpy as np
+
+    from gpt2.data.loader import TokenStream, shard_files
+
+    cache = Path(shard_dir) / f".bytes_per_token.{split}.json"
+    if cache.is_file():
+        return float(json.loads(cache.read_text())["bytes_per_token"])
+    tokens = np.concatenate([a.astype(np.int64) for a in TokenStream(shard_files(shard_dir, split=split)).arrays])
+    special = list(tokenizer.special_tokens.values())
+    n_bytes = len(tokenizer.decode_bytes(tokens[~np.isin(tokens, special)].tolist()))
+    value = n_bytes / len(tokens)
+    from gpt2.common import atomic_write_text
+
+    atomic_write_text(cache, json.dumps({"bytes": n_bytes, "tokens": len(tokens), "bytes_per_token": value}))
+    return value
+
+
+def model_config(cfg: ModelConfig, train: TrainConfig, *, vocab_size: int, eot: int) -> GPT2Config:
+    """The GPT2Config of a run: the preset, the run's overrides, the tokenizer's vocabulary."""
+    overrides: dict[str, Any] = {
+        k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd") if getattr(cfg, k) is not None
+    }
+    overrides["n_positions"] = cfg.n_positions or train.seq_len
+    overrides["vocab_size"] = cfg.vocab_size or vocab_size
+    overrides.update(resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+                     pad_vocab_size_multiple=cfg.pad_vocab_size_multiple, bos_token_id=eot, eos_token_id=eot)
+    config = GPT2Config.from_preset(cfg.preset, **overrides)
+    if train.seq_len > config.n_positions:
+        raise ValueError(f"train.seq_len={train.seq_len} is longer than model.n_positions={config.n_positions}")
+    if config.vocab_size < vocab_size:
+        raise ValueError(f"model.vocab_size={config.vocab_size} is smaller than the tokenizer's {vocab_size}")
+    return config
+
+
+def build_model(cfg: ModelConfig, train: TrainConfig, *, vocab_size: int, eot: int) -> GPT2LMHeadModel:
+    """A fresh model, or pretrained weights when model.init_from is set (continued pretraining)."""
+    if cfg.init_from:
+        model = GPT2LMHeadModel.from_pretrained(
+            cfg.init_from, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout
+        )
+        if model.config.vocab_size < vocab_size:
+            raise ValueError(f"model.init_from={cfg.init_from} has {model.config.vocab_size} token ids, the "
+                             f"tokenizer {vocab_size}: use the tokenizer the model was trained with")
+        if train.seq_len > model.config.n_positions:
+            raise ValueError(f"train.seq_len={train.seq_len} exceeds {cfg.init_from}'s n_positions="
+                             f"{model.config.n_positions}")
+        return model.train()
+    return GPT2LMHeadModel(model_config(cfg, train, vocab_size=vocab_size, eot=eot))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gpt2.config import load_config
+
+    argv = sys.argv[1:] if argv is None else argv
+    cfg: RunConfig = load_config(argv[0] if argv else None, argv[1:])
+    tok = ensure_tokenizer(cfg.data)
+    out = ensure_shards(cfg.data, tok)
+    print(f"tokenizer {tok!r}\nshards {out}\nval bytes/token {bytes_per_token(out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
