@@ -464,6 +464,8 @@ def prepare(
     if chunk_bytes < 1:
         raise ValueError(f"chunk_bytes={chunk_bytes} must be positive")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out={str(out)!r} is a file, not a directory")
     srcs = [resolve_source(s, field=field, column=column, delimiter=delimiter, header=header, split=split,
                            data_files=data_files) for s in sources]
     tok, tok_spec = load_tokenizer_spec(tokenizer)
@@ -559,13 +561,11 @@ def prepare(
                desc="tokenizing", disable=not progress, dynamic_ncols=True)
     t_start = time.perf_counter()
     bytes_done = tokens_done = 0
-    i = start_chunk
+    results = _ordered_map(itertools.islice(chunks, start_chunk, None), workers=workers, initargs=(tok, dtype, rule))
     try:
         if state is None:
             checkpoint(0)
         last_ckpt = time.monotonic()
-        results = _ordered_map(itertools.islice(chunks, start_chunk, None), workers=workers,
-                               initargs=(tok, dtype, rule))
         for i, res in enumerate(results, start=start_chunk):
             wrote = False
             for w, toks in zip(writers, res.tokens):
@@ -588,19 +588,18 @@ def prepare(
     except ValueError:
         # Bad input (a malformed line deep in a file): the input has to change, so nothing here can
         # be resumed; leave no shard behind.
-        bar.close()
+        results.close()
         for w in writers:
             w.close()
         _remove_outputs(out)
         raise
-    except BaseException:
+    finally:
+        # Stops the workers now (not when the garbage collector gets to it); a Ctrl-C or any other
+        # error keeps the last checkpoint for the next run to resume from.
+        results.close()
         bar.close()
         for w in writers:
             w.close()
-        raise
-    bar.close()
-    for w in writers:
-        w.close()
 
     n_docs = stats["documents"][0] + stats["documents"][1]
     if n_docs == 0:
