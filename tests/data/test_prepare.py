@@ -311,3 +311,24 @@ def test_argument_checks(tmp_path: Path, gpt2_tok) -> None:
         with pytest.raises(ValueError, match=msg):
             prepare(tmp_path / "d.txt", out=tmp_path / "out", tokenizer=gpt2_tok, **kw)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_spawned_workers_give_the_same_shards(shared_data: Path, tmp_path: Path, gpt2_tok) -> None:
+    """With another thread running (as an hf: stream's would be), workers are spawned, not forked."""
+    import threading
+
+    from gpt2.data import prepare as P
+
+    src, _ = imdb_head(shared_data, tmp_path, 150)
+    prepare(src, out=tmp_path / "fork", tokenizer=gpt2_tok, workers=2, chunk_bytes=20_000)
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        assert P._start_method() == "spawn"
+        prepare(src, out=tmp_path / "spawn", tokenizer=gpt2_tok, workers=2, chunk_bytes=20_000)
+    finally:
+        stop.set()
+        t.join()
+    assert all_bytes(tmp_path / "spawn") == all_bytes(tmp_path / "fork")

@@ -206,31 +206,60 @@ def _tokenize_chunk(chunk: Chunk) -> ChunkResult:
                        docs=(docs[0], docs[1]), empty=empty, replaced=replaced, nbytes=chunk.nbytes)
 
 
-def _ordered_map(chunks: Iterable[Chunk], *, workers: int, initargs: tuple[Any, ...]) -> Iterator[ChunkResult]:
+def _start_method() -> str:
+    """fork starts a worker in milliseconds with the tokenizer already built, but only where it is safe:
+    on Linux, and while this process runs no other thread (an hf: stream's I/O thread could hold a
+    lock the child then waits on forever) except tqdm's monitor, which only ever takes tqdm's own lock.
+    Otherwise spawn pickles the tokenizer to each worker (and each imports the package: ~1-2 s)."""
+    from tqdm.std import TMonitor
+
+    others = [t for t in threading.enumerate() if t is not threading.current_thread() and not isinstance(t, TMonitor)]
+    return "fork" if sys.platform.startswith("linux") and not others else "spawn"
+
+
+def _noop() -> None:
+    return None
+
+
+class _Workers:
     """Tokenize chunks on `workers` processes (in this process for 1), yielding results in input order.
 
-    At most a few chunks per worker are in flight, so a long stream never piles up in memory.
+    At most a few chunks per worker are in flight, so a long stream never piles up in memory. The
+    processes start in the constructor, before the caller starts any thread of its own (a progress
+    bar's monitor), because forking a process that has threads can deadlock the child.
     """
-    if workers == 1:
-        _init_worker(*initargs, False)
-        for chunk in chunks:
-            yield _tokenize_chunk(chunk)
-        return
-    methods = mp.get_all_start_methods()
-    # fork starts a worker in milliseconds with the tokenizer already built; spawn (macOS, Windows)
-    # pickles the tokenizer to each worker instead.
-    ctx = mp.get_context("fork" if "fork" in methods else "spawn")
-    ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(*initargs, True))
-    pending: deque[Future[ChunkResult]] = deque()
-    try:
-        for chunk in chunks:
-            pending.append(ex.submit(_tokenize_chunk, chunk))
-            if len(pending) >= 3 * workers:
+
+    def __init__(self, workers: int, initargs: tuple[Any, ...]) -> None:
+        self.workers = workers
+        self.ex: ProcessPoolExecutor | None = None
+        if workers == 1:
+            _init_worker(*initargs, False)
+            return
+        ctx = mp.get_context(_start_method())
+        self.ex = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(*initargs, True))
+        self.ex.submit(_noop).result()  # with fork, every worker process is created at the first submit
+
+    def map(self, chunks: Iterable[Chunk]) -> Iterator[ChunkResult]:
+        if self.ex is None:
+            for chunk in chunks:
+                yield _tokenize_chunk(chunk)
+            return
+        pending: deque[Future[ChunkResult]] = deque()
+        try:
+            for chunk in chunks:
+                pending.append(self.ex.submit(_tokenize_chunk, chunk))
+                if len(pending) >= 3 * self.workers:
+                    yield pending.popleft().result()
+            while pending:
                 yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    finally:
-        ex.shutdown(wait=True, cancel_futures=True)
+        finally:
+            for f in pending:
+                f.cancel()
+
+    def close(self) -> None:
+        if self.ex is not None:
+            self.ex.shutdown(wait=True, cancel_futures=True)
+            self.ex = None
 
 
 # ----------------------------------------------------------------------------------------- writing
@@ -557,11 +586,12 @@ def prepare(
 
     from tqdm.auto import tqdm
 
+    t_start = time.perf_counter()
+    pool = _Workers(workers, (tok, dtype, rule))
     bar = tqdm(total=total_bytes, initial=stats["bytes"], unit="B", unit_scale=True, unit_divisor=1000,
                desc="tokenizing", disable=not progress, dynamic_ncols=True)
-    t_start = time.perf_counter()
     bytes_done = tokens_done = 0
-    results = _ordered_map(itertools.islice(chunks, start_chunk, None), workers=workers, initargs=(tok, dtype, rule))
+    results = pool.map(itertools.islice(chunks, start_chunk, None))
     try:
         if state is None:
             checkpoint(0)
@@ -589,6 +619,7 @@ def prepare(
         # Bad input (a malformed line deep in a file): the input has to change, so nothing here can
         # be resumed; leave no shard behind.
         results.close()
+        pool.close()
         for w in writers:
             w.close()
         _remove_outputs(out)
@@ -597,6 +628,7 @@ def prepare(
         # Stops the workers now (not when the garbage collector gets to it); a Ctrl-C or any other
         # error keeps the last checkpoint for the next run to resume from.
         results.close()
+        pool.close()
         bar.close()
         for w in writers:
             w.close()
