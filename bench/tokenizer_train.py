@@ -10,7 +10,8 @@ HF trains on all cores (Rayon); ours on one. Compression is tokens per UTF-8 byt
 IMDB test reviews, each vocabulary encoding with its own library. Ratios: time ours / HF (the bar
 is <= 5), and the relative difference of tokens per byte (the bar is within 1%).
 
-Also: train on the Chinese hotel reviews and check that every Chinese review (both files)
+Each of our vocabularies is also exported to HF tokenizer.json and loaded by `tokenizers`, which must
+give our ids on every held-out review. Also: train on the Chinese hotel reviews and check that every Chinese review (both files)
 round-trips through our tokenizer and that our HF tokenizer.json export gives the same ids in
 `tokenizers` on those reviews.
 """
@@ -22,6 +23,7 @@ import csv
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,6 +60,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tinyshakespeare only, compression on 2,000 test reviews")
     args = ap.parse_args()
 
+    import tokenizers
+
     from gpt2.tokenizer import train_bpe
     from gpt2.tokenizer.encoding import Tokenizer
 
@@ -79,20 +83,26 @@ def main() -> None:
         t0 = time.perf_counter()
         hf = train_hf(docs, vocab_size, args.min_frequency)
         t_hf = time.perf_counter() - t0
-        n_ours = sum(len(x) for x in ours.encode_ordinary_batch(held_out, num_threads=os.cpu_count() or 1))
+        ids_ours = ours.encode_ordinary_batch(held_out, num_threads=os.cpu_count() or 1)
+        n_ours = sum(map(len, ids_ours))
         n_hf = sum(len(e.ids) for e in hf.encode_batch(held_out, add_special_tokens=False))
+        # Our HF tokenizer.json export, loaded by `tokenizers`, must give our ids on every held-out review.
+        with tempfile.TemporaryDirectory() as tmp:
+            exported = tokenizers.Tokenizer.from_file(str(ours.save_hf(tmp)))
+            same = sum(e.ids == x for e, x in zip(exported.encode_batch(held_out, add_special_tokens=False), ids_ours))
         rows.append((name, vocab_size, ours.n_vocab, hf.get_vocab_size(), t_ours, t_hf, n_ours / held_bytes,
-                     n_hf / held_bytes))
+                     n_hf / held_bytes, same))
         print(f"  {name}: ours {t_ours:.2f}s, HF {t_hf:.2f}s", file=sys.stderr, flush=True)
 
     print(f"\nBPE training, ours (pure Python, 1 thread) vs HF tokenizers {__import__('tokenizers').__version__} "
           f"({os.cpu_count()} cores); compression on {len(held_out):,} held-out IMDB test reviews ({held_bytes:,} bytes)\n")
-    print("| corpus | vocab (ours / HF) | ours s | HF s | time ratio | ours tok/byte | HF tok/byte | difference |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, vs, nv_o, nv_h, t_o, t_h, c_o, c_h in rows:
+    print("| corpus | vocab (ours / HF) | ours s | HF s | time ratio | ours tok/byte | HF tok/byte | difference "
+          "| our tokenizer.json export: same ids |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, vs, nv_o, nv_h, t_o, t_h, c_o, c_h, same in rows:
         diff = (c_o - c_h) / c_h * 100
         print(f"| {name} | {vs} ({nv_o} / {nv_h}) | {t_o:.2f} | {t_h:.2f} | {t_o / t_h:.2f}x | {c_o:.4f} | {c_h:.4f} | "
-              f"{diff:+.2f}% |")
+              f"{diff:+.2f}% | {same:,} / {len(held_out):,} |")
 
     # Chinese: train on the hotel reviews, round-trip both Chinese files, and check the HF export agrees.
     zh_train = csv_texts(data / "chnsenticorp_hotel_reviews_zh.csv", "review")
@@ -105,10 +115,6 @@ def main() -> None:
     t_zh_hf = time.perf_counter() - t0
     ids = zh.encode_ordinary_batch(zh_all)
     bad = sum(zh.decode(x) != t for x, t in zip(ids, zh_all))
-    import tempfile
-
-    import tokenizers
-
     with tempfile.TemporaryDirectory() as tmp:
         exported = tokenizers.Tokenizer.from_file(str(Tokenizer.save_hf(zh, tmp)))
         same = sum(e.ids == x for e, x in zip(exported.encode_batch(zh_all, add_special_tokens=False), ids))

@@ -92,7 +92,6 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
                         help="ids: space-separated; json: a list; tokens: one 'id<TAB>token' per line")
 
     def run_encode(args: argparse.Namespace) -> int:
-        from pathlib import Path
 
         from gpt2.tokenizer import load_tokenizer
         from gpt2.tokenizer.show import format_token, parse_allowed_special
@@ -101,7 +100,8 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
         if args.text is not None:
             text = args.text
         elif args.file is not None:
-            text = Path(args.file).read_text(encoding="utf-8")
+            with open(args.file, encoding="utf-8", newline="") as f:  # newline="": CRLF stays CRLF
+                text = f.read()
         else:
             text = sys.stdin.read()
         ids = tok.encode(text, allowed_special=parse_allowed_special(args.allowed_special))
@@ -141,7 +141,6 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     show.add_argument("--json", action="store_true", help="print the statistics as JSON")
 
     def run_show(args: argparse.Namespace) -> int:
-        from pathlib import Path
 
         from gpt2.tokenizer import load_tokenizer
         from gpt2.tokenizer.show import render_merges, render_stats, vocab_stats, write_html, write_png
@@ -149,7 +148,8 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
         tok = load_tokenizer(args.tokenizer)
         sample = args.sample
         if args.sample_file is not None:
-            sample = Path(args.sample_file).read_text(encoding="utf-8")
+            with open(args.sample_file, encoding="utf-8", newline="") as f:
+                sample = f.read()
         if (args.html or args.png) and sample is None:
             raise ValueError("--html/--png draw a sample text: give it with --sample TEXT or --sample-file FILE")
         stats = vocab_stats(tok, sample=sample)

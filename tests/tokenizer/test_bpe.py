@@ -153,6 +153,8 @@ def test_files_globs_jsonl_csv(tmp_path: Path) -> None:
     assert list(read_documents(str(tmp_path / "*.txt"))) == ["alpha beta gamma\n", "delta epsilon\n"]
     assert list(read_documents(tmp_path / "c.jsonl")) == ["zeta", "eta"]
     assert list(read_documents(tmp_path / "d.csv", field="review")) == ["theta, iota", "kappa"]
+    (tmp_path / "crlf.txt").write_bytes(b"line one\r\nline two\r\n")
+    assert list(read_documents(tmp_path / "crlf.txt")) == ["line one\r\nline two\r\n"]  # bytes kept as stored
     tok = train_bpe(files=[tmp_path / "a.txt", str(tmp_path / "c.jsonl")], vocab_size=300, min_frequency=1)
     assert tok.decode(tok.encode("alpha zeta")) == "alpha zeta"
 

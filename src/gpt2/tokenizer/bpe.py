@@ -133,7 +133,8 @@ def _read_documents(files: list[Path], key: str) -> Iterator[str]:
     for path in files:
         suffix = path.suffix.lower()
         try:
-            with open(path, encoding="utf-8", newline="" if suffix in (".csv", ".tsv") else None) as f:
+            # newline="": the text is trained on exactly as stored (CRLF stays CRLF, as in the bytes).
+            with open(path, encoding="utf-8", newline="") as f:
                 if suffix in (".jsonl", ".ndjson"):
                     for lineno, line in enumerate(f, 1):
                         if not line.strip():
