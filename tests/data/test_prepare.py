@@ -332,3 +332,28 @@ def test_spawned_workers_give_the_same_shards(shared_data: Path, tmp_path: Path,
         stop.set()
         t.join()
     assert all_bytes(tmp_path / "spawn") == all_bytes(tmp_path / "fork")
+
+
+def test_data_info_complete_interrupted_and_plain_shards(shared_data: Path, tmp_path: Path, gpt2_tok) -> None:
+    from gpt2.data.prepare import data_info, render_info
+    from gpt2.data.shards import write_shard
+
+    src, _ = imdb_head(shared_data, tmp_path, 40)
+    prepare(src, out=tmp_path / "done", tokenizer=gpt2_tok, workers=1, shard_size=3_000)
+    info = data_info(tmp_path / "done")
+    assert info["status"] == "complete" and len(info["shards"]["train"]) == len(info["meta"]["splits"]["train"]["shards"])
+    text = render_info(info)
+    assert "split: val fraction 0.01" in text and f"hash {gpt2_tok.hash[:16]}" in text
+
+    def stop(path: Path) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prepare(src, out=tmp_path / "half", tokenizer=gpt2_tok, workers=1, shard_size=3_000, on_shard=stop)
+    assert data_info(tmp_path / "half")["status"].startswith("interrupted")
+
+    (tmp_path / "llmc").mkdir()
+    write_shard(tmp_path / "llmc" / "fineweb_train_000001.bin", np.arange(10), dtype=np.uint16)
+    assert "fineweb_train: 1 shard(s), 10 tokens" in render_info(data_info(tmp_path / "llmc"))
+    with pytest.raises(FileNotFoundError):
+        data_info(tmp_path / "nothing")

@@ -53,7 +53,7 @@ def shard_files(data: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
                 raise ValueError(f"{d}: `gpt2 data prepare` has not finished here (run it again to resume)")
             files = sorted(d.glob(f"{split}_*.bin"))
             if not files:
-                found = sorted({p.name.split("_")[0] for p in d.glob("*_*.bin")})
+                found = sorted({p.name.rsplit("_", 1)[0] for p in d.glob("*_*.bin")})
                 raise FileNotFoundError(f"{d}: no {split}_*.bin shards (splits here: {', '.join(found) or 'none'})")
             meta = d / "meta.json"
             if meta.is_file():

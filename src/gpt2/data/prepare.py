@@ -685,7 +685,8 @@ def data_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     shards: dict[str, list[dict[str, Any]]] = {}
     for p in sorted(path.glob("*.bin")):
         h = read_header(p)
-        split = p.name.split("_")[0]
+        m = re.match(r"^(.*)_\d+\.bin$", p.name)
+        split = m.group(1) if m else p.stem
         shards.setdefault(split, []).append({"file": p.name, "tokens": h.n_tokens, "version": h.version,
                                              "dtype": h.dtype.name})
     if meta is None and not shards:
