@@ -1,6 +1,6 @@
 """Byte-level BPE: the trainer, and the plain-Python reference encoder the fast path is held equal to.
 
-    python -m gpt2.tokenizer.bpe ../shared/data/tinyshakespeare.txt --vocab-size 4096 --out /tmp/tok-shakespeare
+    python -m gpt2 tokenizer train --input ../shared/data/tinyshakespeare.txt --vocab-size 4096 --out /tmp/tok-shakespeare
 
 Training (`train_bpe`) works on bytes, never on characters, so any UTF-8 text trains and any text
 encodes: the 256 single bytes are the first 256 ranks (rank = byte value) and every merge adds one
@@ -431,19 +431,3 @@ def reference_encode(text: str, ranks: dict[bytes, int], *, pattern: str = GPT2_
             ids.extend(got)
     return ids
 
-
-def main(argv: Sequence[str] | None = None) -> None:
-    import argparse
-
-    ap = argparse.ArgumentParser(description="train a byte-level BPE tokenizer (same as `gpt2 tokenizer train`)")
-    ap.add_argument("inputs", nargs="+")
-    ap.add_argument("--vocab-size", type=int, required=True)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
-    tok = train_bpe(files=args.inputs, vocab_size=args.vocab_size, progress=True)
-    tok.save(args.out)
-    print(f"saved {tok!r} to {args.out}")
-
-
-if __name__ == "__main__":
-    main()

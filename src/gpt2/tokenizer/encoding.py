@@ -97,6 +97,8 @@ class Tokenizer:
         rank_ids = set(mergeable_ranks.values())
         if len(rank_ids) != len(mergeable_ranks):
             raise ValueError("two tokens in the ranks share one id; every token needs its own rank")
+        if not all(isinstance(i, int) and 0 <= i < 2**32 for i in rank_ids):
+            raise ValueError("token ranks must be integers in 0..2**32-1 (tiktoken stores them as u32)")
         for s, i in specials.items():
             if not isinstance(s, str) or not s:
                 raise ValueError(f"special token {s!r} must be a non-empty string")

@@ -1,6 +1,6 @@
 """Tokenizer files in and out: our format, tiktoken rank files, GPT-2's encoder.json + vocab.bpe, HF tokenizer.json.
 
-    python -m gpt2.tokenizer.io gpt2 --out /tmp/gpt2-tok      # resolve GPT-2's vocabulary and save it
+    python -c "from gpt2.tokenizer import load_tokenizer; load_tokenizer('gpt2').save('/tmp/gpt2-tok')"
 
 Formats (each is someone else's where one exists):
 - **ours**: `tokenizer.tiktoken` (tiktoken's rank file, `base64(token) rank` per line) plus
@@ -535,18 +535,3 @@ def from_pretrained(name: str = "gpt2") -> Tokenizer:
                             f". Fix: copy gpt2.tiktoken (or encoder.json + vocab.bpe) into {directory}, "
                             "or pass a directory holding them")
 
-
-def main(argv: Sequence[str] | None = None) -> None:
-    import argparse
-
-    ap = argparse.ArgumentParser(description="load a tokenizer (gpt2, a directory or a file) and save it in our format")
-    ap.add_argument("spec")
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
-    tok = load_tokenizer(args.spec)
-    save_tokenizer(tok, args.out)
-    print(f"saved {tok!r} to {args.out}")
-
-
-if __name__ == "__main__":
-    main()
