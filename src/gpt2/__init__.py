@@ -20,11 +20,13 @@ _LAZY = {
     "GPT2Model": "gpt2.model.gpt2",
     "KVCache": "gpt2.model.gpt2",
     "Tokenizer": "gpt2.tokenizer",
+    "generate": "gpt2.generate",
 }
 
 __all__ = [*_LAZY, "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from gpt2.generate import generate
     from gpt2.model.config import GPT2Config
     from gpt2.model.gpt2 import GPT2LMHeadModel, GPT2Model, KVCache
     from gpt2.tokenizer import Tokenizer

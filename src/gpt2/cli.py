@@ -296,11 +296,107 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# ---------------------------------------------------------------------------------- generate, chat
+def _add_sampling_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
+    g = p.add_argument_group("sampling (defaults: plain sampling at temperature 1, no filters)")
+    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N",
+                   help=f"most tokens to generate (default: {max_new_tokens})")
+    g.add_argument("--temperature", type=float, default=None, metavar="T", help="0 is greedy (default: 1.0)")
+    g.add_argument("--greedy", action="store_true", help="always pick the most likely token (= --temperature 0)")
+    g.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among the K most likely tokens")
+    g.add_argument("--top-p", type=float, default=None, metavar="P",
+                   help="nucleus: the smallest set of tokens whose probability reaches P, in (0, 1]")
+    g.add_argument("--min-p", type=float, default=None, metavar="P",
+                   help="drop tokens less likely than P × the top token's probability")
+    g.add_argument("--repetition-penalty", type=float, default=None, metavar="R",
+                   help="> 1 discourages tokens already in the text (1.1-1.3 is typical)")
+    g.add_argument("--no-repeat-ngram-size", type=int, default=None, metavar="N", help="never repeat an N-gram")
+    g.add_argument("--seed", type=int, default=None, help="seed for reproducible samples (default: random, "
+                   "reported with --json)")
+    g.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop when the completion contains TEXT (repeatable; \\n and \\t understood)")
+    g.add_argument("--ignore-eot", action="store_true", help="do not stop at <|endoftext|>")
+    g.add_argument("--truncate", action="store_true",
+                   help="cut a prompt too long for the context window from the left (default: refuse it)")
+    m = p.add_argument_group("model")
+    m.add_argument("--tokenizer", default=None, help="gpt2 or a tokenizer directory (default: the model's)")
+    m.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="weights and KV cache dtype; bf16 reads half the bytes per token (default: fp32)")
+    m.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    m.add_argument("--no-fast-path", dest="pack", action="store_false",
+                   help="plain F.linear instead of oneDNN packed weights on CPU (for comparison)")
+
+
+def _sample_config(args: argparse.Namespace, **extra):
+    from gpt2.generate import SampleConfig
+
+    def unescape(s: str) -> str:
+        return s.replace("\\n", "\n").replace("\\t", "\t")
+
+    given = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": 0.0 if args.greedy else args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "min_p": args.min_p,
+        "repetition_penalty": args.repetition_penalty,
+        "no_repeat_ngram_size": args.no_repeat_ngram_size,
+        "seed": args.seed,
+        "stop": [unescape(s) for s in args.stop] if args.stop else None,
+        "stop_at_eot": False if args.ignore_eot else None,
+        "long_prompt": "truncate" if args.truncate else None,
+        **extra,
+    }
+    if args.greedy and args.temperature not in (None, 0.0):
+        raise ValueError(f"--greedy and --temperature {args.temperature} contradict each other; give one")
+    return SampleConfig(**{k: v for k, v in given.items() if v is not None})
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="complete prompts with a checkpoint (streaming, batches, JSON)")
+    p.add_argument("source", help="a checkpoint or model directory (config.json + model.safetensors + tokenizer)")
+    p.add_argument("prompt", nargs="?", default=None, help="the prompt (or --prompts-file)")
+    p.add_argument("--prompts-file", default=None, metavar="FILE",
+                   help="complete one prompt per line (.jsonl: {\"prompt\": ...} per line) in batches")
+    p.add_argument("--out", default=None, metavar="FILE", help="write --prompts-file results here as JSON lines")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="prompts per batch (default: 8)")
+    p.add_argument("--num-samples", type=int, default=None, metavar="N", help="completions per prompt")
+    p.add_argument("--bos", choices=["never", "always", "if-empty"], default=None,
+                   help="prepend <|endoftext|>: never (default; an empty prompt is an error), always, if-empty")
+    p.add_argument("--json", action="store_true", help="print a machine-readable result instead of streaming")
+    p.add_argument("--show-probs", nargs="?", type=int, const=5, default=0, metavar="K",
+                   help="print the top K candidates and their probabilities at each step (default K: 5)")
+    p.add_argument("--probs-plot", default=None, metavar="FILE.png", help="draw the same as a heatmap (matplotlib)")
+    _add_sampling_args(p, max_new_tokens=128)
+
+    def run(args: argparse.Namespace) -> int:
+        from gpt2.generate.commands import run_generate
+
+        config = _sample_config(args, num_samples=args.num_samples, bos=args.bos)
+        return run_generate(args.source, args.prompt, config=config, prompts_file=args.prompts_file, out=args.out,
+                            batch_size=args.batch_size, tokenizer=args.tokenizer, dtype=args.dtype,
+                            device=args.device, as_json=args.json, show_probs=args.show_probs,
+                            probs_plot=args.probs_plot, pack=args.pack)
+
+    p.set_defaults(func=run)
+
+    c = sub.add_parser("chat", help="talk to an instruction-tuned checkpoint (/reset, /set, /exit)")
+    c.add_argument("source", help="a checkpoint directory; its chat.json names the prompt format")
+    c.add_argument("--format", default=None, help="prompt format to use instead of chat.json's (alpaca, plain)")
+    _add_sampling_args(c, max_new_tokens=256)
+
+    def run_chat(args: argparse.Namespace) -> int:
+        from gpt2.generate.commands import run_chat
+
+        return run_chat(args.source, config=_sample_config(args), format=args.format, tokenizer=args.tokenizer,
+                        dtype=args.dtype, device=args.device, pack=args.pack)
+
+    c.set_defaults(func=run_chat)
+
+
 # ----------------------------------------------------------------------------- verbs still to come
 def _add_planned(sub: argparse._SubParsersAction) -> None:
     planned = [
-        ("generate", "sample text from a checkpoint", 6),
-        ("chat", "talk to an instruction-tuned checkpoint", 6),
         ("eval", "loss, perplexity, bits per byte, HellaSwag", 7),
         ("finetune", "classification, instruction tuning, LoRA", 8),
         ("serve", "OpenAI-compatible HTTP API and playground", 9),
@@ -319,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokenizer(sub)
     _add_data(sub)
     _add_train(sub)
+    _add_generate(sub)
     _add_planned(sub)
     return parser
 

@@ -1,0 +1,210 @@
+"""What `gpt2 generate` and `gpt2 chat` do, as plain functions: load a model directory, run, print.
+
+    python -m gpt2 generate path/to/checkpoint "Once upon a time" --max-new-tokens 40 --top-p 0.9
+    python -m gpt2 generate path/to/checkpoint --prompts-file prompts.txt --out results.jsonl --greedy
+    python -m gpt2 chat path/to/checkpoint --format alpaca
+
+gpt2/cli.py parses the arguments and calls these; a test or a notebook can call them the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from gpt2.generate.engine import Generation, PromptTruncatedWarning, SampleConfig, stream
+from gpt2.model.gpt2 import GPT2LMHeadModel
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DtypeName = Literal["fp32", "bf16"]
+
+
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Show our warnings as one `warning: ...` line on stderr (not Python's file:line form)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", PromptTruncatedWarning)
+        warnings.showwarning = lambda message, *args, **kwargs: print(f"warning: {message}", file=sys.stderr)
+        yield
+
+
+def load_model_and_tokenizer(
+    source: str | Path, *, tokenizer: str | None = None, dtype: DtypeName = "fp32", device: str = "auto"
+) -> tuple[GPT2LMHeadModel, Any]:
+    """A model directory (or hub id) → (model in eval mode, tokenizer from the same directory or `tokenizer`)."""
+    from gpt2.common import pick_device
+    from gpt2.model.hf import load_pretrained, resolve_source
+    from gpt2.tokenizer import load_tokenizer
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    directory = resolve_source(source)
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"{directory} holds no config.json: not a model directory or checkpoint")
+    try:
+        tok = load_tokenizer(tokenizer if tokenizer is not None else directory)
+    except FileNotFoundError as e:
+        if tokenizer is not None:
+            raise
+        raise FileNotFoundError(f"{e}; pass --tokenizer (gpt2, or a tokenizer directory)") from None
+    model = load_pretrained(directory, device=pick_device(device), dtype=DTYPES[dtype])
+    return model, tok
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """One prompt per line (blank lines skipped); a .jsonl file holds {"prompt": ...} objects or strings."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file {path} not found")
+    prompts = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n} is not valid JSON: {e}") from None
+            if isinstance(obj, dict) and isinstance(obj.get("prompt"), str):
+                obj = obj["prompt"]
+            if not isinstance(obj, str):
+                raise ValueError(f"{path}:{n}: expected a JSON string or an object with a \"prompt\" string")
+            prompts.append(obj)
+        else:
+            prompts.append(line)
+    if not prompts:
+        raise ValueError(f"prompts file {path} holds no prompts")
+    return prompts
+
+
+def _record(g: Generation) -> dict[str, Any]:
+    return {k: v for k, v in g.to_dict().items() if k != "steps" or v is not None}
+
+
+def run_generate(
+    source: str,
+    prompt: str | None = None,
+    *,
+    config: SampleConfig,
+    prompts_file: str | None = None,
+    out: str | None = None,
+    batch_size: int = 8,
+    tokenizer: str | None = None,
+    dtype: DtypeName = "fp32",
+    device: str = "auto",
+    as_json: bool = False,
+    show_probs: int = 0,
+    probs_plot: str | None = None,
+    pack: bool = True,
+) -> int:
+    """`gpt2 generate`: stream one prompt to the terminal, print JSON, or complete a prompts file."""
+    if (prompt is None) == (prompts_file is None):
+        raise ValueError("give either a PROMPT or --prompts-file FILE (not both)")
+    if out is not None and prompts_file is None:
+        raise ValueError("--out writes the results of --prompts-file; with a single PROMPT use --json")
+    if probs_plot is not None and not probs_plot.lower().endswith(".png"):
+        raise ValueError(f"--probs-plot writes a PNG file; got {probs_plot!r}")
+    if (show_probs or probs_plot) and prompts_file is not None:
+        raise ValueError("--show-probs/--probs-plot show one prompt's steps; not with --prompts-file")
+    if probs_plot is not None and importlib.util.find_spec("matplotlib") is None:
+        # Checked before the model loads, so a missing extra costs no waiting.
+        raise ValueError("--probs-plot needs matplotlib: pip install 'gpt2-scratch[plot]'")
+    if show_probs or probs_plot:
+        config = config.replace(top_probs=show_probs or 5)
+    prompts = read_prompts(prompts_file) if prompts_file is not None else [prompt]
+    model, tok = load_model_and_tokenizer(source, tokenizer=tokenizer, dtype=dtype, device=device)
+
+    with warnings_as_lines():
+        events = stream(model, tok, prompts, config, batch_size=batch_size, pack=pack)
+        if prompts_file is not None:
+            return _complete_file(events, prompts, config, out)
+        results: dict[int, Generation] = {}
+        streaming = not as_json and config.num_samples == 1
+        if streaming:
+            sys.stdout.write(prompt or "")
+            sys.stdout.flush()
+        for event in events:
+            if streaming and event.text:
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+            if event.generation is not None:
+                results[event.index] = event.generation
+    gens = [results[i] for i in sorted(results)]
+    if as_json:
+        print(json.dumps({"model": str(source), "config": _config_dict(config, gens),
+                          "results": [_record(g) for g in gens]}, indent=2, ensure_ascii=False))
+    elif streaming:
+        print()
+    else:
+        for g in gens:
+            print(f"--- sample {g.sample_index + 1} of {config.num_samples} ({g.finish_reason}, "
+                  f"{g.completion_tokens} tokens) ---")
+            print((prompt or "") + g.text)
+    if show_probs and gens[0].steps:
+        from gpt2.generate.show import render_probs
+
+        print(render_probs(gens[0].steps, tok), file=sys.stderr if as_json else sys.stdout)
+    if probs_plot and gens[0].steps:
+        from gpt2.generate.show import plot_probs
+
+        print(f"wrote {plot_probs(gens[0].steps, tok, probs_plot)}", file=sys.stderr)
+    return 0
+
+
+def _config_dict(config: SampleConfig, gens: list[Generation]) -> dict[str, Any]:
+    d = {k: v for k, v in vars(config).items()}
+    if gens and gens[0].seed is not None:
+        d["seed"] = gens[0].seed  # the seed actually used, so the run can be repeated
+    return d
+
+
+def _complete_file(events: Iterator, prompts: list[str], config: SampleConfig, out: str | None) -> int:
+    """Collect a prompts file's completions and write them as JSON lines, in the prompts' order."""
+    from gpt2.common import atomic_write_text
+
+    t0 = time.perf_counter()
+    results: dict[int, Generation] = {}
+    for event in events:
+        if event.generation is not None:
+            results[event.index] = event.generation
+    seconds = time.perf_counter() - t0
+    lines = [json.dumps(_record(results[i]), ensure_ascii=False) for i in sorted(results)]
+    text = "\n".join(lines) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(out, text)
+    n_tokens = sum(g.completion_tokens for g in results.values())
+    where = f"to {out}" if out is not None else ""
+    print(f"wrote {len(lines)} completions of {len(prompts)} prompts {where} ({n_tokens} tokens in {seconds:.1f} s, "
+          f"{n_tokens / max(seconds, 1e-9):.1f} tokens/s)".replace("  ", " "), file=sys.stderr)
+    return 0
+
+
+def run_chat(
+    source: str,
+    *,
+    config: SampleConfig,
+    format: str | None = None,
+    tokenizer: str | None = None,
+    dtype: DtypeName = "fp32",
+    device: str = "auto",
+    pack: bool = True,
+) -> int:
+    """`gpt2 chat`: the interactive loop over stdin/stdout (see gpt2.generate.chat)."""
+    from gpt2.generate.chat import Chat, chat_loop, load_chat_format
+    from gpt2.model.hf import resolve_source
+
+    fmt = load_chat_format(resolve_source(source), format=format)
+    model, tok = load_model_and_tokenizer(source, tokenizer=tokenizer, dtype=dtype, device=device)
+    with warnings_as_lines():
+        return chat_loop(Chat(model, tok, fmt, config, pack=pack))

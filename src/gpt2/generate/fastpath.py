@@ -1,0 +1,90 @@
+"""CPU decoding fast path: a view of the model whose linear layers run oneDNN on pre-packed weights.
+
+    python -c "from gpt2 import GPT2Config, GPT2LMHeadModel; from gpt2.generate.fastpath import inference_view; print(inference_view(GPT2LMHeadModel(GPT2Config.from_preset('tiny'))))"
+
+Decoding one token is a chain of matrix-vector products, so its speed is the rate at which the
+weights stream from memory. On the 2-core AMD EPYC (Zen 4) this project is measured on, PyTorch's
+default CPU path for F.linear with one row (MKL sgemv on our (out, in) weights) reads about 14 GB/s,
+while oneDNN's matmul on a weight reordered once into its blocked layout reads 28-30 GB/s in fp32 and
+~24 GB/s in bf16 (the same 124M weight set, measured side by side: 35 ms vs 16-18 ms per token in
+fp32). Prefill gains too (~2× at 512 tokens). These are the ops torch.compile's CPU backend emits
+for frozen linear layers (`mkldnn::_reorder_linear_weight`, `mkldnn::_linear_pointwise`).
+
+`inference_view(model)` returns a shallow copy of the model that shares every parameter with it, with
+each nn.Linear replaced by a `PackedLinear` holding the packed copy of its weight; the caller's model
+is never modified. The copy costs one extra copy of the linear weights in memory (the tied LM head
+is packed once more), and is cached per model until its weights change (a new tensor or an in-place
+update bumps the stamp). Where oneDNN cannot run (not CPU, no mkldnn build, a dtype other than
+fp32/bf16) the model is returned as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+
+import torch
+from torch import nn
+
+from gpt2.model.gpt2 import GPT2LMHeadModel
+
+
+class PackedLinear(nn.Module):
+    """y = x Wᵀ + b with W held in oneDNN's blocked layout (packed once, reused every call)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        # Plain attributes, not parameters or buffers: the packed layout is opaque and never saved.
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN"
+
+
+def can_pack(model: nn.Module) -> bool:
+    """True where the packed path runs: CPU weights in fp32 or bf16 and a PyTorch built with oneDNN."""
+    p = next(model.parameters())
+    return (
+        p.device.type == "cpu"
+        and p.dtype in (torch.float32, torch.bfloat16)
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
+def _stamp(model: nn.Module) -> tuple:
+    """Changes whenever a weight is replaced or updated in place (data pointer, version counter, dtype)."""
+    return tuple((p.data_ptr(), p._version, p.dtype) for p in model.parameters())
+
+
+_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]] = weakref.WeakKeyDictionary()
+
+
+def shared_copy(model: GPT2LMHeadModel) -> GPT2LMHeadModel:
+    """A copy of the module tree in eval mode that shares every parameter and buffer with `model`."""
+    # deepcopy copies the module objects only: the memo maps each tensor to itself.
+    memo = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return copy.deepcopy(model, memo).eval()
+
+
+def inference_view(model: GPT2LMHeadModel, *, pack: bool = True) -> GPT2LMHeadModel:
+    """The model ready for generation without touching it: packed linears where possible (see the module
+    docstring), else the model itself when already in eval mode, else an eval-mode shared copy."""
+    if not (pack and can_pack(model)):
+        return shared_copy(model) if model.training else model
+    stamp = _stamp(model)
+    hit = _CACHE.get(model)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]  # type: ignore[return-value]
+    fast = shared_copy(model)
+    for module in list(fast.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(module, name, PackedLinear(child))
+    _CACHE[model] = (stamp, fast)
+    return fast
