@@ -14,12 +14,18 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # torch costs ~1 s to import; tokenizer and data workers use this module without it
+    import torch
 
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def cache_dir() -> Path:
@@ -29,6 +35,8 @@ def cache_dir() -> Path:
 
 def pick_device(name: str = "auto") -> torch.device:
     """Resolve "auto" to the best device present; refuse a device that is not there."""
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -43,6 +51,9 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) from one number."""
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -68,6 +79,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -93,6 +105,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
         if path.exists():
@@ -119,6 +132,8 @@ def init_distributed(device: torch.device) -> tuple[int, int, int, torch.device]
 
     Returns (rank, local_rank, world_size, device). Without torchrun it does nothing.
     """
+    import torch
+
     rank_, local_rank, world_size = world()
     if world_size == 1:
         return 0, 0, 1, device
