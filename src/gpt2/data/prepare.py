@@ -149,6 +149,7 @@ class ChunkResult:
 
 
 _WORKER: tuple[Callable[[str], list[int]], int, np.dtype, SplitRule] | None = None
+_FLUSH_TOKENS = 1 << 14
 
 
 def _die_with_parent() -> None:
@@ -187,6 +188,7 @@ def _tokenize_chunk(chunk: Chunk) -> ChunkResult:
     encode, eot, dtype, rule = _WORKER
     groups, replaced = read_chunk(chunk)
     ids: tuple[list[int], list[int]] = ([], [])
+    done: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
     docs = [0, 0]
     empty = 0
     fraction = rule.fraction
@@ -201,9 +203,15 @@ def _tokenize_chunk(chunk: Chunk) -> ChunkResult:
             out.append(eot)
             out.extend(encode(text))
             docs[s] += 1
+            if len(out) > _FLUSH_TOKENS:
+                # Into numpy every ~16k tokens: the Python ints die young and their memory is reused
+                # while still in cache (a few % faster than one conversion per 1 MB chunk, measured).
+                done[s].append(np.array(out, dtype=dtype))
+                out.clear()
     # numpy arrays, not lists: a worker's result crosses a pipe, and 2 bytes a token pickles ~30× faster.
-    return ChunkResult(tokens=(np.array(ids[0], dtype=dtype), np.array(ids[1], dtype=dtype)),
-                       docs=(docs[0], docs[1]), empty=empty, replaced=replaced, nbytes=chunk.nbytes)
+    tokens = tuple(np.concatenate([*d, np.array(i, dtype=dtype)]) for d, i in zip(done, ids))
+    return ChunkResult(tokens=(tokens[0], tokens[1]), docs=(docs[0], docs[1]), empty=empty, replaced=replaced,
+                       nbytes=chunk.nbytes)
 
 
 def _start_method() -> str:
