@@ -356,6 +356,7 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
             "step": step, "tokens": tokens_seen, "optimizer": optim_sd, "schedule": schedule.state_dict(),
             "train_loader": train_loader.state_dict(), "guard": guard.state_dict(), "scaler": scaler.state_dict(),
             "rng": rng, "world_size": world_size, "grad_accum": grad_accum,
+            "loop_seconds": time.time() - t_loop,  # t_loop is set before the first checkpoint
         }
         path = save_checkpoint(run_dir, step, model=to_save, trainer_state=trainer_state, tokenizer=tokenizer,
                                run_yaml=to_yaml(cfg), keep_last=cfg.checkpoint.keep_last)
@@ -375,11 +376,22 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
 
         bar = tqdm(total=cfg.train.max_steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr)
     timed_steps, timed_seconds, last_val = 0, 0.0, None
-    deadline = t_start + 60 * cfg.train.max_minutes if cfg.train.max_minutes else None
+    # train.max_minutes budgets the loop itself (evaluations included, setup and the final evaluation
+    # not); the time already spent before a resume counts, so a resumed run keeps its schedule.
+    budget = 60 * cfg.train.max_minutes if cfg.train.max_minutes else None
+    loop_seconds = state.get("loop_seconds", 0.0) if state is not None else 0.0
+    t_loop = time.time() - loop_seconds
     with _StopSignal() as stop:
         while step < cfg.train.max_steps:
             t0 = time.perf_counter()
-            lr = schedule(step)
+            time_fraction = None
+            if budget is not None:
+                time_fraction = (time.time() - t_loop) / budget
+                if world_size > 1:  # every rank must use the same rate: take rank 0's clock
+                    tf = torch.tensor([time_fraction], dtype=torch.float64, device=device)
+                    torch.distributed.broadcast(tf, 0)
+                    time_fraction = tf.item()
+            lr = schedule(step, time_fraction=time_fraction)
             set_lr(optimizer, lr)
             loss_sum = torch.zeros((), device=device)
             for micro in range(grad_accum):
@@ -443,7 +455,11 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
                 bar.update(1)
 
             last = step == cfg.train.max_steps
-            out_of_time = deadline is not None and time.time() >= deadline
+            out_of_time = budget is not None and time.time() - t_loop >= budget
+            if world_size > 1 and budget is not None:  # stop together
+                flag = torch.tensor([float(out_of_time)], device=device)
+                torch.distributed.broadcast(flag, 0)
+                out_of_time = bool(flag.item())
             stopping = stop.received is not None or out_of_time
             if cfg.eval.interval and step % cfg.eval.interval == 0 and not last and not stopping:
                 last_val, bpb = evaluate()

@@ -36,7 +36,8 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, *, device: torch.d
     fused = cfg.fused
     if fused is None:
         fused = device.type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
-    kwargs: dict[str, Any] = {"fused": True} if fused else {"foreach": device.type != "cpu" or None}
+    # foreach (one multi-tensor op per update step instead of a Python loop over tensors) works on CPU too
+    kwargs: dict[str, Any] = {"fused": True} if fused else {"foreach": True}
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, **kwargs
     )
@@ -49,14 +50,21 @@ class LRSchedule:
         self.lr, self.min_lr = cfg.lr, cfg.lr * cfg.min_lr_ratio
         self.warmup, self.max_steps, self.kind = cfg.warmup_steps, max_steps, cfg.schedule
 
-    def __call__(self, step: int) -> float:
-        """Learning rate for optimizer step `step` (0-based)."""
+    def __call__(self, step: int, *, time_fraction: float | None = None) -> float:
+        """Learning rate for optimizer step `step` (0-based).
+
+        With a time budget (train.max_minutes), `time_fraction` is the share of it used so far; the
+        decay then follows whichever runs out first, steps or time, so a run cut short by the clock
+        still ends at the floor instead of at its peak rate.
+        """
         if step < self.warmup:
             return self.lr * (step + 1) / self.warmup
         if self.kind == "constant":
             return self.lr
         span = max(self.max_steps - self.warmup, 1)
         progress = min((step - self.warmup) / span, 1.0)
+        if time_fraction is not None:
+            progress = min(max(progress, time_fraction), 1.0)
         if self.kind == "linear":
             coeff = 1.0 - progress
         else:
