@@ -134,10 +134,10 @@ import os, signal
 import gpt2.train.loop as loop
 from gpt2.config import load_config
 orig = loop.LRSchedule.__call__
-def lr(self, step):
+def lr(self, step, **kw):
     if step == 2:
         os.kill(os.getpid(), signal.SIGTERM)
-    return orig(self, step)
+    return orig(self, step, **kw)
 loop.LRSchedule.__call__ = lr
 r = loop.train(load_config({recipe!r}, {overrides!r}), progress=False)
 raise SystemExit(130 if r.interrupted else 0)
