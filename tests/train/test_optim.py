@@ -1,0 +1,36 @@
+"""AdamW groups and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gpt2 import GPT2Config, GPT2LMHeadModel
+from gpt2.config import OptimConfig
+from gpt2.train.optim import LRSchedule, build_optimizer, param_groups
+
+
+def test_decay_only_on_matrices_and_tied_weight_once() -> None:
+    model = GPT2LMHeadModel(GPT2Config.from_preset("tiny"))
+    decay, no_decay = param_groups(model, 0.1)
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    n = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
+    assert n == model.num_parameters()
+    opt = build_optimizer(model, OptimConfig(), device=torch.device("cpu"))
+    assert opt.param_groups[0]["weight_decay"] == 0.1 and opt.param_groups[1]["weight_decay"] == 0.0
+
+
+def test_schedule_warmup_cosine_floor_and_time_budget() -> None:
+    s = LRSchedule(OptimConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=10), max_steps=110)
+    assert s(0) == pytest.approx(0.1) and s(9) == pytest.approx(1.0)
+    assert s(10) == pytest.approx(1.0)
+    assert s(60) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert s(110) == pytest.approx(0.1) and s(1000) == pytest.approx(0.1)
+    # a clock running out first drives the decay: half the time used = half way down the cosine
+    assert s(20, time_fraction=0.5) == pytest.approx(s(60))
+    assert s(20, time_fraction=2.0) == pytest.approx(0.1)
+    assert s(20, time_fraction=0.0) == pytest.approx(s(20))  # steps ahead of the clock win
+    with pytest.raises(ValueError, match="LR schedule differs"):
+        s.load_state_dict({**s.state_dict(), "max_steps": 5})
