@@ -1,7 +1,11 @@
-"""Forward + backward throughput: our GPT2LMHeadModel against transformers.GPT2LMHeadModel, side by side.
+"""Training-step throughput: our GPT2LMHeadModel against transformers.GPT2LMHeadModel, side by side.
 
     python bench/train_step.py                       # tiny and gpt2 (124M) at T=256, fp32 and bf16
-    python bench/train_step.py --models gpt2 --dtypes fp32 --steps 5
+    python bench/train_step.py --models gpt2 --dtypes fp32 --steps 5 --optimizer
+
+Without --optimizer a step is forward + backward (issue #2's model benchmark); with it, the whole step
+`gpt2 train` takes: forward, backward, gradient clipping and AdamW (ours: gpt2.train.optim's groups,
+foreach; HF: torch.optim.AdamW on model.parameters(), as HF-based training scripts write it).
 
 Both models get the same config, the same weights and the same batch; steps alternate between them
 (ours, HF, ours, HF, ...) so machine noise hits both alike, and the median step time is reported.
@@ -56,8 +60,15 @@ def build_pair(preset: str, seq_len: int):
     return config, ours, hf
 
 
-def run(preset: str, *, seq_len: int, batch: int, steps: int, dtype_name: str) -> dict:
+def run(preset: str, *, seq_len: int, batch: int, steps: int, dtype_name: str, optimizer: bool) -> dict:
     config, ours, hf = build_pair(preset, seq_len)
+    opt_ours = opt_hf = None
+    if optimizer:
+        from gpt2.config import OptimConfig
+        from gpt2.train.optim import build_optimizer
+
+        opt_ours = build_optimizer(ours, OptimConfig(), device=torch.device("cpu"))
+        opt_hf = torch.optim.AdamW(hf.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
     dtype = DTYPES[dtype_name]
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, config.vocab_size, (batch, seq_len), generator=g)
@@ -70,6 +81,9 @@ def run(preset: str, *, seq_len: int, batch: int, steps: int, dtype_name: str) -
         with autocast():
             loss = ours(x, targets=targets, return_logits=False).loss
         loss.backward()
+        if opt_ours is not None:
+            torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
+            opt_ours.step()
         for p in ours.parameters():
             p.grad = None
         return loss.item()
@@ -78,6 +92,9 @@ def run(preset: str, *, seq_len: int, batch: int, steps: int, dtype_name: str) -
         with autocast():
             loss = hf(x, labels=x).loss
         loss.backward()
+        if opt_hf is not None:
+            torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+            opt_hf.step()
         for p in hf.parameters():
             p.grad = None
         return loss.item()
@@ -111,10 +128,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=5, help="timed steps per model (after one warm-up)")
+    p.add_argument("--optimizer", action="store_true", help="time the full training step (clip + AdamW too)")
     args = p.parse_args(argv)
     dtypes = args.dtypes.split(",")
     peaks = {d: matmul_peak(DTYPES[d]) for d in dtypes}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch} × T {args.seq_len}")
+    what = "forward + backward + clip + AdamW" if args.optimizer else "forward + backward"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch} × T {args.seq_len}; "
+          f"step = {what}")
     print("matmul peak (2048² matmul): " + ", ".join(f"{d} {peaks[d]:.0f} GFLOP/s" for d in dtypes))
     print()
     header = "| model | dtype | ours tok/s | HF tok/s | ours / HF | ours GFLOP/s (% peak) | HF GFLOP/s (% peak) |"
@@ -122,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---:|---:|---:|---:|---:|")
     for preset in args.models.split(","):
         for d in dtypes:
-            r = run(preset, seq_len=args.seq_len, batch=args.batch, steps=args.steps, dtype_name=d)
+            r = run(preset, seq_len=args.seq_len, batch=args.batch, steps=args.steps, dtype_name=d,
+                    optimizer=args.optimizer)
             print(
                 f"| {preset} | {d} | {r['tok_s_ours']:.0f} | {r['tok_s_hf']:.0f} | {r['ratio']:.2f}× "
                 f"| {r['gflops_ours']:.0f} ({100 * r['gflops_ours'] / peaks[d]:.0f}%) "
