@@ -179,7 +179,8 @@ def test_top_probs_are_the_models(model) -> None:
 
 
 def test_generation_leaves_the_model_alone(model) -> None:
-    m = sharp_model(model.config.vocab_size, resid_pdrop=0.5)  # dropout matters only in train mode
+    # wide enough to pack; dropout would change outputs in train mode
+    m = sharp_model(model.config.vocab_size, n_layer=1, n_embd=512, n_head=8, resid_pdrop=0.5)
     m.train()
     before = {k: v.clone() for k, v in m.state_dict().items()}
     p = prompts_of([5], m.config.vocab_size)
@@ -192,17 +193,19 @@ def test_generation_leaves_the_model_alone(model) -> None:
 
 
 def test_packed_view_matches_plain_and_follows_weight_updates(model) -> None:
-    m = sharp_model(model.config.vocab_size, seed=2)
+    assert inference_view(model) is model  # tiny layers stay plain: nothing to pack
+    m = sharp_model(model.config.vocab_size, seed=2, n_layer=1, n_embd=512, n_head=8)  # c_fc: 2048 × 512
     ids = torch.tensor(prompts_of([9, 9], m.config.vocab_size))
     view = inference_view(m)
-    assert view is not m and any(isinstance(x, PackedLinear) for x in view.modules())
+    assert view is not m and isinstance(view.transformer.h[0].mlp.c_fc, PackedLinear)
+    assert not isinstance(view.lm_head, PackedLinear)  # 320 × 512 is below MIN_PACKED_NUMEL
     assert inference_view(m) is view  # cached
     with torch.no_grad():
-        torch.testing.assert_close(view(ids).logits, m(ids).logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(view(ids).logits, m(ids).logits, atol=1e-3, rtol=1e-3)
         m.transformer.h[0].mlp.c_fc.weight.mul_(0.5)  # an in-place update (as an optimizer step)
         fresh = inference_view(m)
         assert fresh is not view
-        torch.testing.assert_close(fresh(ids).logits, m(ids).logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(fresh(ids).logits, m(ids).logits, atol=1e-3, rtol=1e-3)
 
 
 def test_bf16_weights_and_cache(model) -> None:

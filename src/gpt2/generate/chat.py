@@ -1,7 +1,7 @@
 """Chat with an instruction-tuned checkpoint: prompt formats, the checkpoint's chat.json, and the loop.
 
     python -m gpt2 chat path/to/checkpoint --temperature 0.7 --top-p 0.9
-    printf 'Name a color.\n/exit\n' | python -m gpt2 chat path/to/checkpoint --greedy
+    printf 'Name a color.\\n/exit\\n' | python -m gpt2 chat path/to/checkpoint --greedy
 
 **The prompt format lives in the checkpoint**, in `chat.json` beside config.json (its own small file,
 so neither transformers' generation_config.json nor the tokenizer's files gain keys they do not know):
@@ -25,6 +25,7 @@ gave (ending with <|endoftext|> when it ended there) and the separator. When the
 fits the context window next to max_new_tokens, the oldest turns are dropped. Commands: /reset
 (forget the history), /exit (or end of input), /set NAME VALUE (a sampling option, e.g. /set
 temperature 0.5), /help. The user's text is encoded as plain text, so a typed <|endoftext|> is text.
+Ctrl-C during a reply stops it (the turn is not kept); at the prompt it quits.
 """
 
 from __future__ import annotations
@@ -196,24 +197,21 @@ class Chat:
         if name not in fields or name in ("num_samples", "long_prompt", "top_probs", "stop"):
             settable = [n for n in fields if n not in ("num_samples", "long_prompt", "top_probs", "stop")]
             raise ValueError(f"unknown option {name!r}; /set one of {', '.join(settable)}")
-        current = getattr(self.config, name)
+        kind = str(fields[name].type)  # the annotation as text: "float", "int | None", "bool", ...
         parsed: Any
-        if value.lower() in ("none", "off") and name in ("top_k", "seed"):
-            parsed = None
-        elif isinstance(current, bool):
-            parsed = value.lower() in ("1", "true", "yes", "on")
-        elif isinstance(current, int) or name in ("top_k", "seed"):
-            try:
+        try:
+            if value.lower() in ("none", "off") and "None" in kind:
+                parsed = None
+            elif kind.startswith("bool"):
+                parsed = value.lower() in ("1", "true", "yes", "on")
+            elif kind.startswith("int"):
                 parsed = int(value)
-            except ValueError:
-                raise ValueError(f"{name} takes an integer, got {value!r}") from None
-        elif isinstance(current, float):
-            try:
+            elif kind.startswith("float"):
                 parsed = float(value)
-            except ValueError:
-                raise ValueError(f"{name} takes a number, got {value!r}") from None
-        else:
-            parsed = value
+            else:
+                parsed = value
+        except ValueError:
+            raise ValueError(f"{name} takes a value of type {kind}, got {value!r}") from None
         self.config = self.config.replace(**{name: parsed})
 
     def send(self, message: str, input: str = "") -> Iterator[str]:
@@ -283,7 +281,11 @@ def chat_loop(chat: Chat, *, stdin: TextIO | None = None, stdout: TextIO | None 
         if command.startswith("/"):
             print(f"error: unknown command {command.split()[0]!r}; {HELP}", file=stderr)
             continue
-        _write_reply(chat.send(message), stdout)
+        try:
+            _write_reply(chat.send(message), stdout)
+        except KeyboardInterrupt:  # Ctrl-C stops this reply (it is not kept); at the prompt it quits
+            stdout.write("\n")
+            print("(reply interrupted)", file=stderr)
 
 
 def _write_reply(pieces: Iterator[str], out: TextIO) -> None:

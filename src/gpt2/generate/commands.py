@@ -37,19 +37,32 @@ def warnings_as_lines() -> Iterator[None]:
         yield
 
 
+def resolve_model_dir(source: str | Path) -> Path:
+    """A model directory from a checkpoint or model directory, a training run directory (its newest
+    checkpoint, as `latest` names it), or a hub id."""
+    from gpt2.model.hf import resolve_source
+
+    directory = resolve_source(source)
+    if (directory / "config.json").is_file():
+        return directory
+    if (directory / "latest").is_file() or any(directory.glob("step-*")):
+        from gpt2.train.checkpoint import resolve_checkpoint
+
+        return resolve_checkpoint(directory)
+    raise FileNotFoundError(f"{directory} holds no config.json: not a model directory, checkpoint or run directory")
+
+
 def load_model_and_tokenizer(
     source: str | Path, *, tokenizer: str | None = None, dtype: DtypeName = "fp32", device: str = "auto"
 ) -> tuple[GPT2LMHeadModel, Any]:
     """A model directory (or hub id) → (model in eval mode, tokenizer from the same directory or `tokenizer`)."""
     from gpt2.common import pick_device
-    from gpt2.model.hf import load_pretrained, resolve_source
+    from gpt2.model.hf import load_pretrained
     from gpt2.tokenizer import load_tokenizer
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    directory = resolve_source(source)
-    if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory} holds no config.json: not a model directory or checkpoint")
+    directory = resolve_model_dir(source)
     try:
         tok = load_tokenizer(tokenizer if tokenizer is not None else directory)
     except FileNotFoundError as e:
@@ -202,9 +215,9 @@ def run_chat(
 ) -> int:
     """`gpt2 chat`: the interactive loop over stdin/stdout (see gpt2.generate.chat)."""
     from gpt2.generate.chat import Chat, chat_loop, load_chat_format
-    from gpt2.model.hf import resolve_source
 
-    fmt = load_chat_format(resolve_source(source), format=format)
-    model, tok = load_model_and_tokenizer(source, tokenizer=tokenizer, dtype=dtype, device=device)
+    directory = resolve_model_dir(source)
+    fmt = load_chat_format(directory, format=format)
+    model, tok = load_model_and_tokenizer(directory, tokenizer=tokenizer, dtype=dtype, device=device)
     with warnings_as_lines():
         return chat_loop(Chat(model, tok, fmt, config, pack=pack))
