@@ -354,7 +354,8 @@ def _sample_config(args: argparse.Namespace, **extra):
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="complete prompts with a checkpoint (streaming, batches, JSON)")
-    p.add_argument("source", help="a checkpoint or model directory (config.json + model.safetensors + tokenizer)")
+    p.add_argument("source", help="a checkpoint or model directory (config.json + model.safetensors + tokenizer "
+                   "files), or a run directory (its latest checkpoint)")
     p.add_argument("prompt", nargs="?", default=None, help="the prompt (or --prompts-file)")
     p.add_argument("--prompts-file", default=None, metavar="FILE",
                    help="complete one prompt per line (.jsonl: {\"prompt\": ...} per line) in batches")

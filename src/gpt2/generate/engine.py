@@ -371,8 +371,16 @@ def stream(
     return _stream_batches(model, tokenizer, prepared, batches, config, seed, pack)
 
 
-def _stream_batches(model, tokenizer, prepared, batches, config, seed, pack) -> Iterator[TokenEvent]:
-    view = inference_view(model, pack=pack)
+def _stream_batches(
+    model: GPT2LMHeadModel,
+    tokenizer: Any,
+    prepared: list[tuple[list[int], str | None, int]],
+    batches: list[list[int]],
+    config: SampleConfig,
+    seed: int | None,
+    pack: bool,
+) -> Iterator[TokenEvent]:
+    view = inference_view(model, pack=pack)  # packed once per model (cached), on the first token
     for batch in batches:
         yield from _decode(view, tokenizer, [(i, *prepared[i]) for i in batch], config, seed)
 
