@@ -270,6 +270,8 @@ class GPT2LMHeadModel(nn.Module):
         self.transformer = GPT2Model(config)
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied: one matrix, trained by both uses
+        if self.transformer.wte.weight.is_meta:
+            return  # built on the meta device to be loaded into: initialising would only cost time
         self.apply(self._init_weights)
         # GPT-2 paper §2.3: scale the residual projections by 1/sqrt(N), N = 2 per block (attn + MLP).
         proj_std = config.initializer_range / math.sqrt(2 * config.n_layer)
@@ -345,6 +347,12 @@ class GPT2LMHeadModel(nn.Module):
         from gpt2.model.hf import load_pretrained
 
         return load_pretrained(source, **kwargs)
+
+    def generate(self, tokenizer: Any, prompts: Any, config: Any = None, **kwargs: Any) -> list[Any]:
+        """Complete prompts with the KV-cache engine: see gpt2.generate.generate for the options."""
+        from gpt2.generate.engine import generate
+
+        return generate(self, tokenizer, prompts, config, **kwargs)
 
     def save_pretrained(self, directory: str | Path, *, safe_serialization: bool = True) -> None:
         """Write config.json + model.safetensors (or pytorch_model.bin) that transformers loads as they are."""

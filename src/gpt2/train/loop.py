@@ -366,7 +366,7 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
     def sample() -> list[str]:
         if not master:
             return []
-        texts = sample_text(model, tokenizer, cfg, device=device, autocast=autocast)
+        texts = sample_text(model, tokenizer, cfg)
         logger.log({"kind": "sample", "step": step, "samples": texts})
         return texts
 
@@ -497,38 +497,23 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
     return result
 
 
-def sample_text(model: GPT2LMHeadModel, tokenizer: Any, cfg: RunConfig, *, device: torch.device,
-                autocast: Any) -> list[str]:
-    """Continue each configured prompt with top-k sampling, from a generator of its own (training RNG untouched)."""
-    from gpt2.model.gpt2 import KVCache
+def sample_text(model: GPT2LMHeadModel, tokenizer: Any, cfg: RunConfig) -> list[str]:
+    """Continue each configured prompt with the generation engine (its own seeded generators: the
+    training RNG is not touched, so samples never change the losses that follow)."""
+    from gpt2.generate import SampleConfig, generate
 
     s = cfg.sample
-    gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    out = []
+    # leave at least half the context for the prompt (truncated from the left if longer)
+    max_new = min(s.max_new_tokens, model.config.n_positions // 2)
+    config = SampleConfig(max_new_tokens=max_new, temperature=s.temperature, top_k=s.top_k or None,
+                          seed=cfg.train.seed, long_prompt="truncate")
     model.eval()
-    with torch.no_grad(), autocast:
-        for prompt in s.prompts:
-            ids = tokenizer.encode_ordinary(prompt) or [tokenizer.eot_token]
-            ids = ids[-(model.config.n_positions - 1):]
-            n_new = min(s.max_new_tokens, model.config.n_positions - len(ids))
-            cache = KVCache(model.config, batch_size=1, max_len=len(ids) + n_new, device=device,
-                            dtype=torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type)
-                            else torch.float32)
-            x = torch.tensor([ids], device=device)
-            new: list[int] = []
-            for _ in range(n_new):
-                logits = model(x, kv_cache=cache).logits[0, -1].float() / max(s.temperature, 1e-5)
-                if s.top_k:
-                    kth = torch.topk(logits, min(s.top_k, logits.numel())).values[-1]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
-                if nxt == tokenizer.eot_token:
-                    break
-                new.append(nxt)
-                x = torch.tensor([[nxt]], device=device)
-            out.append(prompt + tokenizer.decode(new))
-    model.train()
-    return out
+    try:
+        # pack=False: no packed copy of the weights, which change after every step anyway
+        gens = generate(model, tokenizer, list(s.prompts), config, pack=False)
+    finally:
+        model.train()
+    return [prompt + g.text for prompt, g in zip(s.prompts, gens)]
 
 
 def main(argv: list[str] | None = None) -> int:
