@@ -27,21 +27,14 @@ import torch
 from gpt2 import GPT2Config, GPT2LMHeadModel
 from gpt2.model.hf import to_hf_state_dict
 from gpt2.model.info import flops_per_token
+from gpt2.train.metrics import measure_matmul_peak
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def matmul_peak(dtype: torch.dtype, *, n: int = 2048, reps: int = 5) -> float:
-    """Best GFLOP/s of an n×n by n×n matmul in `dtype` (the reference for MFU on this CPU)."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+def matmul_peak(dtype: torch.dtype) -> float:
+    """GFLOP/s of this CPU's matmul in `dtype`, measured now (the same routine MFU uses in training)."""
+    return measure_matmul_peak(dtype) / 1e9
 
 
 def build_pair(preset: str, seq_len: int):
