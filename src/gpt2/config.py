@@ -162,6 +162,12 @@ class EvalConfig:
     """Steps between validation passes (0 = only at the end)."""
     steps: int = 20
     """Batches per validation pass (0 = the whole val split)."""
+    hellaswag: str = ""
+    """HellaSwag jsonl file (or `val` to download it) to score during training; empty = off."""
+    hellaswag_interval: int = 0
+    """Steps between HellaSwag passes (0 = with every validation pass, and at the end)."""
+    hellaswag_limit: int = 0
+    """HellaSwag examples per pass (0 = all)."""
 
 
 @dataclass
@@ -248,8 +254,9 @@ def validate(cfg: RunConfig) -> None:
         (cfg.model.n_positions is None or t.seq_len <= cfg.model.n_positions,
          f"train.seq_len={t.seq_len} is longer than model.n_positions={cfg.model.n_positions}"),
         (cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last must be at least 1"),
-        (cfg.checkpoint.interval >= 0 and cfg.eval.interval >= 0 and cfg.sample.interval >= 0,
-         "checkpoint/eval/sample intervals must be >= 0"),
+        (cfg.checkpoint.interval >= 0 and cfg.eval.interval >= 0 and cfg.sample.interval >= 0
+         and cfg.eval.hellaswag_interval >= 0 and cfg.eval.hellaswag_limit >= 0,
+         "checkpoint/eval/sample/hellaswag intervals (and eval.hellaswag_limit) must be >= 0"),
         (cfg.data.tokenizer.pattern in ("gpt2", "gpt4"), "data.tokenizer.pattern: use gpt2 or gpt4"),
     ]
     for ok, msg in checks:

@@ -13,6 +13,7 @@ import torch
 from train_helpers import REPO, copy_gpt2_vocab, overrides, run_cli, run_python
 
 from gpt2.config import load_config
+from gpt2.train.metrics import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +33,7 @@ KILL_AFTER_SAVE = """
 import os, signal, sys
 import gpt2.train.loop as loop
 from gpt2.config import load_config
+from gpt2.train.metrics import read_metrics
 orig = loop.save_checkpoint
 def save_then_die(run_dir, step, **kw):
     path = orig(run_dir, step, **kw)
@@ -46,6 +48,7 @@ KILL_DURING_SAVE = """
 import os, signal, torch
 import gpt2.train.loop as loop
 from gpt2.config import load_config
+from gpt2.train.metrics import read_metrics
 orig = torch.save
 def save_and_die_midway(obj, f, *a, **kw):
     if ".step-{step:06d}." in str(f):      # inside the temporary directory of that checkpoint
@@ -102,9 +105,11 @@ def test_exact_resume_after_sigkill_and_kill_during_checkpoint(tmp_path, corpus,
         assert (ckpt / name).is_file(), name
 
 
-def test_ddp_two_processes_match_one_process(tmp_path, corpus, env) -> None:
+def test_ddp_two_processes_match_one_process(tmp_path, corpus, env, shared_data) -> None:
+    hellaswag = shared_data / "hellaswag_val_sample1000.jsonl"
     common = ["train.max_steps=6", "checkpoint.interval=0", "eval.interval=0", "train.micro_batch_size=4",
-              "train.global_batch_tokens=256"]  # 4 × 32 × 2: two micro-steps in one process, one per rank in two
+              "train.global_batch_tokens=256",  # 4 × 32 × 2: two micro-steps in one process, one per rank in two
+              f"eval.hellaswag={hellaswag}", "eval.hellaswag_interval=3", "eval.hellaswag_limit=9"]
     one = tmp_path / "one"
     r = run_cli(["train", TINY, *overrides(corpus, one, *common)], env)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -119,6 +124,23 @@ def test_ddp_two_processes_match_one_process(tmp_path, corpus, env) -> None:
         assert abs(a[s] - b[s]) <= 1e-5, (s, a[s], b[s])
     start = json.loads((two / "metrics.jsonl").read_text().splitlines()[0])
     assert start["world_size"] == 2 and start["grad_accum"] == 1
+    # HellaSwag during training: the ranks split the 9 examples (5 + 4) and sum their counts.
+    hs_one, hs_two = ([r for r in read_metrics(d) if r["kind"] == "hellaswag"] for d in (one, two))
+    assert [r["step"] for r in hs_one] == [r["step"] for r in hs_two] == [3, 6]
+    for r1, r2 in zip(hs_one, hs_two):
+        assert r1["hellaswag_examples"] == r2["hellaswag_examples"] == 9
+        assert (r1["hellaswag_acc"], r1["hellaswag_acc_norm"]) == (r2["hellaswag_acc"], r2["hellaswag_acc_norm"])
+    # `gpt2 eval` on the run: its own val shards by default, the same HellaSwag numbers as the last
+    # in-training pass, and an eval record appended to the run's metrics.jsonl.
+    r = run_cli(["eval", str(one), "--hellaswag", str(hellaswag), "--limit", "9", "--json"], env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ev = json.loads(r.stdout)
+    assert ev["data"] == json.loads((one / "metrics.jsonl").read_text().splitlines()[0])["shards"]
+    assert ev["step"] == 6 and ev["tokens"] > 0 and ev["bits_per_byte"] > 0
+    assert (ev["hellaswag_acc"], ev["hellaswag_acc_norm"]) == (hs_one[-1]["hellaswag_acc"],
+                                                               hs_one[-1]["hellaswag_acc_norm"])
+    recorded = read_metrics(one)[-1]
+    assert recorded["kind"] == "eval" and recorded["bits_per_byte"] == ev["bits_per_byte"]
     # the 2-process checkpoint is a plain single-process model
     from gpt2 import GPT2LMHeadModel
 
@@ -133,6 +155,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path, corpus, env) -> None:
 import os, signal
 import gpt2.train.loop as loop
 from gpt2.config import load_config
+from gpt2.train.metrics import read_metrics
 orig = loop.LRSchedule.__call__
 def lr(self, step, **kw):
     if step == 2:

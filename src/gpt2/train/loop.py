@@ -337,6 +337,25 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
         bpb = val / math.log(2) / val_bytes_per_token if val_bytes_per_token else None
         return val, bpb
 
+    # HellaSwag examples are read (and checked) before the first step, so a bad file fails at once.
+    hellaswag_examples = None
+    if cfg.eval.hellaswag:
+        from gpt2.eval.hellaswag import evaluate_hellaswag, load_examples
+
+        hellaswag_examples = load_examples(cfg.eval.hellaswag, limit=cfg.eval.hellaswag_limit or None)
+
+    def hellaswag() -> None:
+        if hellaswag_examples is None:
+            return
+        # DDP: each rank scores its share and the counts are summed. FSDP: every forward is collective,
+        # so every rank scores every example.
+        share = (0, 1) if fsdp else (rank, world_size)
+        with autocast:
+            hs = evaluate_hellaswag(model, tokenizer, hellaswag_examples, rank=share[0], world_size=share[1])
+        if master:
+            logger.log({"kind": "hellaswag", "step": step, "tokens": tokens_seen, "hellaswag_acc": hs.acc,
+                        "hellaswag_acc_norm": hs.acc_norm, "hellaswag_examples": hs.examples})
+
     def checkpoint() -> Path | None:
         model_sd, optim_sd = _full_state_dicts(wrapped, optimizer, fsdp=fsdp)
         rng = [None] * world_size
@@ -467,6 +486,9 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
                     logger.log({"kind": "val", "step": step, "tokens": tokens_seen, "val_loss": last_val,
                                 "val_bpb": bpb})
                     logger.plot()
+            hs_interval = cfg.eval.hellaswag_interval or cfg.eval.interval
+            if hs_interval and step % hs_interval == 0 and not last and not stopping:
+                hellaswag()
             if cfg.sample.interval and step % cfg.sample.interval == 0 and not last and not stopping:
                 sample()
             if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0 and not last and not stopping:
@@ -486,6 +508,7 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
         logger.log({"kind": "val", "step": step, "tokens": tokens_seen, "val_loss": result.val_loss,
                     "val_bpb": result.val_bpb})
         logger.plot()
+    hellaswag()
     checkpoint()
     if not result.interrupted:
         result.samples = sample()
