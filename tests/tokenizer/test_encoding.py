@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -42,6 +43,15 @@ def test_fast_path_equals_reference(tok: Tokenizer, s: str) -> None:
     assert tok.encode_ordinary(s) == reference_encode(s, ranks, pattern=pat, special_tokens=specials)
     assert tok.encode(s, allowed_special="all") == reference_encode(s, ranks, pattern=pat, special_tokens=specials,
                                                                     allowed_special=tok.special_tokens_set)
+
+
+@_settings
+@given(s=texts)
+def test_numpy_encoding_equals_the_list(tok: Tokenizer, s: str) -> None:
+    """encode_ordinary_numpy (gpt2 data prepare's path) gives encode_ordinary's ids, special text included."""
+    for text in (s, s + "<|endoftext|>" + s):
+        arr = tok.encode_ordinary_numpy(text)
+        assert arr.dtype == np.uint32 and arr.tolist() == tok.encode_ordinary(text)
 
 
 @_settings
@@ -88,6 +98,7 @@ def test_lone_surrogates_become_replacement_characters(small_tok: Tokenizer) -> 
     for s in ["\ud800", "a\udfffb", "x\ud83d"]:
         expected = s.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
         assert small_tok.encode_ordinary(s) == small_tok.encode_ordinary(expected)
+        assert small_tok.encode_ordinary_numpy(s).tolist() == small_tok.encode_ordinary(expected)
         assert small_tok.decode(small_tok.encode(s)) == expected
         assert reference_encode(s, small_tok.mergeable_ranks, pattern=small_tok.pattern) == small_tok.encode(s)
 

@@ -34,6 +34,7 @@ from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import tiktoken
 
 from gpt2.tokenizer.bpe import ENDOFTEXT, bpe_encode_piece, resolve_pattern
@@ -205,6 +206,15 @@ class Tokenizer:
     def encode_ordinary(self, text: str) -> list[int]:
         """Text → ids, treating special-token text as ordinary text."""
         return self._enc.encode_ordinary(text)
+
+    def encode_ordinary_numpy(self, text: str) -> np.ndarray:
+        """`encode_ordinary` as a uint32 numpy array, straight from tiktoken's buffer: no Python int per
+        token (what `gpt2 data prepare` wants, about 10% faster than converting the list)."""
+        try:
+            # An empty allowed set is encode_ordinary: special-token text is cut like any other text.
+            return self._enc.encode_to_numpy(text, allowed_special=frozenset(), disallowed_special=())
+        except UnicodeEncodeError:  # lone surrogates: encode_ordinary replaces them, as tiktoken does
+            return np.array(self.encode_ordinary(text), dtype=np.uint32)
 
     def encode_batch(self, texts: Sequence[str], *, num_threads: int = 8,
                      allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
