@@ -2,6 +2,7 @@
 
     python bench/train_step.py                       # tiny and gpt2 (124M) at T=256, fp32 and bf16
     python bench/train_step.py --models gpt2 --dtypes fp32 --steps 5 --optimizer
+    python bench/train_step.py --attention             # SDPA against the math path, bf16, by sequence length
 
 Without --optimizer a step is forward + backward (issue #2's model benchmark); with it, the whole step
 `gpt2 train` takes: forward, backward, gradient clipping and AdamW (ours: gpt2.train.optim's groups,
@@ -14,6 +15,10 @@ Ours runs the step `gpt2 train` runs: forward with targets and the fused LM-head
 torch.autocast(bfloat16) around the forward for both, weights kept in fp32, as mixed-precision
 training does. Achieved GFLOP/s counts matmul FLOPs (gpt2.model.info.flops_per_token) and is compared
 with this machine's matmul peak, measured here on large square matmuls in the same dtype.
+
+`gpt2 train` on a CPU has glibc keep freed memory instead of returning large blocks to the kernel
+(gpt2.common.keep_freed_memory); by default (`--malloc kept`) this process does the same, so both
+models run as they would in training. `--malloc default` measures with glibc's own settings.
 """
 
 from __future__ import annotations
@@ -114,6 +119,35 @@ def run(preset: str, *, seq_len: int, batch: int, steps: int, dtype_name: str, o
     }
 
 
+def attention_table(steps: int) -> None:
+    """Causal attention forward + backward in bf16: F.scaled_dot_product_attention against the math path
+    (q kᵀ, mask, softmax, @ v as batched matmuls), which the model takes on a CPU for up to 512 keys."""
+    import torch.nn.functional as F
+
+    def sdpa(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    def math_path(q, k, v):
+        T = q.size(-2)
+        att = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5
+        return att.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf")).softmax(-1) @ v
+
+    print("| batch × heads × T × 64, bf16 | SDPA ms | math ms | SDPA / math |")
+    print("|---|---:|---:|---:|")
+    for B, H, T in ((16, 4, 256), (4, 12, 256), (4, 12, 512), (2, 12, 768), (4, 12, 1024)):
+        q, k, v = (torch.randn(B, H, T, 64, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+        grad = torch.randn(B, H, T, 64, dtype=torch.bfloat16)
+        times: dict[str, list[float]] = {"sdpa": [], "math": []}
+        for i in range(steps + 1):
+            for name, fn in (("sdpa", sdpa), ("math", math_path)):
+                t = time.perf_counter()
+                fn(q, k, v).backward(grad)
+                if i:  # the first round warms up
+                    times[name].append(time.perf_counter() - t)
+        s, m = (statistics.median(times[n]) * 1e3 for n in ("sdpa", "math"))
+        print(f"| {B} × {H} × {T} | {s:.1f} | {m:.1f} | {s / m:.2f}× |")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="tiny,gpt2", help="comma-separated presets")
@@ -122,12 +156,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=5, help="timed steps per model (after one warm-up)")
     p.add_argument("--optimizer", action="store_true", help="time the full training step (clip + AdamW too)")
+    p.add_argument("--malloc", choices=["kept", "default"], default="kept",
+                   help="kept: glibc keeps freed memory for reuse, as `gpt2 train` sets up on a CPU "
+                   "(gpt2.common.keep_freed_memory), for both models; default: glibc's own settings")
+    p.add_argument("--attention", action="store_true", help="only time attention: SDPA against the math path")
     args = p.parse_args(argv)
+    if args.malloc == "kept":
+        from gpt2.common import keep_freed_memory
+
+        keep_freed_memory()
+    if args.attention:
+        attention_table(args.steps)
+        return
     dtypes = args.dtypes.split(",")
     peaks = {d: matmul_peak(DTYPES[d]) for d in dtypes}
     what = "forward + backward + clip + AdamW" if args.optimizer else "forward + backward"
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch} × T {args.seq_len}; "
-          f"step = {what}")
+          f"step = {what}; malloc {args.malloc}")
     print("matmul peak (2048² matmul): " + ", ".join(f"{d} {peaks[d]:.0f} GFLOP/s" for d in dtypes))
     print()
     header = "| model | dtype | ours tok/s | HF tok/s | ours / HF | ours GFLOP/s (% peak) | HF GFLOP/s (% peak) |"

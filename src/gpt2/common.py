@@ -152,3 +152,31 @@ def destroy_distributed() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse instead of handing large blocks back to the kernel.
+
+    By default every allocation above a threshold (128 KB, adapting up to 32 MB) is a fresh mmap, and
+    the kernel page-faults and zeroes it on first touch. A CPU training step allocates hundreds of MB of
+    such short-lived tensors (the autocast copies of the weights, the (B·T, V) logits, the optimizer's
+    temporaries), so every step paid for those page faults again: about a fifth of a GPT-2 124M bf16
+    step on the development machine (bench/train_step.py --malloc). Here big blocks come from the heap,
+    which is never trimmed: the process keeps its peak memory, and steps reuse it. This is what
+    preloading jemalloc or tcmalloc buys, as PyTorch's CPU performance guide recommends.
+
+    Linux/glibc only; returns whether it took effect. GPT2_KEEP_FREED_MEMORY=0 turns it off.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux") or os.environ.get("GPT2_KEEP_FREED_MEMORY", "1") == "0":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl or another libc without mallopt
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+    # Trim threshold at its maximum (never give heap memory back), then no mmap for large blocks.
+    return bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1)) and bool(mallopt(M_MMAP_MAX, 0))

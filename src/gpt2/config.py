@@ -103,7 +103,7 @@ class OptimConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 = off)."""
     fused: bool | None = None
-    """Fused AdamW kernel; default: on where CUDA has it."""
+    """Fused AdamW kernel; default: on for CUDA and CPU devices."""
 
 
 @dataclass

@@ -204,3 +204,23 @@ def test_bad_config_names_the_field(kw: dict, match: str) -> None:
         GPT2Config(**kw)
     with pytest.raises(ValueError, match="unknown model preset 'gpt3'"):
         GPT2Config.from_preset("gpt3")
+
+
+def test_short_bf16_sequences_on_cpu_take_the_math_path_with_the_same_result() -> None:
+    from gpt2.model.gpt2 import _math_attention_is_faster
+
+    q = torch.zeros(1, 2, 8, 4, dtype=torch.bfloat16)
+    long_k = torch.zeros(1, 2, 600, 4, dtype=torch.bfloat16)
+    assert _math_attention_is_faster(q, q, None)
+    assert not _math_attention_is_faster(q, long_k, None)  # flash attention wins for long sequences
+    assert not _math_attention_is_faster(q.float(), q.float(), None)  # and in fp32
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=640, vocab_size=100)
+    sdpa = GPT2LMHeadModel(config).eval()
+    eager = GPT2LMHeadModel(GPT2Config(**{**vars(config), "attn_implementation": "eager"})).eval()
+    eager.load_state_dict(sdpa.state_dict())
+    for T in (100, 600):  # the math path, then SDPA proper
+        x = torch.randint(0, 100, (2, T))
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            a, b = sdpa(x).logits.float(), eager(x).logits.float()
+        torch.testing.assert_close(a, b, atol=0.05, rtol=0.05)

@@ -84,6 +84,14 @@ def _activation(name: str):
     return {"gelu": F.gelu, "relu": F.relu, "silu": F.silu, "swish": F.silu}[name]
 
 
+def _math_attention_is_faster(q: torch.Tensor, k: torch.Tensor, kv_cache: KVCache | None) -> bool:
+    """On a CPU in bf16, PyTorch's flash-attention kernel loses to plain batched matmuls + softmax for
+    short sequences (forward + backward; it wins from ~1024 keys on: `python bench/train_step.py
+    --attention`), and attention is a large part of a small model's training step. Short bf16
+    sequences take the math path (the reference's formula); KV-cache decoding is left alone."""
+    return q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.shape[-2] <= 512 and kv_cache is None
+
+
 class GPT2Attention(nn.Module):
     """Causal multi-head self-attention: one fused QKV projection, SDPA or a plain reference path."""
 
@@ -116,7 +124,7 @@ class GPT2Attention(nn.Module):
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, n_head, T, head_dim)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, n_head, T_keys, head_dim)
-        if self.attn_implementation == "sdpa":
+        if self.attn_implementation == "sdpa" and not _math_attention_is_faster(q, k, kv_cache):
             y = F.scaled_dot_product_attention(
                 q,
                 k,

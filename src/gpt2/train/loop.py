@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpt2.common import destroy_distributed, init_distributed, pick_device, seed_everything
+from gpt2.common import destroy_distributed, init_distributed, keep_freed_memory, pick_device, seed_everything
 from gpt2.config import RunConfig, to_yaml
 from gpt2.model.gpt2 import GPT2LMHeadModel
 from gpt2.model.info import flops_per_token
@@ -217,6 +217,8 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
     progress = master and (sys.stderr.isatty() if progress is None else progress)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    if device.type == "cpu":
+        keep_freed_memory()  # steps reuse memory instead of page-faulting fresh blocks (gpt2.common)
     dtype = resolve_dtype(cfg.train.dtype, device)
     run_dir = Path(cfg.train.out_dir)
 
