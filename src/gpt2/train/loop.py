@@ -342,6 +342,10 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
     # HellaSwag examples are read (and checked) before the first step, so a bad file fails at once.
     hellaswag_examples = None
     if cfg.eval.hellaswag:
+        if fsdp:
+            # The scorer calls the body and the head separately, which FSDP's root module does not support.
+            raise ValueError("eval.hellaswag does not run under train.distributed=fsdp yet; score checkpoints "
+                             "with `gpt2 eval CKPT --hellaswag FILE` instead")
         from gpt2.eval.hellaswag import evaluate_hellaswag, load_examples
 
         hellaswag_examples = load_examples(cfg.eval.hellaswag, limit=cfg.eval.hellaswag_limit or None)
@@ -349,11 +353,9 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
     def hellaswag() -> None:
         if hellaswag_examples is None:
             return
-        # DDP: each rank scores its share and the counts are summed. FSDP: every forward is collective,
-        # so every rank scores every example.
-        share = (0, 1) if fsdp else (rank, world_size)
+        # DDP: each rank scores its share of the examples and the counts are summed.
         with autocast:
-            hs = evaluate_hellaswag(model, tokenizer, hellaswag_examples, rank=share[0], world_size=share[1])
+            hs = evaluate_hellaswag(model, tokenizer, hellaswag_examples, rank=rank, world_size=world_size)
         if master:
             logger.log({"kind": "hellaswag", "step": step, "tokens": tokens_seen, "hellaswag_acc": hs.acc,
                         "hellaswag_acc_norm": hs.acc_norm, "hellaswag_examples": hs.examples})
