@@ -113,7 +113,9 @@ def evaluate_tokens(
     model.eval()
     total = torch.zeros((), dtype=torch.float64)
     count = 0
-    bar = _progress(len(spans), progress, "loss")
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(spans), desc="loss", unit="window", disable=not progress, leave=False, dynamic_ncols=True)
     for i in range(0, len(spans), batch_size):
         group = spans[i:i + batch_size]
         L = max(end - start for start, end, _ in group)
@@ -204,13 +206,6 @@ def evaluate_source(
         n_bytes = count_bytes(tokenizer, ids[1:])
     return evaluate_tokens(model, ids, n_bytes=n_bytes, context=context, stride=stride, batch_size=batch_size,
                            progress=progress)
-
-
-def _progress(total: int, enabled: bool, desc: str) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="batch" if desc == "hellaswag" else "window", disable=not enabled,
-                leave=False, dynamic_ncols=True)
 
 
 def main(argv: list[str] | None = None) -> int:
