@@ -26,13 +26,17 @@ _LAZY = {
 __all__ = [*_LAZY, "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gpt2.generate import generate
+    from gpt2 import generate
     from gpt2.model.config import GPT2Config
     from gpt2.model.gpt2 import GPT2LMHeadModel, GPT2Model, KVCache
     from gpt2.tokenizer import Tokenizer
 
 
 def __getattr__(name: str) -> Any:
+    if name == "generate":
+        # The sub-package itself, which is callable: importing it binds gpt2.generate to the module, so
+        # returning its function here would make the first access differ from every later one.
+        return importlib.import_module("gpt2.generate")
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'gpt2' has no attribute {name!r}")

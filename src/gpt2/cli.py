@@ -4,8 +4,9 @@
     gpt2 model info gpt2
 
 Each verb's arguments live in its own `_add_<verb>` function; the work happens in the library, so a
-test or a notebook calls the same code. A user mistake (ValueError, FileNotFoundError) becomes one
-`error: ...` line and exit status 2; set GPT2_DEBUG=1 to see the traceback instead.
+test or a notebook calls the same code. A user mistake (gpt2.errors.UserError, or a path the OS
+refuses) becomes one `error: ...` line and exit status 2; set GPT2_DEBUG=1 to see its traceback. Any
+other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+
+from gpt2.errors import UserError, UserFileNotFoundError
 
 
 def _not_yet(verb: str, issue: int):
@@ -151,7 +154,7 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
             with open(args.sample_file, encoding="utf-8", newline="") as f:
                 sample = f.read()
         if (args.html or args.png) and sample is None:
-            raise ValueError("--html/--png draw a sample text: give it with --sample TEXT or --sample-file FILE")
+            raise UserError("--html/--png draw a sample text: give it with --sample TEXT or --sample-file FILE")
         stats = vocab_stats(tok, sample=sample)
         if args.json:
             import json
@@ -252,7 +255,7 @@ def _recipe_path(name: str | None):
     shipped = Path(__file__).resolve().parent / "configs" / (p.name if p.suffix else f"{p.name}.yaml")
     if shipped.is_file():
         return shipped
-    raise FileNotFoundError(f"no config file {name!r} (and no shipped recipe of that name; see configs/)")
+    raise UserFileNotFoundError(f"no config file {name!r} (and no shipped recipe of that name; see configs/)")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -348,7 +351,7 @@ def _sample_config(args: argparse.Namespace, **extra):
         **extra,
     }
     if args.greedy and args.temperature not in (None, 0.0):
-        raise ValueError(f"--greedy and --temperature {args.temperature} contradict each other; give one")
+        raise UserError(f"--greedy and --temperature {args.temperature} contradict each other; give one")
     return SampleConfig(**{k: v for k, v in given.items() if v is not None})
 
 
@@ -465,19 +468,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_user_error(e: BaseException) -> bool:
+    """A mistake in what the user asked for: our own UserError, or the OS refusing a path the user named."""
+    from gpt2.errors import UserError
+
+    if isinstance(e, UserError):
+        return True
+    # open("missing.txt") and friends: the message names the path, which is what the user must fix.
+    return isinstance(e, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)) and bool(
+        getattr(e, "filename", None))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 done, 2 a user mistake (one `error:` line), 1 a run that stopped itself, 130 interrupted.
+    Any other exception is a bug: its traceback is kept, with a line asking for a report."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError) as e:
-        if os.environ.get("GPT2_DEBUG"):
-            raise
-        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if not _is_user_error(e) or os.environ.get("GPT2_DEBUG"):
+            if not _is_user_error(e):
+                print("gpt2: this is a bug, not a mistake in your input; please report it with the traceback "
+                      "below (GPT2_DEBUG=1 shows tracebacks for input errors too)", file=sys.stderr)
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from gpt2.errors import UserError
+
 if TYPE_CHECKING:  # torch costs ~1 s to import; tokenizer and data workers use this module without it
     import torch
 
@@ -45,7 +47,7 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} asked for, but CUDA is not available here; use device=cpu or auto")
+        raise UserError(f"device={name!r} asked for, but CUDA is not available here; use device=cpu or auto")
     return device
 
 

@@ -19,6 +19,8 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from gpt2.errors import UserError, UserFileNotFoundError
+
 # omegaconf needs typing.Optional / List in annotations it resolves at runtime, so this module avoids
 # PEP 604 unions in dataclass fields.
 
@@ -218,17 +220,17 @@ def load_config(
         if recipe is not None:
             path = Path(recipe)
             if not path.is_file():
-                raise FileNotFoundError(f"no config file at {path}")
+                raise UserFileNotFoundError(f"no config file at {path}")
             cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
         if sections:
             cfg = OmegaConf.merge(cfg, OmegaConf.create(sections))
         bad = [o for o in overrides if "=" not in o]
         if bad:
-            raise ValueError(f"override {bad[0]!r} is not key=value (e.g. train.max_steps=100)")
+            raise UserError(f"override {bad[0]!r} is not key=value (e.g. train.max_steps=100)")
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
         run: RunConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except OmegaConfBaseException as e:
-        raise ValueError(_one_line(e)) from None
+        raise UserError(_one_line(e)) from None
     validate(run)
     return run
 
@@ -261,7 +263,7 @@ def validate(cfg: RunConfig) -> None:
     ]
     for ok, msg in checks:
         if not ok:
-            raise ValueError(msg)
+            raise UserError(msg)
 
 
 def to_yaml(cfg: RunConfig) -> str:

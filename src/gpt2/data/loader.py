@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from gpt2.data.shards import read_header, read_shard
+from gpt2.errors import UserError, UserFileNotFoundError
 
 _STATE_VERSION = 1
 
@@ -50,27 +51,27 @@ def shard_files(data: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         d = Path(data)
         if d.is_dir():
             if (d / ".prepare-state.json").is_file() and not (d / "meta.json").is_file():
-                raise ValueError(f"{d}: `gpt2 data prepare` has not finished here (run it again to resume)")
+                raise UserError(f"{d}: `gpt2 data prepare` has not finished here (run it again to resume)")
             files = sorted(d.glob(f"{split}_*.bin"))
             if not files:
                 found = sorted({p.name.rsplit("_", 1)[0] for p in d.glob("*_*.bin")})
-                raise FileNotFoundError(f"{d}: no {split}_*.bin shards (splits here: {', '.join(found) or 'none'})")
+                raise UserFileNotFoundError(f"{d}: no {split}_*.bin shards (splits here: {', '.join(found) or 'none'})")
             meta = d / "meta.json"
             if meta.is_file():
                 listed = [s["file"] for s in json.loads(meta.read_text())["splits"].get(split, {}).get("shards", [])]
                 if listed != [p.name for p in files]:
-                    raise ValueError(f"{d}: the {split} shards on disk {[p.name for p in files]} are not the ones "
+                    raise UserError(f"{d}: the {split} shards on disk {[p.name for p in files]} are not the ones "
                                      f"meta.json lists {listed}")
         elif glob.has_magic(str(data)):
             files = [Path(p) for p in sorted(glob.glob(str(data)))]
             if not files:
-                raise FileNotFoundError(f"no shard files match {str(data)!r}")
+                raise UserFileNotFoundError(f"no shard files match {str(data)!r}")
         elif d.is_file():
             files = [d]
         else:
-            raise FileNotFoundError(f"{d}: no such shard directory or file")
+            raise UserFileNotFoundError(f"{d}: no such shard directory or file")
     if not files:
-        raise ValueError("no shard files given")
+        raise UserError("no shard files given")
     return files
 
 
@@ -82,7 +83,7 @@ class TokenStream:
         headers = [read_header(f) for f in self.files]
         self.dtype = headers[0].dtype
         if any(h.dtype != self.dtype for h in headers):
-            raise ValueError(f"shards mix token dtypes: {sorted({h.dtype.name for h in headers})}")
+            raise UserError(f"shards mix token dtypes: {sorted({h.dtype.name for h in headers})}")
         self._arrays: list[np.ndarray] | None = None
         counts = [h.n_tokens for h in headers]
         self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])  # shard i = [off[i], off[i+1])
@@ -137,11 +138,11 @@ class TokenLoader:
         pin_memory: bool = False,
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be at least 1")
+            raise UserError(f"batch_size={batch_size} must be at least 1")
         if seq_len < 1:
-            raise ValueError(f"seq_len={seq_len} must be at least 1")
+            raise UserError(f"seq_len={seq_len} must be at least 1")
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank={rank} must be in [0, world_size={world_size})")
+            raise UserError(f"rank={rank} must be in [0, world_size={world_size})")
         self.stream = TokenStream(shard_files(data, split=split))
         self.split = split
         self.B, self.T = batch_size, seq_len
@@ -151,10 +152,10 @@ class TokenLoader:
         self.pin_memory = pin_memory
         self.n_windows = max(len(self.stream) - 1, 0) // seq_len
         if self.n_windows == 0:
-            raise ValueError(f"the {split} split has {len(self.stream)} tokens: not enough for one window of "
+            raise UserError(f"the {split} split has {len(self.stream)} tokens: not enough for one window of "
                              f"seq_len={seq_len} (needs {seq_len + 1})")
         if drop_last and self.n_windows < batch_size * world_size:
-            raise ValueError(f"the {split} split has {self.n_windows} windows of seq_len={seq_len}, fewer than one "
+            raise UserError(f"the {split} split has {self.n_windows} windows of seq_len={seq_len}, fewer than one "
                              f"global batch (batch_size={batch_size} × world_size={world_size}); lower them or "
                              "use drop_last=False")
         self.epoch = 0
@@ -262,10 +263,10 @@ class TokenLoader:
         for key, mine in (("seq_len", self.T), ("n_tokens", len(self.stream)), ("seed", self.seed),
                           ("shuffle", self.shuffle)):
             if state.get(key) != mine:
-                raise ValueError(f"loader state has {key}={state.get(key)!r} but this loader has {key}={mine!r}; "
+                raise UserError(f"loader state has {key}={state.get(key)!r} but this loader has {key}={mine!r}; "
                                  "resume with the same data, seq_len, seed and shuffle")
         if not 0 <= int(state["offset"]) <= self.n_windows:
-            raise ValueError(f"loader state offset={state['offset']} is outside [0, {self.n_windows}]")
+            raise UserError(f"loader state offset={state['offset']} is outside [0, {self.n_windows}]")
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
 
     def reset(self) -> None:

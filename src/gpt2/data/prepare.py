@@ -62,6 +62,7 @@ from gpt2.data.shards import (
     write_shard,
 )
 from gpt2.data.sources import DEFAULT_CHUNK_BYTES, Chunk, Source, pack_parts, read_chunk, resolve_source
+from gpt2.errors import UserError, UserFileNotFoundError
 
 SPLITS = ("train", "val")
 META_FILE = "meta.json"
@@ -94,7 +95,7 @@ def tokenizer_hash(tok: Any) -> str:
         return h
     ranks, pat = getattr(tok, "_mergeable_ranks", None), getattr(tok, "_pat_str", None)
     if ranks is None or pat is None:
-        raise ValueError(f"tokenizer {type(tok).__name__} has no .hash to record in meta.json")
+        raise UserError(f"tokenizer {type(tok).__name__} has no .hash to record in meta.json")
     d = hashlib.sha256()
     for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
         d.update(rank.to_bytes(4, "little") + len(token).to_bytes(2, "little") + token)
@@ -110,7 +111,7 @@ def load_tokenizer_spec(tokenizer: str | os.PathLike[str] | TokenizerLike) -> tu
         return load_tokenizer(tokenizer), str(tokenizer)
     for attr in ("encode_ordinary", "eot_token", "n_vocab"):
         if not hasattr(tokenizer, attr):
-            raise ValueError(f"tokenizer {type(tokenizer).__name__} lacks .{attr}")
+            raise UserError(f"tokenizer {type(tokenizer).__name__} lacks .{attr}")
     return tokenizer, None
 
 
@@ -428,10 +429,10 @@ class PrepareResult:
 def _resolve_split(sources: Sequence[Source], val_fraction: float | None,
                    val_files: Sequence[str] | None) -> SplitRule:
     if val_fraction is not None and val_files:
-        raise ValueError("give val_fraction or val_files, not both")
+        raise UserError("give val_fraction or val_files, not both")
     if val_fraction is not None:
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction={val_fraction} must be in [0, 1)")
+            raise UserError(f"val_fraction={val_fraction} must be in [0, 1)")
         return SplitRule(fraction=float(val_fraction))
     if not val_files:
         defaults = [s.val_files for s in sources]
@@ -445,7 +446,7 @@ def _resolve_split(sources: Sequence[Source], val_fraction: float | None,
         if not any(SplitRule(files=(pat,)).file_is_val(p) for p in paths):
             names = sorted({os.path.basename(p) for p in paths})
             shown = ", ".join(names[:10]) + (f", … ({len(names)} files)" if len(names) > 10 else "")
-            raise ValueError(f"val_files pattern {pat!r} matches none of the source files ({shown or 'none'})")
+            raise UserError(f"val_files pattern {pat!r} matches none of the source files ({shown or 'none'})")
     return rule
 
 
@@ -499,17 +500,17 @@ def prepare(
     if isinstance(sources, (str, os.PathLike, Source)):
         sources = [sources]
     if not sources:
-        raise ValueError("no sources given")
+        raise UserError("no sources given")
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
-        raise ValueError(f"workers={workers} must be at least 1")
+        raise UserError(f"workers={workers} must be at least 1")
     if not 1 <= shard_size < 2**31:
-        raise ValueError(f"shard_size={shard_size} must be between 1 and 2**31 - 1 tokens")
+        raise UserError(f"shard_size={shard_size} must be between 1 and 2**31 - 1 tokens")
     if chunk_bytes < 1:
-        raise ValueError(f"chunk_bytes={chunk_bytes} must be positive")
+        raise UserError(f"chunk_bytes={chunk_bytes} must be positive")
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"out={str(out)!r} is a file, not a directory")
+        raise UserError(f"out={str(out)!r} is a file, not a directory")
     srcs = [resolve_source(s, field=field, column=column, delimiter=delimiter, header=header, split=split,
                            data_files=data_files) for s in sources]
     tok, tok_spec = load_tokenizer_spec(tokenizer)
@@ -533,22 +534,22 @@ def prepare(
     if (out / META_FILE).is_file():
         meta = json.loads((out / META_FILE).read_text())
         if meta.get("fingerprint") != fingerprint:
-            raise ValueError(f"{out} already holds shards prepared with a different configuration (differs in: "
+            raise UserError(f"{out} already holds shards prepared with a different configuration (differs in: "
                              f"{_config_diff(meta.get('config', {}), config)}); pass overwrite=True "
                              "(--overwrite) or choose another output directory")
         problem = _check_done(out, meta)
         if problem:
-            raise ValueError(f"{out} is damaged ({problem}); pass overwrite=True (--overwrite) to prepare it again")
+            raise UserError(f"{out} is damaged ({problem}); pass overwrite=True (--overwrite) to prepare it again")
         return PrepareResult(out=out, meta=meta, already_done=True)
     if (out / STATE_FILE).is_file():
         state = json.loads((out / STATE_FILE).read_text())
         if state.get("fingerprint") != fingerprint:
-            raise ValueError(f"{out} holds an interrupted run with a different configuration (differs in: "
+            raise UserError(f"{out} holds an interrupted run with a different configuration (differs in: "
                              f"{_config_diff(state.get('config', {}), config)}); pass overwrite=True "
                              "(--overwrite) or choose another output directory")
         chunk_bytes = int(state["chunk_bytes"])  # chunk indices in the state refer to its own chunking
     elif _shards_in(out):
-        raise ValueError(f"{out} already holds shard files but no {META_FILE}; pass overwrite=True (--overwrite) "
+        raise UserError(f"{out} already holds shard files but no {META_FILE}; pass overwrite=True (--overwrite) "
                          "or choose another output directory")
 
     # Plan every file source now: a missing field or column fails here, before any shard exists.
@@ -654,7 +655,7 @@ def prepare(
         with contextlib.suppress(OSError):
             out.rmdir()  # only if we left it empty
         names = ", ".join(s.spec for s in srcs)
-        raise ValueError(f"empty corpus: {names} hold no documents ({stats['bytes']:,} bytes read, "
+        raise UserError(f"empty corpus: {names} hold no documents ({stats['bytes']:,} bytes read, "
                          f"{stats['empty']:,} empty or whitespace-only documents skipped)")
     warnings = []
     wants_val = rule.fraction > 0 or bool(rule.files)
@@ -695,7 +696,7 @@ def data_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """meta.json (when there is one) and every shard's header in a directory: `gpt2 data info`."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such directory")
+        raise UserFileNotFoundError(f"{path}: no such directory")
     meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else None
     shards: dict[str, list[dict[str, Any]]] = {}
     for p in sorted(path.glob("*.bin")):
@@ -705,7 +706,7 @@ def data_info(path: str | os.PathLike[str]) -> dict[str, Any]:
         shards.setdefault(split, []).append({"file": p.name, "tokens": h.n_tokens, "version": h.version,
                                              "dtype": h.dtype.name})
     if meta is None and not shards:
-        raise ValueError(f"{path}: no meta.json and no .bin shards here")
+        raise UserError(f"{path}: no meta.json and no .bin shards here")
     status = "complete" if meta else ("interrupted (run prepare again to resume)"
                                       if (path / STATE_FILE).is_file() else "no meta.json")
     return {"path": str(path), "status": status, "meta": meta, "shards": shards}

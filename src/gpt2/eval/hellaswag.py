@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from gpt2.errors import UserError, UserFileNotFoundError
 from gpt2.model.gpt2 import GPT2LMHeadModel
 
 VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -71,7 +72,7 @@ def resolve_path(spec: str | Path) -> Path:
     name = str(spec)
     if path.exists() or name not in (*SPLIT_URLS, "hellaswag"):
         if not path.is_file():
-            raise FileNotFoundError(f"HellaSwag file {path} not found (give a jsonl file, or 'val' to download it)")
+            raise UserFileNotFoundError(f"HellaSwag file {path} not found (give a jsonl file, or 'val' to download it)")
         return path
     split = "val" if name == "hellaswag" else name
     from gpt2.common import cache_dir
@@ -87,7 +88,7 @@ def resolve_path(spec: str | Path) -> Path:
         with urllib.request.urlopen(url, timeout=30) as r:
             data = r.read()
     except (urllib.error.URLError, OSError) as e:
-        raise FileNotFoundError(f"could not download HellaSwag {split} from {url} ({e}); offline, pass a local "
+        raise UserFileNotFoundError(f"could not download HellaSwag {split} from {url} ({e}); offline, pass a local "
                                 "jsonl file in the original format instead") from None
     from gpt2.common import atomic_write_bytes
 
@@ -109,27 +110,27 @@ def load_examples(spec: str | Path, *, limit: int | None = None) -> list[Example
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{where} is not valid JSON ({e})") from None
+                raise UserError(f"{where} is not valid JSON ({e})") from None
             if not isinstance(obj, dict):
-                raise ValueError(f"{where}: expected a JSON object with ctx, endings and label")
+                raise UserError(f"{where}: expected a JSON object with ctx, endings and label")
             for key in ("ctx", "endings", "label"):
                 if key not in obj:
-                    raise ValueError(f"{where}: no `{key}` (keys: {', '.join(obj) or 'none'}); "
+                    raise UserError(f"{where}: no `{key}` (keys: {', '.join(obj) or 'none'}); "
                                      "HellaSwag's jsonl has ctx, endings and label")
             endings, label = obj["endings"], obj["label"]
             if not isinstance(obj["ctx"], str):
-                raise ValueError(f"{where}: `ctx` must be a string")
+                raise UserError(f"{where}: `ctx` must be a string")
             if (not isinstance(endings, list) or len(endings) < 2
                     or not all(isinstance(e, str) and e.strip() for e in endings)):
-                raise ValueError(f"{where}: `endings` must be a list of at least 2 non-empty strings")
+                raise UserError(f"{where}: `endings` must be a list of at least 2 non-empty strings")
             if isinstance(label, str) and label.strip().isdigit():
                 label = int(label)
             if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(endings):
-                raise ValueError(f"{where}: label {obj['label']!r} is out of range for {len(endings)} endings "
+                raise UserError(f"{where}: label {obj['label']!r} is out of range for {len(endings)} endings "
                                  f"(0..{len(endings) - 1})")
             out.append(Example(obj["ctx"], tuple(endings), label, obj.get("ind")))
     if not out:
-        raise ValueError(f"{path} holds no HellaSwag examples")
+        raise UserError(f"{path} holds no HellaSwag examples")
     return out
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gpt2.errors import UserError
 from gpt2.model.gpt2 import GPT2LMHeadModel
 
 
@@ -61,7 +62,7 @@ class LMScore:
 def check_vocabulary(model: GPT2LMHeadModel, tokenizer: Any) -> None:
     """Raise ValueError when the model was not trained with this tokenizer's vocabulary."""
     if model.config.vocab_size != tokenizer.n_vocab:
-        raise ValueError(
+        raise UserError(
             f"the checkpoint's vocabulary has {model.config.vocab_size:,} tokens but the tokenizer has "
             f"{tokenizer.n_vocab:,}: pass the tokenizer the model was trained with (--tokenizer DIR)"
         )
@@ -71,7 +72,7 @@ def window_spans(n_tokens: int, context: int, stride: int) -> list[tuple[int, in
     """(start, end, scored) per window over a stream of n_tokens: the window's inputs are
     tokens[start:end], its targets tokens[start+1:end+1], and the last `scored` targets count."""
     if context < 1 or not 1 <= stride <= context:
-        raise ValueError(f"need 1 <= stride <= context, got stride={stride}, context={context}")
+        raise UserError(f"need 1 <= stride <= context, got stride={stride}, context={context}")
     spans: list[tuple[int, int, int]] = []
     last = n_tokens - 1  # inputs end here: the last token is only ever a target
     start, prev_end = 0, 0
@@ -99,13 +100,13 @@ def evaluate_tokens(
     n_bytes is the UTF-8 size of the text the targets stand for (see `count_bytes`)."""
     ids = np.asarray(ids, dtype=np.int64)
     if len(ids) < 2:
-        raise ValueError("need at least 2 tokens to predict anything")
+        raise UserError("need at least 2 tokens to predict anything")
     if int(ids.max()) >= model.config.vocab_size or int(ids.min()) < 0:
-        raise ValueError(f"token id {int(ids.max())} is outside the checkpoint's vocabulary of "
+        raise UserError(f"token id {int(ids.max())} is outside the checkpoint's vocabulary of "
                          f"{model.config.vocab_size:,}: the data was tokenized with another tokenizer")
     context = context or model.config.n_positions
     if context > model.config.n_positions:
-        raise ValueError(f"context {context} is longer than the model's n_positions={model.config.n_positions}")
+        raise UserError(f"context {context} is longer than the model's n_positions={model.config.n_positions}")
     stride = stride or context
     spans = window_spans(len(ids), context, stride)
     device = next(model.parameters()).device
@@ -154,7 +155,7 @@ def text_stream(tokenizer: Any, documents: Iterable[str]) -> tuple[np.ndarray, i
         parts.append(np.fromiter(tokenizer.encode_ordinary(doc), dtype=np.int64))
         n_bytes += len(doc.encode("utf-8"))
     if not parts:
-        raise ValueError("no documents to evaluate")
+        raise UserError("no documents to evaluate")
     return np.concatenate(parts), n_bytes
 
 
@@ -169,7 +170,7 @@ def shard_stream(shard_dir: str | Path, tokenizer: Any, *, split: str = "val") -
         recorded = json.loads(meta_path.read_text()).get("tokenizer", {})
         ours = getattr(tokenizer, "hash", None)
         if recorded.get("hash") and ours and recorded["hash"] != ours:
-            raise ValueError(f"{shard_dir} was tokenized with another tokenizer ({recorded.get('spec', '?')}, "
+            raise UserError(f"{shard_dir} was tokenized with another tokenizer ({recorded.get('spec', '?')}, "
                              f"{recorded.get('n_vocab', '?')} tokens) than this one ({tokenizer.n_vocab:,} tokens): "
                              "pass the matching --tokenizer or re-prepare the data")
     stream = TokenStream(shard_files(shard_dir, split=split))

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from gpt2.errors import UserError, UserFileNotFoundError
 from gpt2.generate.engine import Generation, SampleConfig, stream
 from gpt2.model.gpt2 import GPT2LMHeadModel
 
@@ -64,11 +65,11 @@ class ChatFormat:
 
     def __post_init__(self) -> None:
         if "{instruction}" not in self.prompt:
-            raise ValueError(f"chat format prompt must contain {{instruction}}, got {self.prompt!r}")
+            raise UserError(f"chat format prompt must contain {{instruction}}, got {self.prompt!r}")
         if self.prompt_no_input is not None and "{instruction}" not in self.prompt_no_input:
-            raise ValueError(f"chat format prompt_no_input must contain {{instruction}}, got {self.prompt_no_input!r}")
+            raise UserError(f"chat format prompt_no_input must contain {{instruction}}, got {self.prompt_no_input!r}")
         if isinstance(self.stop, str) or any(not isinstance(s, str) or not s for s in self.stop):
-            raise ValueError(f"chat format stop must be a list of non-empty strings, got {self.stop!r}")
+            raise UserError(f"chat format stop must be a list of non-empty strings, got {self.stop!r}")
 
     def template(self, input: str = "") -> str:
         return self.prompt_no_input if (not input and self.prompt_no_input is not None) else self.prompt
@@ -101,22 +102,22 @@ class ChatFormat:
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "chat format") -> ChatFormat:
         if not isinstance(d, dict):
-            raise ValueError(f"{source} must hold a JSON object")
+            raise UserError(f"{source} must hold a JSON object")
         d = dict(d)
         base: dict[str, Any] = {}
         if "format" in d:
             name = d.pop("format")
             if name not in FORMATS:
-                raise ValueError(f"{source}: unknown chat format {name!r}; known: {', '.join(FORMATS)}")
+                raise UserError(f"{source}: unknown chat format {name!r}; known: {', '.join(FORMATS)}")
             base = FORMATS[name].to_dict()
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; "
+            raise UserError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; "
                              f"expected format, {', '.join(sorted(names - {'name'}))}")
         merged = {**base, **d}
         if "prompt" not in merged:
-            raise ValueError(f"{source}: give a named 'format' ({', '.join(FORMATS)}) or a 'prompt' template")
+            raise UserError(f"{source}: give a named 'format' ({', '.join(FORMATS)}) or a 'prompt' template")
         if base and len(d) > 0 and "name" not in d:
             merged["name"] = f"{base['name']} (modified)"
         return cls(**merged)
@@ -136,7 +137,7 @@ FORMATS: dict[str, ChatFormat] = {
 def format_prompt(instruction: str, input: str = "", *, format: str = "alpaca") -> str:
     """The prompt text of one instruction in a named format (what fine-tuning trains on, before the response)."""
     if format not in FORMATS:
-        raise ValueError(f"unknown chat format {format!r}; known: {', '.join(FORMATS)}")
+        raise UserError(f"unknown chat format {format!r}; known: {', '.join(FORMATS)}")
     return FORMATS[format].render(instruction, input)
 
 
@@ -146,7 +147,7 @@ def save_chat_format(directory: str | Path, fmt: ChatFormat | str) -> Path:
 
     if isinstance(fmt, str):
         if fmt not in FORMATS:
-            raise ValueError(f"unknown chat format {fmt!r}; known: {', '.join(FORMATS)}")
+            raise UserError(f"unknown chat format {fmt!r}; known: {', '.join(FORMATS)}")
         d: dict[str, Any] = {"format": fmt}
     else:
         d = {k: v for k, v in fmt.to_dict().items() if k != "name"}
@@ -159,18 +160,18 @@ def load_chat_format(directory: str | Path, *, format: str | None = None) -> Cha
     """The checkpoint's chat format: `format` if named, else its chat.json (a clear error if it has none)."""
     if format is not None:
         if format not in FORMATS:
-            raise ValueError(f"unknown chat format {format!r}; known: {', '.join(FORMATS)}")
+            raise UserError(f"unknown chat format {format!r}; known: {', '.join(FORMATS)}")
         return FORMATS[format]
     path = Path(directory) / CHAT_FILE
     if not path.is_file():
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"{directory} has no {CHAT_FILE}, so its prompt format is unknown (is it instruction-tuned?); "
             f"name one with --format ({', '.join(FORMATS)}) or write {CHAT_FILE}, e.g. {{\"format\": \"alpaca\"}}"
         )
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+        raise UserError(f"{path} is not valid JSON: {e}") from None
     return ChatFormat.from_dict(d, source=str(path))
 
 
@@ -196,7 +197,7 @@ class Chat:
         fields = {f.name: f for f in dataclasses.fields(SampleConfig)}
         if name not in fields or name in ("num_samples", "long_prompt", "top_probs", "stop"):
             settable = [n for n in fields if n not in ("num_samples", "long_prompt", "top_probs", "stop")]
-            raise ValueError(f"unknown option {name!r}; /set one of {', '.join(settable)}")
+            raise UserError(f"unknown option {name!r}; /set one of {', '.join(settable)}")
         kind = str(fields[name].type)  # the annotation as text: "float", "int | None", "bool", ...
         parsed: Any
         try:
@@ -211,7 +212,7 @@ class Chat:
             else:
                 parsed = value
         except ValueError:
-            raise ValueError(f"{name} takes a value of type {kind}, got {value!r}") from None
+            raise UserError(f"{name} takes a value of type {kind}, got {value!r}") from None
         self.config = self.config.replace(**{name: parsed})
 
     def send(self, message: str, input: str = "") -> Iterator[str]:
@@ -272,7 +273,7 @@ def chat_loop(chat: Chat, *, stdin: TextIO | None = None, stdout: TextIO | None 
             parts = command.split(maxsplit=2)
             try:
                 if len(parts) != 3:
-                    raise ValueError("usage: /set NAME VALUE, e.g. /set temperature 0.7")
+                    raise UserError("usage: /set NAME VALUE, e.g. /set temperature 0.7")
                 chat.set(parts[1], parts[2])
                 print(f"({parts[1]} = {getattr(chat.config, parts[1])!r})", file=stderr)
             except ValueError as e:

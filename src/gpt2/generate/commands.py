@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import torch
 
+from gpt2.errors import UserError, UserFileNotFoundError
 from gpt2.generate.engine import Generation, PromptTruncatedWarning, SampleConfig, stream
 from gpt2.model.gpt2 import GPT2LMHeadModel
 
@@ -49,7 +50,7 @@ def resolve_model_dir(source: str | Path) -> Path:
         from gpt2.train.checkpoint import resolve_checkpoint
 
         return resolve_checkpoint(directory)
-    raise FileNotFoundError(f"{directory} holds no config.json: not a model directory, checkpoint or run directory")
+    raise UserFileNotFoundError(f"{directory} holds no config.json: not a model directory, checkpoint or run directory")
 
 
 def load_model_and_tokenizer(
@@ -61,14 +62,14 @@ def load_model_and_tokenizer(
     from gpt2.tokenizer import load_tokenizer
 
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     directory = resolve_model_dir(source)
     try:
         tok = load_tokenizer(tokenizer if tokenizer is not None else directory)
     except FileNotFoundError as e:
         if tokenizer is not None:
             raise
-        raise FileNotFoundError(f"{e}; pass --tokenizer (gpt2, or a tokenizer directory)") from None
+        raise UserFileNotFoundError(f"{e}; pass --tokenizer (gpt2, or a tokenizer directory)") from None
     model = load_pretrained(directory, device=pick_device(device), dtype=DTYPES[dtype])
     return model, tok
 
@@ -77,7 +78,7 @@ def read_prompts(path: str | Path) -> list[str]:
     """One prompt per line (blank lines skipped); a .jsonl file holds {"prompt": ...} objects or strings."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"prompts file {path} not found")
+        raise UserFileNotFoundError(f"prompts file {path} not found")
     prompts = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -86,16 +87,16 @@ def read_prompts(path: str | Path) -> list[str]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n} is not valid JSON: {e}") from None
+                raise UserError(f"{path}:{n} is not valid JSON: {e}") from None
             if isinstance(obj, dict) and isinstance(obj.get("prompt"), str):
                 obj = obj["prompt"]
             if not isinstance(obj, str):
-                raise ValueError(f"{path}:{n}: expected a JSON string or an object with a \"prompt\" string")
+                raise UserError(f"{path}:{n}: expected a JSON string or an object with a \"prompt\" string")
             prompts.append(obj)
         else:
             prompts.append(line)
     if not prompts:
-        raise ValueError(f"prompts file {path} holds no prompts")
+        raise UserError(f"prompts file {path} holds no prompts")
     return prompts
 
 
@@ -121,16 +122,16 @@ def run_generate(
 ) -> int:
     """`gpt2 generate`: stream one prompt to the terminal, print JSON, or complete a prompts file."""
     if (prompt is None) == (prompts_file is None):
-        raise ValueError("give either a PROMPT or --prompts-file FILE (not both)")
+        raise UserError("give either a PROMPT or --prompts-file FILE (not both)")
     if out is not None and prompts_file is None:
-        raise ValueError("--out writes the results of --prompts-file; with a single PROMPT use --json")
+        raise UserError("--out writes the results of --prompts-file; with a single PROMPT use --json")
     if probs_plot is not None and not probs_plot.lower().endswith(".png"):
-        raise ValueError(f"--probs-plot writes a PNG file; got {probs_plot!r}")
+        raise UserError(f"--probs-plot writes a PNG file; got {probs_plot!r}")
     if (show_probs or probs_plot) and prompts_file is not None:
-        raise ValueError("--show-probs/--probs-plot show one prompt's steps; not with --prompts-file")
+        raise UserError("--show-probs/--probs-plot show one prompt's steps; not with --prompts-file")
     if probs_plot is not None and importlib.util.find_spec("matplotlib") is None:
         # Checked before the model loads, so a missing extra costs no waiting.
-        raise ValueError("--probs-plot needs matplotlib: pip install 'gpt2-scratch[plot]'")
+        raise UserError("--probs-plot needs matplotlib: pip install 'gpt2-scratch[plot]'")
     if show_probs or probs_plot:
         config = config.replace(top_probs=show_probs or 5)
     prompts = read_prompts(prompts_file) if prompts_file is not None else [prompt]

@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import torch
 
+from gpt2.errors import UserError
 from gpt2.generate import sampling
 from gpt2.generate.fastpath import inference_view
 from gpt2.model.gpt2 import GPT2LMHeadModel, KVCache
@@ -99,7 +100,7 @@ class SampleConfig:
         """Raise ValueError naming the first field with a value generation cannot use."""
 
         def bad(name: str, rule: str) -> ValueError:
-            return ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
+            return UserError(f"{name} must be {rule}, got {getattr(self, name)!r}")
 
         for name in ("max_new_tokens", "num_samples"):
             v = getattr(self, name)
@@ -134,7 +135,7 @@ class SampleConfig:
         """A copy with some fields changed (validated); unknown names are a ValueError."""
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise ValueError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
+            raise UserError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
         return dataclasses.replace(self, **changes)
 
 
@@ -270,19 +271,19 @@ def prepare_prompts(
         prompts = [prompts]
     prompts = list(prompts)
     if not prompts:
-        raise ValueError("no prompts given")
+        raise UserError("no prompts given")
     if isinstance(prompts[0], int):
-        raise ValueError("token-id prompts go in a list of lists, e.g. [[464, 3290]], one list per prompt")
+        raise UserError("token-id prompts go in a list of lists, e.g. [[464, 3290]], one list per prompt")
     cfg = model.config
     limit = cfg.n_positions - config.max_new_tokens
     if limit < 1:
-        raise ValueError(f"max_new_tokens={config.max_new_tokens} leaves no room for a prompt in the model's "
+        raise UserError(f"max_new_tokens={config.max_new_tokens} leaves no room for a prompt in the model's "
                          f"context of n_positions={cfg.n_positions} tokens")
     out = []
     for i, p in enumerate(prompts):
         if isinstance(p, str):
             if tokenizer is None:
-                raise ValueError("text prompts need a tokenizer; pass one, or give token ids")
+                raise UserError("text prompts need a tokenizer; pass one, or give token ids")
             # Special tokens written out in a prompt (e.g. <|endoftext|>) mean the token itself.
             ids, text = list(tokenizer.encode(p, allowed_special="all")), p
         else:
@@ -290,17 +291,17 @@ def prepare_prompts(
         if config.bos == "always" or (config.bos == "if-empty" and not ids):
             ids = [cfg.bos_token_id, *ids]
         if not ids:
-            raise ValueError(f"prompt {i} is empty and the BOS policy is 'never': a GPT-2 needs at least one "
+            raise UserError(f"prompt {i} is empty and the BOS policy is 'never': a GPT-2 needs at least one "
                              "token to condition on; give a prompt, or set bos='if-empty' (CLI: --bos if-empty) "
                              "to start from <|endoftext|>")
         bad = [t for t in ids if not 0 <= t < cfg.vocab_size]
         if bad:
-            raise ValueError(f"prompt {i} holds token id {bad[0]}, outside the model's vocabulary "
+            raise UserError(f"prompt {i} holds token id {bad[0]}, outside the model's vocabulary "
                              f"(vocab_size={cfg.vocab_size}): the tokenizer does not match the model")
         truncated = 0
         if len(ids) > limit:
             if config.long_prompt == "error":
-                raise ValueError(
+                raise UserError(
                     f"prompt {i} has {len(ids)} tokens, but with max_new_tokens={config.max_new_tokens} the "
                     f"model's context of {cfg.n_positions} tokens holds at most {limit}: shorten it, lower "
                     "max_new_tokens, or truncate it from the left (long_prompt='truncate', CLI --truncate)"
@@ -357,10 +358,10 @@ def stream(
     """
     config = _resolve(config, overrides)
     if config.stop and tokenizer is None:
-        raise ValueError("stop strings need a tokenizer to read the text; pass one")
+        raise UserError("stop strings need a tokenizer to read the text; pass one")
     prepared = prepare_prompts(model, tokenizer, prompts, config)
     if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        raise UserError(f"batch_size must be a positive integer, got {batch_size}")
     seed = config.seed
     if seed is None and not config.greedy:
         seed = int.from_bytes(os.urandom(8), "little") >> 1

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from gpt2.errors import UserError
 from gpt2.generate import sampling
 from gpt2.generate.engine import SampleConfig, row_generator
 from gpt2.model.gpt2 import GPT2LMHeadModel
@@ -36,7 +37,7 @@ def reference_generate(
     """
     config = (config or SampleConfig()).replace(**overrides)
     if not config.greedy and config.seed is None:
-        raise ValueError("reference sampling needs a seed (to match the engine's noise)")
+        raise UserError("reference sampling needs a seed (to match the engine's noise)")
     eos = model.config.eos_token_id if eos_token_id is None else eos_token_id
     device = model.transformer.wte.weight.device
     generator = None if config.greedy else row_generator(config.seed, prompt_ids, sample_index, device=device)

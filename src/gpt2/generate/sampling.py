@@ -31,20 +31,22 @@ from collections.abc import Sequence
 
 import torch
 
+from gpt2.errors import UserError
+
 NEG_INF = float("-inf")
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """logits / temperature; temperature must be > 0 (greedy decoding is the temperature → 0 limit)."""
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0 to scale logits, got {temperature} (use greedy for 0)")
+        raise UserError(f"temperature must be > 0 to scale logits, got {temperature} (use greedy for 0)")
     return logits if temperature == 1.0 else logits / temperature
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the k largest logits of each row (and any tied with the k-th); the rest become -inf."""
     if k <= 0:
-        raise ValueError(f"top_k must be a positive integer, got {k}")
+        raise UserError(f"top_k must be a positive integer, got {k}")
     if k >= logits.shape[-1]:
         return logits
     kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (B, 1)
@@ -54,7 +56,7 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Keep the smallest set of most likely tokens whose probability mass reaches p, ties included."""
     if not 0.0 < p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {p}")
+        raise UserError(f"top_p must be in (0, 1], got {p}")
     if p >= 1.0:
         return logits
     sorted_logits, _ = torch.sort(logits, dim=-1, descending=True)  # (B, V)
@@ -68,7 +70,7 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
     """Keep tokens whose probability is at least min_p times the most likely token's."""
     if not 0.0 <= min_p <= 1.0:
-        raise ValueError(f"min_p must be in [0, 1], got {min_p}")
+        raise UserError(f"min_p must be in [0, 1], got {min_p}")
     if min_p == 0.0:
         return logits
     probs = torch.softmax(logits.float(), dim=-1)
@@ -89,7 +91,7 @@ def presence_mask(token_ids: Sequence[Sequence[int]], vocab_size: int, *, device
 def apply_repetition_penalty(logits: torch.Tensor, present: torch.Tensor, penalty: float) -> torch.Tensor:
     """Divide positive and multiply negative logits of tokens already present (present: (B, V) bool)."""
     if penalty <= 0:
-        raise ValueError(f"repetition_penalty must be > 0, got {penalty}")
+        raise UserError(f"repetition_penalty must be > 0, got {penalty}")
     if penalty == 1.0:
         return logits
     penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
@@ -99,7 +101,7 @@ def apply_repetition_penalty(logits: torch.Tensor, present: torch.Tensor, penalt
 def banned_ngram_tokens(tokens: Sequence[int], n: int) -> list[int]:
     """Tokens that would complete an n-gram already in `tokens` (the last n - 1 tokens are the prefix)."""
     if n <= 0:
-        raise ValueError(f"no_repeat_ngram_size must be a positive integer, got {n}")
+        raise UserError(f"no_repeat_ngram_size must be a positive integer, got {n}")
     if len(tokens) < n:  # no complete n-gram yet
         return []
     tokens = list(tokens)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gpt2.errors import UserError
 from gpt2.generate.engine import StepProbs
 
 
@@ -47,9 +48,9 @@ def plot_probs(steps: Sequence[StepProbs], tokenizer: Any, path: str | Path) -> 
         matplotlib.use("Agg")  # files only: never open a window
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ValueError("--probs-plot needs matplotlib: pip install 'gpt2-scratch[plot]'") from None
+        raise UserError("--probs-plot needs matplotlib: pip install 'gpt2-scratch[plot]'") from None
     if not steps:
-        raise ValueError("no steps to plot")
+        raise UserError("no steps to plot")
     path = Path(path)
     k = len(steps[0].top)
     grid = [[s.top[r][1] if r < len(s.top) else 0.0 for s in steps] for r in range(k)]  # (k, steps)

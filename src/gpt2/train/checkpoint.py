@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from gpt2.common import atomic_directory, atomic_write_text
+from gpt2.errors import UserError, UserFileNotFoundError
 
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 TRAINER_STATE = "trainer_state.pt"
@@ -85,7 +86,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if (path / TRAINER_STATE).is_file():
         return path
     if not path.is_dir():
-        raise FileNotFoundError(f"no run or checkpoint directory at {path}")
+        raise UserFileNotFoundError(f"no run or checkpoint directory at {path}")
     latest = path / "latest"
     if latest.is_file():
         candidate = path / latest.read_text().strip()
@@ -93,7 +94,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
             return candidate
     found = list_checkpoints(path)
     if not found:
-        raise FileNotFoundError(f"{path} holds no complete checkpoint (step-NNNNNN/ with {TRAINER_STATE})")
+        raise UserFileNotFoundError(f"{path} holds no complete checkpoint (step-NNNNNN/ with {TRAINER_STATE})")
     return found[-1]
 
 
@@ -104,7 +105,7 @@ def load_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
         # numpy scalars, hence weights_only=False for our own file.
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
+        raise UserError(f"cannot read {path}: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,6 +35,7 @@ import torch
 
 from gpt2.common import destroy_distributed, init_distributed, keep_freed_memory, pick_device, seed_everything
 from gpt2.config import RunConfig, to_yaml
+from gpt2.errors import UserError
 from gpt2.model.gpt2 import GPT2LMHeadModel
 from gpt2.model.info import flops_per_token
 from gpt2.train.checkpoint import clean_stale, load_trainer_state, resolve_checkpoint, save_checkpoint
@@ -71,7 +72,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         return torch.bfloat16
     if name == "fp16":
         if device.type != "cuda":
-            raise ValueError("train.dtype=fp16 needs a CUDA device (its grad scaler is CUDA's); use bf16 or fp32")
+            raise UserError("train.dtype=fp16 needs a CUDA device (its grad scaler is CUDA's); use bf16 or fp32")
         return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -227,7 +228,7 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
     per_micro = B * T * world_size
     global_tokens = cfg.train.global_batch_tokens or per_micro
     if global_tokens % per_micro != 0:
-        raise ValueError(
+        raise UserError(
             f"train.global_batch_tokens={global_tokens} is not a multiple of micro_batch_size × seq_len × "
             f"processes = {B} × {T} × {world_size} = {per_micro}; pick a multiple, e.g. {per_micro * max(1, round(global_tokens / per_micro))}"
         )
@@ -275,7 +276,7 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
     step, tokens_seen = 0, 0
     if state is not None:
         if state.get("world_size", 1) != world_size or state.get("grad_accum") != grad_accum:
-            raise ValueError(
+            raise UserError(
                 f"{ckpt} was written by {state.get('world_size')} process(es) with grad_accum="
                 f"{state.get('grad_accum')}; resume with the same layout (now {world_size} / {grad_accum})"
             )
@@ -344,7 +345,7 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
     if cfg.eval.hellaswag:
         if fsdp:
             # The scorer calls the body and the head separately, which FSDP's root module does not support.
-            raise ValueError("eval.hellaswag does not run under train.distributed=fsdp yet; score checkpoints "
+            raise UserError("eval.hellaswag does not run under train.distributed=fsdp yet; score checkpoints "
                              "with `gpt2 eval CKPT --hellaswag FILE` instead")
         from gpt2.eval.hellaswag import evaluate_hellaswag, load_examples
 

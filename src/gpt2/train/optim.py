@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from gpt2.config import OptimConfig
+from gpt2.errors import UserError
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -81,7 +82,7 @@ class LRSchedule:
         """The schedule is a pure function of its settings; resuming with other settings is refused."""
         if state != self.state_dict():
             diff = {k: (state.get(k), v) for k, v in self.state_dict().items() if state.get(k) != v}
-            raise ValueError(f"the checkpoint's LR schedule differs from this config's: {diff} (saved, now)")
+            raise UserError(f"the checkpoint's LR schedule differs from this config's: {diff} (saved, now)")
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

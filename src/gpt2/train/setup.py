@@ -19,6 +19,7 @@ from typing import Any
 
 from gpt2.common import cache_dir
 from gpt2.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from gpt2.errors import UserError
 from gpt2.model import GPT2Config, GPT2LMHeadModel
 
 
@@ -116,9 +117,9 @@ def model_config(cfg: ModelConfig, train: TrainConfig, *, vocab_size: int, eot: 
                      pad_vocab_size_multiple=cfg.pad_vocab_size_multiple, bos_token_id=eot, eos_token_id=eot)
     config = GPT2Config.from_preset(cfg.preset, **overrides)
     if train.seq_len > config.n_positions:
-        raise ValueError(f"train.seq_len={train.seq_len} is longer than model.n_positions={config.n_positions}")
+        raise UserError(f"train.seq_len={train.seq_len} is longer than model.n_positions={config.n_positions}")
     if config.vocab_size < vocab_size:
-        raise ValueError(f"model.vocab_size={config.vocab_size} is smaller than the tokenizer's {vocab_size}")
+        raise UserError(f"model.vocab_size={config.vocab_size} is smaller than the tokenizer's {vocab_size}")
     return config
 
 
@@ -129,10 +130,10 @@ def build_model(cfg: ModelConfig, train: TrainConfig, *, vocab_size: int, eot: i
             cfg.init_from, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout
         )
         if model.config.vocab_size < vocab_size:
-            raise ValueError(f"model.init_from={cfg.init_from} has {model.config.vocab_size} token ids, the "
+            raise UserError(f"model.init_from={cfg.init_from} has {model.config.vocab_size} token ids, the "
                              f"tokenizer {vocab_size}: use the tokenizer the model was trained with")
         if train.seq_len > model.config.n_positions:
-            raise ValueError(f"train.seq_len={train.seq_len} exceeds {cfg.init_from}'s n_positions="
+            raise UserError(f"train.seq_len={train.seq_len} exceeds {cfg.init_from}'s n_positions="
                              f"{model.config.n_positions}")
         return model.train()
     return GPT2LMHeadModel(model_config(cfg, train, vocab_size=vocab_size, eot=eot))
