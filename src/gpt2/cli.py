@@ -443,6 +443,36 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 # ----------------------------------------------------------------------------- verbs still to come
+# -------------------------------------------------------------------------------------- checkpoint
+def _add_checkpoint(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("checkpoint", help="list a run's checkpoints; turn a sharded (FSDP) one into an HF directory")
+    csub = p.add_subparsers(dest="checkpoint_cmd", required=True, metavar="COMMAND")
+    ls = csub.add_parser("list", help="a run's complete checkpoints, oldest first")
+    ls.add_argument("run_dir", help="a run directory (train.out_dir)")
+
+    def run_list(args: argparse.Namespace) -> int:
+        from gpt2.train.checkpoint import list_checkpoints
+
+        for ckpt in list_checkpoints(args.run_dir):
+            print(ckpt)
+        return 0
+
+    ls.set_defaults(func=run_list)
+    cons = csub.add_parser("consolidate", help="a sharded checkpoint (checkpoint.sharded=true) → one HF directory")
+    cons.add_argument("checkpoint", help="a step-NNNNNN directory with a sharded/ folder, or its run directory")
+    cons.add_argument("out", help="the HF directory to write (config.json, model.safetensors, tokenizer)")
+
+    def run_consolidate(args: argparse.Namespace) -> int:
+        from gpt2.train.checkpoint import resolve_checkpoint
+        from gpt2.train.distributed import consolidate
+
+        out = consolidate(resolve_checkpoint(args.checkpoint), args.out)
+        print(f"wrote {out} (transformers.GPT2LMHeadModel.from_pretrained loads it)")
+        return 0
+
+    cons.set_defaults(func=run_consolidate)
+
+
 def _add_planned(sub: argparse._SubParsersAction) -> None:
     planned = [
         ("finetune", "classification, instruction tuning, LoRA", 8),
@@ -464,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_generate(sub)
     _add_eval(sub)
+    _add_checkpoint(sub)
     _add_planned(sub)
     return parser
 

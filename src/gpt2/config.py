@@ -154,6 +154,9 @@ class CheckpointConfig:
     """How many step-NNNNNN directories to keep."""
     resume: str | None = None
     """A run directory or checkpoint to continue from (same as `gpt2 train --resume DIR`)."""
+    sharded: bool = False
+    """Under FSDP: each rank writes its own shards (torch.distributed.checkpoint) instead of one gathered HF
+    directory; `gpt2 checkpoint consolidate` turns such a checkpoint into one."""
 
 
 @dataclass

@@ -15,12 +15,16 @@ each large nn.Linear replaced by a `PackedLinear` holding the packed copy of its
 is never modified. The copy costs one extra copy of the linear weights in memory (the tied LM head
 is packed once more), and is cached per model until its weights change (a new tensor or an in-place
 update bumps the stamp). Where oneDNN cannot run (not CPU, no mkldnn build, a dtype other than
-fp32/bf16) the model is returned as it is.
+fp32/bf16, or bf16 on a CPU without the instructions oneDNN's packed bf16 kernels need: AVX-512
+BW/VL/DQ or AVX-NE-CONVERT, e.g. an AMD Zen 3 or most laptops) the model is returned as it is and
+the plain PyTorch path runs. GPT2_NO_FAST_PATH=1 forces the plain path on any machine.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import os
 import weakref
 
 import torch
@@ -47,14 +51,30 @@ class PackedLinear(nn.Module):
 
 
 def can_pack(model: nn.Module) -> bool:
-    """True where the packed path runs: CPU weights in fp32 or bf16 and a PyTorch built with oneDNN."""
+    """True where the packed path runs: CPU weights in fp32, or bf16 on a CPU whose oneDNN runs packed bf16,
+    and a PyTorch built with oneDNN. GPT2_NO_FAST_PATH=1 says no everywhere (the plain path is then tested)."""
+    if os.environ.get("GPT2_NO_FAST_PATH", "0") not in ("", "0"):
+        return False
     p = next(model.parameters())
-    return (
-        p.device.type == "cpu"
-        and p.dtype in (torch.float32, torch.bfloat16)
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    )
+    if p.device.type != "cpu" or p.dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    return p.dtype != torch.bfloat16 or packed_bf16_supported()
+
+
+@functools.cache
+def packed_bf16_supported() -> bool:
+    """Whether oneDNN's packed bf16 linear runs on this CPU. It refuses ("bf16 path needs the cpu support
+    avx_ne_convert or avx512bw, avx512vl and avx512dq") on AVX2-only CPUs, where bf16 is emulated."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    if check is not None and not check():
+        return False
+    try:  # the check above is what PyTorch itself consults; a tiny reorder confirms it on this build
+        torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=torch.bfloat16), 1)
+    except RuntimeError:
+        return False
+    return True
 
 
 def _stamp(model: nn.Module) -> tuple:

@@ -48,19 +48,27 @@ def save_checkpoint(
     run_dir: str | Path,
     step: int,
     *,
-    model: torch.nn.Module,
+    model: torch.nn.Module | None,
     trainer_state: dict[str, Any],
     tokenizer: Any = None,
     run_yaml: str | None = None,
     keep_last: int = 3,
+    config: Any = None,
+    tmp: Path | None = None,
 ) -> Path:
-    """Write step-NNNNNN atomically, point `latest` at it, and delete all but the newest keep_last."""
+    """Write step-NNNNNN atomically, point `latest` at it, and delete all but the newest keep_last.
+
+    A sharded checkpoint (gpt2.train.distributed) passes model=None with the model's `config`, and the
+    temporary directory `tmp` its ranks have already written their shards into."""
     from gpt2.model.hf import save_pretrained
 
     run_dir = Path(run_dir)
     final = run_dir / checkpoint_name(step)
-    with atomic_directory(final) as tmp:
-        save_pretrained(model, tmp)  # type: ignore[arg-type]
+    with atomic_directory(final, tmp=tmp) as tmp:
+        if model is not None:
+            save_pretrained(model, tmp)  # type: ignore[arg-type]
+        else:
+            config.save(tmp)
         if tokenizer is not None:
             tokenizer.save(tmp)
         if run_yaml is not None:

@@ -33,12 +33,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpt2.common import destroy_distributed, init_distributed, keep_freed_memory, pick_device, seed_everything
+from gpt2.common import (
+    destroy_distributed,
+    init_distributed,
+    keep_freed_memory,
+    pick_device,
+    resolve_dtype,
+    seed_everything,
+)
 from gpt2.config import RunConfig, to_yaml
 from gpt2.errors import UserError
 from gpt2.model.gpt2 import GPT2LMHeadModel
 from gpt2.model.info import flops_per_token
-from gpt2.train.checkpoint import clean_stale, load_trainer_state, resolve_checkpoint, save_checkpoint
+from gpt2.train import distributed as dist_utils
+from gpt2.train.checkpoint import (
+    checkpoint_name,
+    clean_stale,
+    load_trainer_state,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from gpt2.train.metrics import MetricsLogger, peak_flops
 from gpt2.train.optim import LRSchedule, build_optimizer, set_lr
 
@@ -64,31 +78,6 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """auto: bf16 where the device runs it (CPU with AVX-512 BF16/AMX, Ampere+ GPUs), else fp16 on CUDA, else fp32."""
-    if name == "fp32":
-        return torch.float32
-    if name == "bf16":
-        return torch.bfloat16
-    if name == "fp16":
-        if device.type != "cuda":
-            raise UserError("train.dtype=fp16 needs a CUDA device (its grad scaler is CUDA's); use bf16 or fp32")
-        return torch.float16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu":
-        return torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
-    return torch.float32
-
-
-def _cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def _rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -176,35 +165,6 @@ class SpikeGuard:
         self.in_row = state["in_row"]
 
 
-def _wrap(model: GPT2LMHeadModel, cfg: RunConfig, *, world_size: int, device: torch.device) -> torch.nn.Module:
-    """DDP or FSDP2 under torchrun, then torch.compile if asked: all applied from outside the model."""
-    wrapped: torch.nn.Module = model
-    if world_size > 1:
-        if cfg.train.distributed == "fsdp":
-            from torch.distributed.fsdp import fully_shard
-
-            for block in model.transformer.h:
-                fully_shard(block)
-            fully_shard(model)
-        else:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.train.compile:
-        wrapped = torch.compile(wrapped)
-    return wrapped
-
-
-def _full_state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, fsdp: bool):
-    """Model and optimizer state as one process would hold them (FSDP shards are gathered)."""
-    if not fsdp:
-        return None, optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_state_dict(model, optimizer, options=opts)
-
-
 # --------------------------------------------------------------------------------------------- train
 def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | None = None) -> TrainResult:
     """Run training as `cfg` says; resume from a run or checkpoint directory when given (or cfg.checkpoint.resume)."""
@@ -213,14 +173,15 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
 
     t_start = time.time()
     device = pick_device(cfg.train.device)
-    rank, _local_rank, world_size, device = init_distributed(device)
+    rank, local_rank, world_size, device = init_distributed(device)
     master = rank == 0
     progress = master and (sys.stderr.isatty() if progress is None else progress)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if device.type == "cpu":
         keep_freed_memory()  # steps reuse memory instead of page-faulting fresh blocks (gpt2.common)
-    dtype = resolve_dtype(cfg.train.dtype, device)
+    dtype, dtype_reason = resolve_dtype(cfg.train.dtype, device)
+    mode: dist_utils.Mode = "single" if world_size == 1 else cfg.train.distributed  # type: ignore[assignment]
     run_dir = Path(cfg.train.out_dir)
 
     # Batch geometry: global batch = micro_batch × seq_len × world_size × grad_accum.
@@ -238,23 +199,25 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
     resume = resume or cfg.checkpoint.resume
     ckpt = resolve_checkpoint(resume) if resume else None
     state = load_trainer_state(ckpt) if ckpt else None
+    sharded_resume = ckpt is not None and dist_utils.is_sharded(ckpt)
 
-    # Data: only rank 0 trains the tokenizer / prepares shards; the others wait, then read the cache.
-    if master:
-        tokenizer = ensure_tokenizer(cfg.data, progress=progress)
-        shard_dir = ensure_shards(cfg.data, tokenizer, progress=progress)
-    if world_size > 1:
-        torch.distributed.barrier()
-    if not master:
-        tokenizer = ensure_tokenizer(cfg.data, progress=False)
-        shard_dir = ensure_shards(cfg.data, tokenizer, progress=False)
+    # Data: rank 0 trains the tokenizer and prepares the shards first; then the first process of every
+    # other node (whose cache may be its own disk), then everyone else reads the cache. Both steps are
+    # deterministic, so a node that builds its own copy gets the same tokenizer and the same shards.
+    for turn in ("rank0", "node", "rest"):
+        mine = {"rank0": master, "node": local_rank == 0 and not master, "rest": local_rank != 0}[turn]
+        if mine:
+            tokenizer = ensure_tokenizer(cfg.data, progress=progress)
+            shard_dir = ensure_shards(cfg.data, tokenizer, progress=progress)
+        if world_size > 1:
+            torch.distributed.barrier()
     val_bytes_per_token = bytes_per_token(shard_dir, tokenizer) if master else None
 
 
     # Model (same init on every rank), then per-rank RNG for dropout.
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model, cfg.train, vocab_size=tokenizer.n_vocab, eot=tokenizer.eot_token)
-    if ckpt is not None:
+    if ckpt is not None and not sharded_resume:  # a sharded checkpoint is read after wrapping, below
         model = GPT2LMHeadModel.from_pretrained(
             ckpt, resid_pdrop=cfg.model.dropout, embd_pdrop=cfg.model.dropout, attn_pdrop=cfg.model.dropout,
             pad_vocab_size_multiple=model.config.pad_vocab_size_multiple,
@@ -266,27 +229,24 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
                                shuffle=True, seed=cfg.train.seed)
     val_loader = TokenLoader(shard_dir, split="val", batch_size=B, seq_len=T, rank=rank, world_size=world_size,
                              shuffle=False, drop_last=False)
+    # The optimizer is built on the wrapped model: FSDP2 replaces every parameter with a sharded one.
+    wrapped = dist_utils.wrap_model(model, mode=mode, device=device, compile=cfg.train.compile)
     optimizer = build_optimizer(model, cfg.optim, device=device)
     schedule = LRSchedule(cfg.optim, max_steps=cfg.train.max_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     guard = SpikeGuard(factor=cfg.train.spike_factor)
-    fsdp = world_size > 1 and cfg.train.distributed == "fsdp"
-    wrapped = _wrap(model, cfg, world_size=world_size, device=device)
+    if cfg.checkpoint.sharded and mode != "fsdp":
+        raise UserError("checkpoint.sharded=true needs train.distributed=fsdp under torchrun; without FSDP every "
+                        "checkpoint is one HF directory already")
 
     step, tokens_seen = 0, 0
     if state is not None:
-        if state.get("world_size", 1) != world_size or state.get("grad_accum") != grad_accum:
-            raise UserError(
-                f"{ckpt} was written by {state.get('world_size')} process(es) with grad_accum="
-                f"{state.get('grad_accum')}; resume with the same layout (now {world_size} / {grad_accum})"
-            )
-        if fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-            set_optimizer_state_dict(wrapped, optimizer, state["optimizer"],
-                                     options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
+        assert ckpt is not None
+        dist_utils.check_layout(state, world_size=world_size, grad_accum=grad_accum, mode=mode, checkpoint=ckpt)
+        if sharded_resume:
+            dist_utils.load_sharded(ckpt, model, optimizer)
         else:
-            optimizer.load_state_dict(state["optimizer"])
+            dist_utils.load_full_optimizer_state(model, optimizer, state["optimizer"], mode=mode)
         schedule.load_state_dict(state["schedule"])
         train_loader.load_state_dict(state["train_loader"])
         guard.load_state_dict(state["guard"])
@@ -307,11 +267,14 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
         logger.log({
             "kind": "start", "time": t_start, "resumed_from": str(ckpt) if ckpt else None, "step": step,
             "git_commit": _git_commit(), "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(device), "dtype": str(dtype).removeprefix("torch."), "world_size": world_size,
+            "device": str(device), "dtype": str(dtype).removeprefix("torch."), "dtype_reason": dtype_reason,
+            "distributed": mode, "world_size": world_size,
             "grad_accum": grad_accum, "global_batch_tokens": global_tokens,
             "parameters": model.num_parameters(), "tokenizer": repr(tokenizer), "shards": str(shard_dir),
         })
-        print(f"run {run_dir} | {model.num_parameters():,} parameters | {device} {str(dtype).removeprefix('torch.')} | "
+        print(f"dtype: {dtype_reason}", file=sys.stderr)
+        print(f"run {run_dir} | {model.num_parameters():,} parameters | {device} "
+              f"{str(dtype).removeprefix('torch.')} | "
               f"{world_size} process(es) × {grad_accum} micro-step(s) × {B}×{T} = {global_tokens:,} tokens/step | "
               f"{cfg.train.max_steps} steps" + (f" | resumed at step {step}" if step else ""), file=sys.stderr)
 
@@ -326,7 +289,7 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
         with torch.no_grad(), autocast:
             for _ in range(min(limit, len(val_loader))):
                 x, y = val_loader.next_batch()
-                if x.shape[0] == 0:
+                if x.shape[0] == 0 and mode != "fsdp":  # FSDP: every rank runs every forward (all-gathers)
                     continue
                 x, y = x.to(device), y.to(device)
                 loss = model(x, targets=y, return_logits=False).loss
@@ -335,6 +298,7 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
         if world_size > 1:
             torch.distributed.all_reduce(total)
             torch.distributed.all_reduce(count)
+        dist_utils.reshard_after_eval(model, mode=mode)
         model.train()
         val = (total / count.clamp(min=1)).item()
         bpb = val / math.log(2) / val_bytes_per_token if val_bytes_per_token else None
@@ -343,10 +307,6 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
     # HellaSwag examples are read (and checked) before the first step, so a bad file fails at once.
     hellaswag_examples = None
     if cfg.eval.hellaswag:
-        if fsdp:
-            # The scorer calls the body and the head separately, which FSDP's root module does not support.
-            raise UserError("eval.hellaswag does not run under train.distributed=fsdp yet; score checkpoints "
-                             "with `gpt2 eval CKPT --hellaswag FILE` instead")
         from gpt2.eval.hellaswag import evaluate_hellaswag, load_examples
 
         hellaswag_examples = load_examples(cfg.eval.hellaswag, limit=cfg.eval.hellaswag_limit or None)
@@ -354,43 +314,51 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
     def hellaswag() -> None:
         if hellaswag_examples is None:
             return
-        # DDP: each rank scores its share of the examples and the counts are summed.
+        # DDP: each rank scores its share of the examples and the counts are summed. FSDP: rank 0 scores
+        # them all on the gathered weights (the scorer runs the body and the head separately, and ranks
+        # scoring different shares would make different numbers of FSDP forwards).
+        scorer = dist_utils.plain_model(model, mode=mode, rank=rank) if mode == "fsdp" else model
+        if scorer is None:
+            return
+        share = (0, 1) if mode == "fsdp" else (rank, world_size)
         with autocast:
-            hs = evaluate_hellaswag(model, tokenizer, hellaswag_examples, rank=rank, world_size=world_size)
+            hs = evaluate_hellaswag(scorer, tokenizer, hellaswag_examples, rank=share[0], world_size=share[1])
         if master:
             logger.log({"kind": "hellaswag", "step": step, "tokens": tokens_seen, "hellaswag_acc": hs.acc,
                         "hellaswag_acc_norm": hs.acc_norm, "hellaswag_examples": hs.examples})
 
     def checkpoint() -> Path | None:
-        model_sd, optim_sd = _full_state_dicts(wrapped, optimizer, fsdp=fsdp)
         rng = [None] * world_size
         if world_size > 1:
             torch.distributed.all_gather_object(rng, _rng_state())
         else:
             rng = [_rng_state()]
-        if not master:
-            return None
-        to_save = model
-        if model_sd is not None:  # FSDP: build a plain module from the gathered weights
-            with torch.device("meta"):
-                to_save = GPT2LMHeadModel(model.config)
-            to_save.load_state_dict(model_sd, assign=True)
-            to_save.lm_head.weight = to_save.transformer.wte.weight
         trainer_state = {
-            "step": step, "tokens": tokens_seen, "optimizer": optim_sd, "schedule": schedule.state_dict(),
+            "step": step, "tokens": tokens_seen, "schedule": schedule.state_dict(),
             "train_loader": train_loader.state_dict(), "guard": guard.state_dict(), "scaler": scaler.state_dict(),
-            "rng": rng, "world_size": world_size, "grad_accum": grad_accum,
+            "rng": rng, "world_size": world_size, "grad_accum": grad_accum, "distributed": mode,
             "loop_seconds": time.time() - t_loop,  # t_loop is set before the first checkpoint
         }
-        path = save_checkpoint(run_dir, step, model=to_save, trainer_state=trainer_state, tokenizer=tokenizer,
-                               run_yaml=to_yaml(cfg), keep_last=cfg.checkpoint.keep_last)
-        result.last_checkpoint = path
+        common = dict(trainer_state=trainer_state, tokenizer=tokenizer, run_yaml=to_yaml(cfg),
+                      keep_last=cfg.checkpoint.keep_last)
+        if cfg.checkpoint.sharded:  # every rank writes its shards; rank 0 adds the rest and publishes
+            tmp = dist_utils.shared_tmp_dir(run_dir, checkpoint_name(step), rank=rank)
+            dist_utils.save_sharded(tmp, model, optimizer)
+            path = save_checkpoint(run_dir, step, model=None, config=model.config, tmp=tmp, **common) if master else None
+            torch.distributed.barrier()
+        else:
+            trainer_state["optimizer"] = dist_utils.full_optimizer_state(model, optimizer, mode=mode)
+            to_save = dist_utils.plain_model(model, mode=mode, rank=rank)
+            path = save_checkpoint(run_dir, step, model=to_save, **common) if master else None
+        if master:
+            result.last_checkpoint = path
         return path
 
     def sample() -> list[str]:
-        if not master:
+        plain = dist_utils.plain_model(model, mode=mode, rank=rank)  # FSDP: every rank helps gather
+        if plain is None:
             return []
-        texts = sample_text(model, tokenizer, cfg)
+        texts = sample_text(plain, tokenizer, cfg)
         logger.log({"kind": "sample", "step": step, "samples": texts})
         return texts
 
@@ -421,8 +389,7 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
             for micro in range(grad_accum):
                 x, y = train_loader.next_batch()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if world_size > 1 and not fsdp:
-                    wrapped.require_backward_grad_sync = micro == grad_accum - 1
+                dist_utils.set_grad_sync(wrapped, model, mode=mode, sync=micro == grad_accum - 1)
                 with autocast:
                     loss = wrapped(x, targets=y, return_logits=False).loss
                 scaler.scale(loss / grad_accum).backward()
@@ -431,11 +398,10 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
                 torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.SUM)
             loss_value = loss_sum.item() / (grad_accum * world_size)
             scaler.unscale_(optimizer)
-            if cfg.optim.grad_clip > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip).item()
-            else:
-                grad_norm = math.sqrt(sum(float(p.grad.float().pow(2).sum()) for p in model.parameters()
-                                          if p.grad is not None))
+            # With no clipping, an infinite threshold measures the norm and scales by exactly 1. Under FSDP
+            # the gradients are sharded DTensors and the norm comes back as one.
+            max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+            grad_norm = dist_utils.scalar(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
             reason = guard.check(loss_value, grad_norm)
             if reason is None:
                 scaler.step(optimizer)
@@ -468,6 +434,8 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
                 logger.log({"kind": "train", "step": step, "tokens": tokens_seen, "loss": loss_value, "lr": lr,
                             "grad_norm": grad_norm, "tok_per_s": tok_s, "mfu": mfu, "time": time.time() - t_start})
                 eta = (cfg.train.max_steps - step) * timed_seconds / max(timed_steps, 1)
+                if budget is not None:  # a time-budgeted run ends when its budget does, if that comes first
+                    eta = min(eta, max(budget - (time.time() - t_loop), 0.0))
                 line = dict(loss=f"{loss_value:.4f}", val=f"{last_val:.4f}" if last_val else "-",
                             tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.0f}%" if mfu else "-", eta=f"{eta:,.0f}s")
                 if bar is not None:

@@ -49,9 +49,14 @@ def _cpu_name() -> str:
 
 
 def measure_matmul_peak(dtype: torch.dtype, *, n: int = 2048, reps: int = 4) -> float:
-    """Best FLOP/s of an n×n matmul on the CPU in `dtype`."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
+    """Best FLOP/s of an n×n matmul on the CPU in `dtype`.
+
+    The operands come from a generator of their own: a measurement made on the first run on a machine
+    (an empty cache) must not shift the global RNG, or that run's dropout masks would differ from every
+    later run with the same seed, and a resume on a fresh machine would not be exact."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(dtype)
+    b = torch.randn(n, n, generator=g).to(dtype)
     a @ b
     best = float("inf")
     for _ in range(reps):
@@ -71,7 +76,10 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
         return None
     if device.type != "cpu":
         return None
-    key = f"{_cpu_name()}|threads={torch.get_num_threads()}|{dtype}|torch={torch.__version__}"
+    # The model name alone does not tell machines apart ("AMD EPYC" is both a Zen 3 and a Zen 4 here):
+    # the CPU's ISA level (torch's own dispatch capability) goes into the key too.
+    isa = torch.backends.cpu.get_cpu_capability()
+    key = f"{_cpu_name()}|{isa}|threads={torch.get_num_threads()}|{dtype}|torch={torch.__version__}"
     path = cache_dir() / "cpu_peak_flops.json"
     try:
         cache = json.loads(path.read_text())
