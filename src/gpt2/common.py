@@ -72,7 +72,8 @@ def resolve_dtype(name: str, device: torch.device) -> tuple[torch.dtype, str]:
         return torch.float32, "fp32 as asked"
     if name == "bf16":
         if device.type == "cpu" and not cpu_has_fast_bf16():
-            return torch.bfloat16, "bf16 as asked; this CPU has no AVX-512 BF16/AMX, so bf16 is emulated (slower than fp32)"
+            return torch.bfloat16, ("bf16 as asked; this CPU has no AVX-512 BF16/AMX, so PyTorch emulates bf16 "
+                                    "matmuls, far slower than fp32 (train.dtype=auto picks fp32 here)")
         return torch.bfloat16, "bf16 as asked"
     if name == "fp16":
         if device.type != "cuda":

@@ -71,7 +71,24 @@ def load_model_and_tokenizer(
             raise
         raise UserFileNotFoundError(f"{e}; pass --tokenizer (gpt2, or a tokenizer directory)") from None
     model = load_pretrained(directory, device=pick_device(device), dtype=DTYPES[dtype])
+    _say_dtype_path(model)
     return model, tok
+
+
+def _say_dtype_path(model: GPT2LMHeadModel) -> None:
+    """On a CPU, say which path bf16 takes: oneDNN's packed kernels, or PyTorch's emulation where the CPU
+    lacks the instructions (then it runs, but far slower than fp32)."""
+    from gpt2.generate.fastpath import can_pack, packed_bf16_supported
+
+    if model.device.type != "cpu" or next(model.parameters()).dtype != torch.bfloat16:
+        return
+    if can_pack(model):
+        print("dtype: bf16 on oneDNN's packed kernels", file=sys.stderr)
+    elif not packed_bf16_supported():
+        print("dtype: bf16 on the plain path: this CPU lacks AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT, so bf16 "
+              "matmuls are emulated and far slower than fp32 (use --dtype fp32)", file=sys.stderr)
+    else:
+        print("dtype: bf16 on the plain path (GPT2_NO_FAST_PATH is set)", file=sys.stderr)
 
 
 def read_prompts(path: str | Path) -> list[str]:

@@ -48,22 +48,32 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def measure_matmul_peak(dtype: torch.dtype, *, n: int = 2048, reps: int = 4) -> float:
-    """Best FLOP/s of an n×n matmul on the CPU in `dtype`.
+def measure_matmul_peak(dtype: torch.dtype, *, n: int = 2048, reps: int = 4, max_seconds: float = 0.5) -> float:
+    """Best FLOP/s of a square matmul on the CPU in `dtype`, at sizes doubling from 256 up to n.
 
-    The operands come from a generator of their own: a measurement made on the first run on a machine
-    (an empty cache) must not shift the global RNG, or that run's dropout masks would differ from every
-    later run with the same seed, and a resume on a fresh machine would not be exact."""
+    The size stops growing once one product takes `max_seconds`: on a CPU without native bf16 (AVX2
+    only), PyTorch emulates bf16 matmuls at about 1 GFLOP/s, where one 2048² product alone would take
+    ~20 s. The operands come from a generator of their own: a measurement made on the first run on a
+    machine (an empty cache) must not shift the global RNG, or that run's dropout masks would differ from
+    every later run with the same seed, and a resume on a fresh machine would not be exact."""
     g = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=g).to(dtype)
-    b = torch.randn(n, n, generator=g).to(dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
+    best_rate, size = 0.0, 256
+    while size <= n:
+        a = torch.randn(size, size, generator=g).to(dtype)
+        b = torch.randn(size, size, generator=g).to(dtype)
         t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+        a @ b  # warm-up (and the time check below)
+        first = time.perf_counter() - t
+        best = first
+        for _ in range(reps if first < max_seconds else 0):
+            t = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t)
+        best_rate = max(best_rate, 2 * size**3 / best)
+        if first >= max_seconds:
+            break
+        size *= 2
+    return best_rate
 
 
 def peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
