@@ -133,6 +133,8 @@ def test_fsdp_matches_one_process_checkpoints_load_and_resume_is_exact(tmp_path,
     assert r.returncode == 0, r.stderr[-3000:]
     for s in (4, 5, 6):
         assert losses(sharded)[s] == b[s], s
+    r = run_cli(["generate", str(sharded / "step-000003"), "Hi"], env)  # not loadable as it is: say how
+    assert r.returncode == 2 and "gpt2 checkpoint consolidate" in r.stderr, r.stderr[-2000:]
     out = tmp_path / "consolidated"
     r = run_cli(["checkpoint", "consolidate", str(sharded / "step-000003"), str(out)], env)
     assert r.returncode == 0, r.stderr[-3000:]

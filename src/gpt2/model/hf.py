@@ -142,6 +142,9 @@ def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
             return torch.load(pt, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, KeyError, json.JSONDecodeError, SafetensorError) as e:
         raise UserError(f"could not read the weights in {directory}: {e}") from None
+    if (directory / "sharded" / ".metadata").is_file():
+        raise UserFileNotFoundError(f"{directory} is a sharded FSDP checkpoint; make an HF directory of it first: "
+                                    f"gpt2 checkpoint consolidate {directory} OUT_DIR")
     raise UserFileNotFoundError(
         f"no weights in {directory}: expected one of {', '.join(WEIGHT_FILES)} next to config.json"
     )
