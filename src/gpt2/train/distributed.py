@@ -102,13 +102,14 @@ def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Opt
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
-def plain_model(model: GPT2LMHeadModel, *, mode: Mode, rank: int) -> GPT2LMHeadModel | None:
+def plain_model(model: GPT2LMHeadModel, *, mode: Mode, rank: int,
+                device: torch.device | None = None) -> GPT2LMHeadModel | None:
     """A plain single-device module with the current weights, on rank 0 (None elsewhere).
 
     Without FSDP that is the model itself. Under FSDP every rank takes part in gathering the full
     weights (to the CPU, so the device never holds them twice), and rank 0 builds a plain module from
-    them: checkpoints, samples and HellaSwag then run on it with no collective inside, so ranks can
-    never disagree on how many forward passes they make."""
+    them (moved to `device` when given: samples and HellaSwag run there; checkpoints stay on the CPU).
+    These then run with no collective inside, so ranks never disagree on how many forwards they make."""
     if mode != "fsdp":
         return model if rank == 0 else None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -120,7 +121,7 @@ def plain_model(model: GPT2LMHeadModel, *, mode: Mode, rank: int) -> GPT2LMHeadM
         plain = GPT2LMHeadModel(model.config)
     plain.load_state_dict(sd, assign=True)
     plain.lm_head.weight = plain.transformer.wte.weight  # assign=True replaced the tied tensor: tie again
-    return plain.eval()
+    return plain.eval() if device is None else plain.to(device).eval()
 
 
 # ------------------------------------------------------------------------------------ sharded (DCP)

@@ -317,7 +317,7 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
         # DDP: each rank scores its share of the examples and the counts are summed. FSDP: rank 0 scores
         # them all on the gathered weights (the scorer runs the body and the head separately, and ranks
         # scoring different shares would make different numbers of FSDP forwards).
-        scorer = dist_utils.plain_model(model, mode=mode, rank=rank) if mode == "fsdp" else model
+        scorer = dist_utils.plain_model(model, mode=mode, rank=rank, device=device) if mode == "fsdp" else model
         if scorer is None:
             return
         share = (0, 1) if mode == "fsdp" else (rank, world_size)
@@ -355,7 +355,7 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
         return path
 
     def sample() -> list[str]:
-        plain = dist_utils.plain_model(model, mode=mode, rank=rank)  # FSDP: every rank helps gather
+        plain = dist_utils.plain_model(model, mode=mode, rank=rank, device=device)  # FSDP: all ranks gather
         if plain is None:
             return []
         texts = sample_text(plain, tokenizer, cfg)
