@@ -70,7 +70,7 @@ def run_eval(
 ) -> dict[str, Any]:
     """Evaluate a checkpoint; print and return the results (see the module docstring)."""
     from gpt2.eval.loss import check_vocabulary, evaluate_source
-    from gpt2.generate.commands import load_model_and_tokenizer, resolve_model_dir
+    from gpt2.load import load_model_and_tokenizer, resolve_model_dir
 
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be a positive number of examples, got {limit}")

@@ -2,7 +2,7 @@
 
     python -c "
     from gpt2.eval.completions import evaluate_completions, load_completion_pairs
-    from gpt2.generate.commands import load_model_and_tokenizer
+    from gpt2.load import load_model_and_tokenizer
     model, tok = load_model_and_tokenizer('path/to/checkpoint')
     pairs = load_completion_pairs('../shared/data/imdb_test.jsonl', limit=64)
     print(evaluate_completions(model, tok, pairs, max_new_tokens=64, top_p=0.9, progress=True))"

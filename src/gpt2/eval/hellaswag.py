@@ -228,7 +228,7 @@ def evaluate_hellaswag(
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from gpt2.generate.commands import load_model_and_tokenizer
+    from gpt2.load import load_model_and_tokenizer
 
     p = argparse.ArgumentParser(prog="python -m gpt2.eval.hellaswag", description=__doc__.split("\n")[0])
     p.add_argument("model", help="checkpoint, run or model directory, or a hub id")

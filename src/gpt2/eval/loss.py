@@ -212,7 +212,7 @@ def evaluate_source(
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from gpt2.generate.commands import load_model_and_tokenizer
+    from gpt2.load import load_model_and_tokenizer
 
     p = argparse.ArgumentParser(prog="python -m gpt2.eval.loss", description=__doc__.split("\n")[0])
     p.add_argument("model", help="checkpoint, run or model directory, or a hub id")

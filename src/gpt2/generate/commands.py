@@ -17,16 +17,15 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from gpt2.errors import UserError, UserFileNotFoundError
 from gpt2.generate.engine import Generation, PromptTruncatedWarning, SampleConfig, stream
+from gpt2.load import DtypeName, resolve_model_dir
+from gpt2.load import load_model_and_tokenizer as _load_model_and_tokenizer
 from gpt2.model.gpt2 import GPT2LMHeadModel
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-DtypeName = Literal["fp32", "bf16"]
 
 
 @contextlib.contextmanager
@@ -38,39 +37,11 @@ def warnings_as_lines() -> Iterator[None]:
         yield
 
 
-def resolve_model_dir(source: str | Path) -> Path:
-    """A model directory from a checkpoint or model directory, a training run directory (its newest
-    checkpoint, as `latest` names it), or a hub id."""
-    from gpt2.model.hf import resolve_source
-
-    directory = resolve_source(source)
-    if (directory / "config.json").is_file():
-        return directory
-    if (directory / "latest").is_file() or any(directory.glob("step-*")):
-        from gpt2.train.checkpoint import resolve_checkpoint
-
-        return resolve_checkpoint(directory)
-    raise UserFileNotFoundError(f"{directory} holds no config.json: not a model directory, checkpoint or run directory")
-
-
 def load_model_and_tokenizer(
     source: str | Path, *, tokenizer: str | None = None, dtype: DtypeName = "fp32", device: str = "auto"
 ) -> tuple[GPT2LMHeadModel, Any]:
-    """A model directory (or hub id) → (model in eval mode, tokenizer from the same directory or `tokenizer`)."""
-    from gpt2.common import pick_device
-    from gpt2.model.hf import load_pretrained
-    from gpt2.tokenizer import load_tokenizer
-
-    if dtype not in DTYPES:
-        raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    directory = resolve_model_dir(source)
-    try:
-        tok = load_tokenizer(tokenizer if tokenizer is not None else directory)
-    except FileNotFoundError as e:
-        if tokenizer is not None:
-            raise
-        raise UserFileNotFoundError(f"{e}; pass --tokenizer (gpt2, or a tokenizer directory)") from None
-    model = load_pretrained(directory, device=pick_device(device), dtype=DTYPES[dtype])
+    """gpt2.load's (model, tokenizer), saying on stderr which path bf16 generation takes on this CPU."""
+    model, tok = _load_model_and_tokenizer(source, tokenizer=tokenizer, dtype=dtype, device=device)
     _say_dtype_path(model)
     return model, tok
 

@@ -357,12 +357,6 @@ class GPT2LMHeadModel(nn.Module):
 
         return load_pretrained(source, **kwargs)
 
-    def generate(self, tokenizer: Any, prompts: Any, config: Any = None, **kwargs: Any) -> list[Any]:
-        """Complete prompts with the KV-cache engine: see gpt2.generate.generate for the options."""
-        from gpt2.generate.engine import generate
-
-        return generate(self, tokenizer, prompts, config, **kwargs)
-
     def save_pretrained(self, directory: str | Path, *, safe_serialization: bool = True) -> None:
         """Write config.json + model.safetensors (or pytorch_model.bin) that transformers loads as they are."""
         from gpt2.model.hf import save_pretrained

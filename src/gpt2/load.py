@@ -1,0 +1,139 @@
+"""One loader: a run directory, a checkpoint, a model directory, a hub id or a preset → model + tokenizer.
+
+    python -m gpt2.load runs/shakespeare-cpu          # what a name resolves to, and what it holds
+    python -m gpt2.load openai-community/gpt2
+    python -m gpt2.load preset:tiny                   # random weights in a preset's shapes, GPT-2's tokenizer
+
+Every verb that takes a model (eval, generate, chat, finetune, serve) goes through `load()`, so a name
+means the same thing everywhere:
+- a training run directory → its newest complete checkpoint (the one `latest` names);
+- a checkpoint or any HF GPT-2 directory (config.json + weights) → that directory;
+- `owner/name` or an alias such as `gpt2` → the Hugging Face hub snapshot (cached);
+- `preset:NAME` → a fresh model of that preset's shapes (random weights, for benchmarks and tests).
+The tokenizer comes from the same directory unless one is named; the prompt format from its chat.json.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from gpt2.errors import UserError, UserFileNotFoundError
+from gpt2.model.gpt2 import GPT2LMHeadModel
+
+DtypeName = Literal["fp32", "bf16"]
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRESET_PREFIX = "preset:"
+
+
+@dataclass
+class Loaded:
+    """What a model name resolves to."""
+
+    model: GPT2LMHeadModel
+    tokenizer: Any
+    directory: Path | None  # the model directory read (None for a preset)
+    chat_format: Any = None  # gpt2.generate.chat.ChatFormat from chat.json, if the directory has one
+
+
+def resolve_model_dir(source: str | Path) -> Path:
+    """A model directory from a checkpoint or model directory, a training run directory (its newest
+    checkpoint, as `latest` names it), or a hub id."""
+    from gpt2.model.hf import resolve_source
+
+    directory = resolve_source(source)
+    if (directory / "config.json").is_file():
+        return directory
+    if (directory / "latest").is_file() or any(directory.glob("step-*")):
+        from gpt2.train.checkpoint import resolve_checkpoint
+
+        return resolve_checkpoint(directory)
+    raise UserFileNotFoundError(f"{directory} holds no config.json: not a model directory, checkpoint or run directory")
+
+
+def _tokenizer(directory: Path | None, tokenizer: str | None) -> Any:
+    from gpt2.tokenizer import load_tokenizer
+
+    if tokenizer is not None:
+        return load_tokenizer(tokenizer)
+    if directory is None:
+        return load_tokenizer("gpt2")
+    try:
+        return load_tokenizer(directory)
+    except FileNotFoundError as e:
+        raise UserFileNotFoundError(f"{e}; pass --tokenizer (gpt2, or a tokenizer directory)") from None
+
+
+def load(
+    source: str | Path,
+    *,
+    tokenizer: str | None = None,
+    dtype: DtypeName = "fp32",
+    device: str = "auto",
+    seed: int = 0,
+) -> Loaded:
+    """Resolve `source` (see the module docstring) and load the model in eval mode with its tokenizer.
+
+    `tokenizer` names another tokenizer (gpt2, a directory, a .tiktoken file); `seed` only matters for a
+    preset's random weights (drawn from a generator of its own, so the global RNG is untouched)."""
+    from gpt2.common import pick_device
+    from gpt2.model.config import GPT2Config
+    from gpt2.model.hf import load_pretrained
+
+    if dtype not in DTYPES:
+        raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    target = pick_device(device)
+    if str(source).startswith(PRESET_PREFIX):
+        tok = _tokenizer(None, tokenizer)
+        name = str(source)[len(PRESET_PREFIX):]
+        config = GPT2Config.from_preset(name, vocab_size=tok.n_vocab, bos_token_id=tok.eot_token,
+                                        eos_token_id=tok.eot_token)
+        state = torch.random.get_rng_state()
+        try:
+            torch.manual_seed(seed)
+            model = GPT2LMHeadModel(config)
+        finally:
+            torch.random.set_rng_state(state)
+        return Loaded(model.to(device=target, dtype=DTYPES[dtype]).eval(), tok, None)
+    directory = resolve_model_dir(source)
+    tok = _tokenizer(directory, tokenizer)
+    model = load_pretrained(directory, device=target, dtype=DTYPES[dtype])
+    if model.config.vocab_size < tok.n_vocab:
+        raise UserError(f"{directory} has {model.config.vocab_size:,} token ids but the tokenizer has {tok.n_vocab:,}; "
+                        "pass the tokenizer the model was trained with")
+    chat_format = None
+    if (directory / "chat.json").is_file():
+        from gpt2.generate.chat import load_chat_format
+
+        chat_format = load_chat_format(directory)
+    return Loaded(model, tok, directory, chat_format)
+
+
+def load_model_and_tokenizer(
+    source: str | Path, *, tokenizer: str | None = None, dtype: DtypeName = "fp32", device: str = "auto"
+) -> tuple[GPT2LMHeadModel, Any]:
+    """`load(...)` as a (model, tokenizer) pair."""
+    loaded = load(source, tokenizer=tokenizer, dtype=dtype, device=device)
+    return loaded.model, loaded.tokenizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m gpt2.load MODEL", file=sys.stderr)
+        return 2
+    loaded = load(argv[0], device="cpu")
+    print(f"directory  {loaded.directory}")
+    print(f"model      {loaded.model.num_parameters():,} parameters, {loaded.model.config.n_layer} layers, "
+          f"{loaded.model.config.n_embd} wide, context {loaded.model.config.n_positions}")
+    print(f"tokenizer  {loaded.tokenizer!r}")
+    print(f"chat       {loaded.chat_format.name if loaded.chat_format else '-'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
