@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from gpt2.errors import UserError, UserFileNotFoundError
+from gpt2.errors import UserError
 
 
 def _not_yet(verb: str, issue: int):
@@ -240,24 +240,6 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 # --------------------------------------------------------------------------------------------- train
-DEFAULT_RECIPE = "shakespeare-cpu"
-
-
-def _recipe_path(name: str | None):
-    """A YAML path, or the name of a recipe shipped in configs/ (with or without .yaml)."""
-    from pathlib import Path
-
-    if name is None:
-        name = DEFAULT_RECIPE
-    p = Path(name)
-    if p.is_file():
-        return p
-    shipped = Path(__file__).resolve().parent / "configs" / (p.name if p.suffix else f"{p.name}.yaml")
-    if shipped.is_file():
-        return shipped
-    raise UserFileNotFoundError(f"no config file {name!r} (and no shipped recipe of that name; see configs/)")
-
-
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a GPT-2 from a YAML recipe (default: shakespeare-cpu)")
     p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]",
@@ -265,22 +247,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run (or a checkpoint) exactly where it stopped")
 
     def run(args: argparse.Namespace) -> int:
-        from pathlib import Path
-
-        from gpt2.config import load_config
+        from gpt2.config import DEFAULT_RECIPE, load_config, load_run_config
         from gpt2.train import TrainingStopped, train
-        from gpt2.train.checkpoint import resolve_checkpoint
 
         recipe = args.args[0] if args.args and "=" not in args.args[0] else None
         overrides = args.args[1:] if recipe else args.args
         if args.resume and recipe is None:
             # the resolved config the run was started with, so `--resume DIR` alone continues it
-            recipe_path = resolve_checkpoint(args.resume) / "run.yaml"
-            if not recipe_path.is_file():
-                recipe_path = Path(args.resume) / "run.yaml"
+            cfg = load_run_config(args.resume, overrides)
         else:
-            recipe_path = _recipe_path(recipe)
-        cfg = load_config(recipe_path, overrides)
+            cfg = load_config(recipe or DEFAULT_RECIPE, overrides)
         try:
             result = train(cfg, resume=args.resume)
         except TrainingStopped as e:
