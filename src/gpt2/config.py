@@ -75,7 +75,8 @@ class DataConfig:
     source: str = "shakespeare"
     """A named corpus (shakespeare), a file, directory or glob, or hf:NAME[:CONFIG]."""
     dir: str | None = None
-    """Shard directory; default: a cache directory keyed by source and tokenizer. Existing shards are reused."""
+    """Shard directory; default: a cache directory keyed by source and tokenizer. Existing shards are reused;
+    a directory of train_*/val_*.bin shards without meta.json (llm.c's) is read as it is, data.source unused."""
     field: str = "text"
     """jsonl/HF field holding the text."""
     delimiter: str | None = None

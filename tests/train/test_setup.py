@@ -53,3 +53,17 @@ def test_ensure_tokenizer_trains_on_the_training_split_only(tmp_path: Path, monk
     # would merge its bytes; unseen, it stays four single bytes (ids 0-255 are the bytes themselves).
     assert tok.encode_ordinary(" zqxv") == list(b" zqxv")
     assert len(tok.encode_ordinary(train[0])) < len(train[0]) / 2  # while the training text did get merges
+
+
+def test_a_shard_directory_without_meta_json_is_used_as_it_is(tmp_path: Path) -> None:
+    import numpy as np
+
+    from gpt2.data.shards import write_shard
+    from gpt2.train.setup import ensure_shards
+
+    d = tmp_path / "llmc"
+    d.mkdir()
+    write_shard(d / "train_000000.bin", np.arange(100, dtype=np.uint16), dtype=np.dtype(np.uint16))
+    cfg = DataConfig(source=str(tmp_path / "no-such-corpus"), dir=str(d))  # the source is never read
+    assert ensure_shards(cfg, object(), progress=False) == d
+    assert sorted(p.name for p in d.iterdir()) == ["train_000000.bin"]  # nothing prepared or written
