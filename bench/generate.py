@@ -2,6 +2,7 @@
 
     python bench/generate.py                  # batch 1: decode 128 tokens after a 16-token prompt; prefill 512
     python bench/generate.py --reps 3         # fewer repetitions (each figure is the best run; default 5)
+    python bench/generate.py --device cuda --json /tmp/gen.jsonl   # on a GPU (no "no fast path" column there)
 
 Both sides get the same weights (ours → HF via gpt2.model.hf.to_hf_state_dict) and greedy decoding with
 no end-of-text stop, so every run makes exactly the tokens asked for; the script checks both produce
@@ -36,14 +37,14 @@ from gpt2.generate import generate
 from gpt2.model.hf import to_hf_state_dict
 
 
-def read_bandwidth(*, gib: float = 1.0, reps: int = 10) -> float:
+def read_bandwidth(*, gib: float = 1.0, reps: int = 10, device: torch.device | None = None) -> float:
     """Best bytes/s of a full read (sum) of a tensor much larger than the caches."""
-    x = torch.ones(int(gib * 2**30) // 4)
-    x.sum()
+    x = torch.ones(int(gib * 2**30) // 4, device=device)
+    x.sum().item()
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
-        x.sum()
+        x.sum().item()  # .item() waits for a GPU
         best = min(best, time.perf_counter() - t)
     return x.numel() * 4 / best
 
@@ -80,16 +81,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--prefill-len", type=int, default=512)
     p.add_argument("--reps", type=int, default=5, help="timed runs of each (the best is reported), after a warm-up")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--json", default=None, metavar="PATH", help="also append the figures as one JSON line here")
     args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: no CUDA device here (torch {torch.__version__})")
 
     load_before = os.getloadavg()[0]
     config, ours, hf = build()
     ours_bf16 = GPT2LMHeadModel(config).eval()
     ours_bf16.load_state_dict(ours.state_dict())
     ours_bf16.to(torch.bfloat16)
+    ours, hf, ours_bf16 = ours.to(device), hf.to(device), ours_bf16.to(device)
     g = torch.Generator().manual_seed(1)
-    prompt = torch.randint(0, config.vocab_size, (1, args.prompt_len), generator=g)
-    long_prompt = torch.randint(0, config.vocab_size, (1, args.prefill_len), generator=g)
+    prompt = torch.randint(0, config.vocab_size, (1, args.prompt_len), generator=g).to(device)
+    long_prompt = torch.randint(0, config.vocab_size, (1, args.prefill_len), generator=g).to(device)
 
     def ours_run(model, ids, n, pack=True):
         return generate(model, None, ids.tolist(), max_new_tokens=n, temperature=0, stop_at_eot=False,
@@ -106,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
         "ours bf16": lambda ids, n: ours_run(ours_bf16, ids, n),
         "HF fp32": hf_run,
     }
+    if device.type != "cpu":
+        del runners["ours fp32, no fast path"]  # the packed fast path is CPU-only: the same run twice
     same = runners["ours fp32"](prompt, args.new_tokens) == hf_run(prompt, args.new_tokens)  # also the warm-up
     for fn in runners.values():
         fn(prompt, 2)
@@ -122,11 +131,12 @@ def main(argv: list[str] | None = None) -> None:
     decode = {k: (args.new_tokens - 1) / (d["all"] - d["first"]) for k, d in med.items()}
     prefill = {k: args.prefill_len / d["prefill"] for k, d in med.items()}
 
-    bandwidth = read_bandwidth()
+    bandwidth = read_bandwidth(device=device)
     context = args.prompt_len + args.new_tokens // 2
     bound = {k: bandwidth / bytes_per_token(ours_bf16 if "bf16" in k else ours, context=context) for k in runners}
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; GPT-2 124M random weights, batch 1, "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}; GPT-2 124M random weights, batch 1, "
           f"greedy; decode: {args.prompt_len}-token prompt, {args.new_tokens} new tokens; prefill: "
           f"{args.prefill_len}-token prompt; best of {args.reps}; load average {load_before:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after")
@@ -158,6 +168,12 @@ def main(argv: list[str] | None = None) -> None:
     ]
     for label, ratio, target in checks:
         print(f"{label}: {ratio:.2f}× {'met' if ratio >= target else 'NOT met'}")
+    if args.json:
+        import json
+
+        with open(args.json, "a") as f:
+            f.write(json.dumps({"device": str(device), "same_tokens": same, "decode_tok_s": decode,
+                                "prefill_tok_s": prefill, "decode_vs_hf": {k: decode[k] / hf_dec for k in names}}) + "\n")
 
 
 if __name__ == "__main__":

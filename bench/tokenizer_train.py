@@ -19,8 +19,6 @@ round-trips through our tokenizer and that our HF tokenizer.json export gives th
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import sys
 import tempfile
@@ -31,14 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 
-def jsonl_texts(path: Path, field: str = "text") -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line)[field] for line in f if line.strip()]
+def texts(path: Path, field: str = "text") -> list[str]:
+    """The documents `gpt2 tokenizer train --input PATH --field FIELD` trains on (the project's one reader)."""
+    from gpt2.data.sources import read_documents
 
-
-def csv_texts(path: Path, field: str) -> list[str]:
-    with open(path, encoding="utf-8", newline="") as f:
-        return [row[field] for row in csv.DictReader(f) if row[field]]
+    return list(read_documents(path, field=field))
 
 
 def train_hf(docs: list[str], vocab_size: int, min_frequency: int):
@@ -66,13 +61,13 @@ def main() -> None:
     from gpt2.tokenizer.encoding import Tokenizer
 
     data: Path = args.data
-    held_out = jsonl_texts(data / "imdb_test.jsonl")
+    held_out = texts(data / "imdb_test.jsonl")
     if args.quick:
         held_out = held_out[:2000]
     held_bytes = sum(len(t.encode("utf-8")) for t in held_out)
-    runs = [("tinyshakespeare.txt", 4096, lambda: [(data / "tinyshakespeare.txt").read_text(encoding="utf-8")])]
+    runs = [("tinyshakespeare.txt", 4096, lambda: texts(data / "tinyshakespeare.txt"))]
     if not args.quick:
-        runs.append(("imdb_train.jsonl", 16384, lambda: jsonl_texts(data / "imdb_train.jsonl")))
+        runs.append(("imdb_train.jsonl", 16384, lambda: texts(data / "imdb_train.jsonl")))
 
     rows = []
     for name, vocab_size, load in runs:
@@ -105,8 +100,8 @@ def main() -> None:
               f"{diff:+.2f}% | {same:,} / {len(held_out):,} |")
 
     # Chinese: train on the hotel reviews, round-trip both Chinese files, and check the HF export agrees.
-    zh_train = csv_texts(data / "chnsenticorp_hotel_reviews_zh.csv", "review")
-    zh_all = zh_train + jsonl_texts(data / "douban_movie_reviews_zh.jsonl")
+    zh_train = texts(data / "chnsenticorp_hotel_reviews_zh.csv", "review")
+    zh_all = zh_train + texts(data / "douban_movie_reviews_zh.jsonl")
     t0 = time.perf_counter()
     zh = train_bpe(zh_train, vocab_size=8192, min_frequency=args.min_frequency)
     t_zh = time.perf_counter() - t0

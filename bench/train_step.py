@@ -3,6 +3,8 @@
     python bench/train_step.py                       # tiny and gpt2 (124M) at T=256, fp32 and bf16
     python bench/train_step.py --models gpt2 --dtypes fp32 --steps 5 --optimizer
     python bench/train_step.py --attention             # SDPA against the math path, bf16, by sequence length
+    python bench/train_step.py --device cuda --models gpt2 --dtypes bf16 --seq-len 1024 --batch 16 --optimizer \
+        --tf32 --compile --no-hf --json /tmp/step.jsonl      # on a GPU: MFU against the datasheet peak
 
 Without --optimizer a step is forward + backward (issue #2's model benchmark); with it, the whole step
 `gpt2 train` takes: forward, backward, gradient clipping and AdamW (ours: gpt2.train.optim's groups,
@@ -14,7 +16,11 @@ Ours runs the step `gpt2 train` runs: forward with targets and the fused LM-head
 (return_logits=False), then backward. HF runs `model(x, labels=x).loss.backward()`. bf16 means
 torch.autocast(bfloat16) around the forward for both, weights kept in fp32, as mixed-precision
 training does. Achieved GFLOP/s counts matmul FLOPs (gpt2.model.info.flops_per_token) and is compared
-with this machine's matmul peak, measured here on large square matmuls in the same dtype.
+with this machine's matmul peak, measured here on large square matmuls in the same dtype; on CUDA, with
+the datasheet bf16 peak (gpt2.train.metrics.peak_flops: GPU_BF16_PEAK, half of it for TF32), i.e. MFU.
+`--compile` wraps both models in torch.compile (the warm-up step then includes compilation); `--tf32`
+lets fp32 matmuls use TF32 (`torch.backends.cuda.matmul.allow_tf32`), as `gpt2 train` does on CUDA;
+the optimizer is gpt2.train.optim's AdamW, fused on CUDA. `--no-hf` times ours alone.
 
 `gpt2 train` on a CPU has glibc keep freed memory instead of returning large blocks to the kernel
 (gpt2.common.keep_freed_memory); by default (`--malloc kept`) this process does the same, so both
@@ -32,23 +38,35 @@ import torch
 from gpt2 import GPT2Config, GPT2LMHeadModel
 from gpt2.model.hf import to_hf_state_dict
 from gpt2.model.info import flops_per_token
-from gpt2.train.metrics import measure_matmul_peak
+from gpt2.train.metrics import measure_matmul_peak, peak_flops
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def matmul_peak(dtype: torch.dtype) -> float:
-    """GFLOP/s of this CPU's matmul in `dtype`, measured now (the same routine MFU uses in training)."""
+def matmul_peak(dtype: torch.dtype, device: torch.device) -> float:
+    """GFLOP/s peak in `dtype`: this CPU's matmul measured now, or a GPU's datasheet figure (as MFU uses)."""
+    if device.type == "cuda":
+        peak = peak_flops(device, dtype)
+        if peak is None:
+            raise SystemExit(f"no datasheet peak for {torch.cuda.get_device_name(device)}; add it to GPU_BF16_PEAK")
+        return peak / 1e9
     return measure_matmul_peak(dtype) / 1e9
 
 
-def build_pair(preset: str, seq_len: int):
-    import transformers
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
+
+def build_pair(preset: str, seq_len: int, *, with_hf: bool = True):
     config = GPT2Config.from_preset(preset, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     config.n_positions = max(config.n_positions, seq_len)
     torch.manual_seed(0)
     ours = GPT2LMHeadModel(config).train()
+    if not with_hf:
+        return config, ours, None
+    import transformers
+
     d = config.to_hf_dict()
     d.pop("pad_vocab_size_multiple")
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**d)).train()
@@ -58,26 +76,36 @@ def build_pair(preset: str, seq_len: int):
     return config, ours, hf
 
 
-def run(preset: str, *, seq_len: int, batch: int, steps: int, dtype_name: str, optimizer: bool) -> dict:
-    config, ours, hf = build_pair(preset, seq_len)
+def run(preset: str, *, seq_len: int, batch: int, steps: int, dtype_name: str, optimizer: bool,
+        device: torch.device | None = None, compile: bool = False, with_hf: bool = True) -> dict:
+    device = device or torch.device("cpu")
+    config, ours, hf = build_pair(preset, seq_len, with_hf=with_hf)
+    ours.to(device)
+    if hf is not None:
+        hf.to(device)
     opt_ours = opt_hf = None
     if optimizer:
         from gpt2.config import OptimConfig
         from gpt2.train.optim import build_optimizer
 
-        opt_ours = build_optimizer(ours, OptimConfig(), device=torch.device("cpu"))
-        opt_hf = torch.optim.AdamW(hf.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1)
+        opt_ours = build_optimizer(ours, OptimConfig(), device=device)
+        if hf is not None:
+            opt_hf = torch.optim.AdamW(hf.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1,
+                                       fused=device.type == "cuda" or None)
+    fwd_ours = torch.compile(ours) if compile else ours
+    fwd_hf = torch.compile(hf) if compile and hf is not None else hf
     dtype = DTYPES[dtype_name]
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, config.vocab_size, (batch, seq_len), generator=g)
     targets = torch.cat([x[:, 1:], torch.full((batch, 1), -100)], dim=1)
+    x, targets = x.to(device), targets.to(device)
 
     def autocast():
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
 
     def step_ours() -> float:
         with autocast():
-            loss = ours(x, targets=targets, return_logits=False).loss
+            loss = fwd_ours(x, targets=targets, return_logits=False).loss
         loss.backward()
         if opt_ours is not None:
             torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
@@ -88,7 +116,7 @@ def run(preset: str, *, seq_len: int, batch: int, steps: int, dtype_name: str, o
 
     def step_hf() -> float:
         with autocast():
-            loss = hf(x, labels=x).loss
+            loss = fwd_hf(x, labels=x).loss
         loss.backward()
         if opt_hf is not None:
             torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
@@ -97,25 +125,31 @@ def run(preset: str, *, seq_len: int, batch: int, steps: int, dtype_name: str, o
             p.grad = None
         return loss.item()
 
-    loss_ours, loss_hf = step_ours(), step_hf()  # warm-up (allocator, oneDNN primitives)
-    times: dict[str, list[float]] = {"ours": [], "hf": []}
+    # warm-up (allocator, oneDNN primitives, compilation); twice when compiled (the first backward compiles too)
+    sides = [("ours", step_ours)] + ([("hf", step_hf)] if hf is not None else [])
+    losses = {name: [fn() for _ in range(2 if compile else 1)][-1] for name, fn in sides}
+    times: dict[str, list[float]] = {name: [] for name, _ in sides}
     for _ in range(steps):
-        for name, fn in (("ours", step_ours), ("hf", step_hf)):
+        for name, fn in sides:
+            sync(device)
             t = time.perf_counter()
-            fn()
+            fn()  # .item() on the loss waits for the GPU
             times[name].append(time.perf_counter() - t)
     tokens = batch * seq_len
     flops = flops_per_token(config, seq_len, training=True) * tokens
     med = {k: statistics.median(v) for k, v in times.items()}
+    nan = float("nan")
     return {
         "preset": preset,
         "dtype": dtype_name,
+        "device": str(device),
+        "compile": compile,
         "tok_s_ours": tokens / med["ours"],
-        "tok_s_hf": tokens / med["hf"],
-        "ratio": med["hf"] / med["ours"],
+        "tok_s_hf": tokens / med["hf"] if "hf" in med else nan,
+        "ratio": med["hf"] / med["ours"] if "hf" in med else nan,
         "gflops_ours": flops / med["ours"] / 1e9,
-        "gflops_hf": flops / med["hf"] / 1e9,
-        "loss_diff": abs(loss_ours - loss_hf),
+        "gflops_hf": flops / med["hf"] / 1e9 if "hf" in med else nan,
+        "loss_diff": abs(losses["ours"] - losses["hf"]) if "hf" in losses else nan,
     }
 
 
@@ -160,8 +194,19 @@ def main(argv: list[str] | None = None) -> None:
                    help="kept: glibc keeps freed memory for reuse, as `gpt2 train` sets up on a CPU "
                    "(gpt2.common.keep_freed_memory), for both models; default: glibc's own settings")
     p.add_argument("--attention", action="store_true", help="only time attention: SDPA against the math path")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--tf32", action="store_true", help="let fp32 matmuls use TF32 on CUDA (as gpt2 train does)")
+    p.add_argument("--no-hf", dest="hf", action="store_false", help="time ours only (no transformers model)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also append each result as a JSON line here")
     args = p.parse_args(argv)
-    if args.malloc == "kept":
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: no CUDA device here (torch {torch.__version__})")
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if args.malloc == "kept" and device.type == "cpu":
         from gpt2.common import keep_freed_memory
 
         keep_freed_memory()
@@ -169,11 +214,13 @@ def main(argv: list[str] | None = None) -> None:
         attention_table(args.steps)
         return
     dtypes = args.dtypes.split(",")
-    peaks = {d: matmul_peak(DTYPES[d]) for d in dtypes}
+    peaks = {d: matmul_peak(DTYPES[d], device) for d in dtypes}
     what = "forward + backward + clip + AdamW" if args.optimizer else "forward + backward"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch} × T {args.seq_len}; "
-          f"step = {what}; malloc {args.malloc}")
-    print("matmul peak (2048² matmul): " + ", ".join(f"{d} {peaks[d]:.0f} GFLOP/s" for d in dtypes))
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}; batch {args.batch} × T {args.seq_len}; step = {what}; "
+          f"compile {args.compile}; tf32 {args.tf32}; malloc {args.malloc}")
+    source = "datasheet" if device.type == "cuda" else "2048² matmul"
+    print(f"matmul peak ({source}): " + ", ".join(f"{d} {peaks[d]:.0f} GFLOP/s" for d in dtypes))
     print()
     header = "| model | dtype | ours tok/s | HF tok/s | ours / HF | ours GFLOP/s (% peak) | HF GFLOP/s (% peak) |"
     print(header)
@@ -181,7 +228,13 @@ def main(argv: list[str] | None = None) -> None:
     for preset in args.models.split(","):
         for d in dtypes:
             r = run(preset, seq_len=args.seq_len, batch=args.batch, steps=args.steps, dtype_name=d,
-                    optimizer=args.optimizer)
+                    optimizer=args.optimizer, device=device, compile=args.compile, with_hf=args.hf)
+            r.update(mfu_ours=r["gflops_ours"] / peaks[d], batch=args.batch, seq_len=args.seq_len, tf32=args.tf32)
+            if args.json:
+                import json
+
+                with open(args.json, "a") as f:
+                    f.write(json.dumps(r) + "\n")
             print(
                 f"| {preset} | {d} | {r['tok_s_ours']:.0f} | {r['tok_s_hf']:.0f} | {r['ratio']:.2f}× "
                 f"| {r['gflops_ours']:.0f} ({100 * r['gflops_ours'] / peaks[d]:.0f}%) "

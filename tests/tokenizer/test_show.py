@@ -54,7 +54,6 @@ def test_html_has_a_span_per_token(small_tok: Tokenizer) -> None:
 
 
 def test_png(small_tok: Tokenizer, tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     path = write_png(small_tok, "the cat sat on the mat\nand 你好 👍🏽", tmp_path / "t.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

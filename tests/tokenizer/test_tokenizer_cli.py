@@ -63,7 +63,7 @@ def test_gpt2_through_the_cache(gpt2_cache: Path, cli_env: dict[str, str]) -> No
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["tokenizer", "train", "--input", "/nonexistent.txt", "--vocab-size", "300", "--out", "OUT"], "does not exist"),
+    (["tokenizer", "train", "--input", "/nonexistent.txt", "--vocab-size", "300", "--out", "OUT"], "no such file or directory"),
     (["tokenizer", "train", "--input", "CORPUS", "--vocab-size", "100", "--out", "OUT"], "vocab_size=100 is too small"),
     (["tokenizer", "encode", "TOK", "x<|endoftext|>"], "contains the special token '<|endoftext|>'"),
     (["tokenizer", "decode", "TOK", "1", "two"], "token id 'two' is not an integer"),

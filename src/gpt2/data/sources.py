@@ -3,6 +3,10 @@
     python -m gpt2.data.sources ../shared/data/imdb_train.jsonl --field text     # count documents
     python -m gpt2.data.sources shakespeare                                        # fetch once, then count
 
+This is the one reader of documents: `gpt2 data prepare`, tokenizer training (`gpt2 tokenizer train`
+and a run's own BPE) and `gpt2 eval --data/--completions` all read files through it, so one file with
+the same options gives the same documents in every verb (`read_documents` is the plain entry point).
+
 A source spec is one of:
 
 - a file: `.txt` (one document per file, or split on `delimiter`: "blank" for blank lines or any literal
@@ -18,6 +22,9 @@ Work is cut into `Chunk`s — byte ranges of files, cut only at document boundar
 streamed documents — so worker processes read their own input. The cut points depend only on the data
 and `chunk_bytes`, never on the number of workers, and reading chunk by chunk gives exactly the
 documents that reading each file whole would.
+
+Every record is a document, empty ones included (a null or missing-text row reads as ""); consumers
+skip empty and whitespace-only documents (`documents()`, prepare's workers) and count them.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -168,7 +175,7 @@ def _read_part(part: Part) -> tuple[list[str], int]:
             if value:
                 value, n = _clean_str(value)
                 replaced += n
-                docs.append(value)
+            docs.append(value or "")
         return docs, replaced
     if part.fmt == "json":
         try:
@@ -182,7 +189,7 @@ def _read_part(part: Part) -> tuple[list[str], int]:
             if value:
                 value, n = _clean_str(value)
                 replaced += n
-                docs.append(value)
+            docs.append(value or "")
         return docs, replaced
     assert opts.column is not None, "csv/tsv parts carry a resolved column index"
     if part.fmt == "tsv":
@@ -211,8 +218,7 @@ def _read_parquet_part(part: Part) -> tuple[list[str], int]:
         if isinstance(value, bytes):
             value, n = decode_utf8(value)
             replaced += n
-        if value:
-            docs.append(value)
+        docs.append(value or "")
     return docs, replaced
 
 
@@ -437,11 +443,9 @@ class Source:
             out.extend(_plan_file(p, FORMATS[p.suffix.lower()], self, chunk_bytes))
         return out
 
-    def documents(self) -> Iterator[str]:
-        """Every non-blank document's text, in order (handy for tokenizer training)."""
-        for chunk in self.chunks():
-            for _origin, docs in read_chunk(chunk)[0]:
-                yield from (d for d in docs if d and not d.isspace())
+    def documents(self, *, keep_empty: bool = False) -> Iterator[str]:
+        """Every non-blank document's text, in order; with keep_empty, every record's (so two fields align)."""
+        yield from _documents(self.chunks(), keep_empty=keep_empty)
 
     def hf_dataset(self) -> Any:
         """The streamed `datasets.IterableDataset` behind an `hf:` source."""
@@ -472,6 +476,38 @@ class Source:
                 texts, acc = [], 0
         if texts:
             yield Chunk(texts=tuple(texts), origin=self.spec, nbytes=acc)
+
+
+def _documents(chunks: Iterable[Chunk], *, keep_empty: bool) -> Iterator[str]:
+    for chunk in chunks:
+        for _origin, docs in read_chunk(chunk)[0]:
+            yield from (docs if keep_empty else (d for d in docs if d and not d.isspace()))
+
+
+def read_documents(
+    specs: str | Path | Source | Sequence[str | Path | Source],
+    *,
+    field: str = "text",
+    column: str | int | None = None,
+    delimiter: str | None = None,
+    header: bool = True,
+    keep_empty: bool = False,
+) -> Iterator[str]:
+    """The documents of one or more sources (paths, globs, directories, `hf:` specs, corpus names), in order.
+
+    Every spec is resolved and every file's field or column checked now, so a typo fails before any
+    work; the documents are read lazily. Empty and whitespace-only documents are skipped unless
+    keep_empty (then each record gives one document, so reading two fields of one file gives aligned lists).
+    """
+    if isinstance(specs, (str, Path, Source)):
+        specs = [specs]
+    if not specs:
+        raise UserError("no source given; pass at least one file, directory, glob or hf: dataset")
+    planned: list[Iterable[Chunk]] = []
+    for spec in specs:
+        src = resolve_source(spec, field=field, column=column, delimiter=delimiter, header=header)
+        planned.append(src.chunks() if src.hf_name else list(pack_parts(src.parts(), chunk_bytes=DEFAULT_CHUNK_BYTES)))
+    return _documents(itertools.chain.from_iterable(planned), keep_empty=keep_empty)
 
 
 def pack_parts(parts: Sequence[Part], *, chunk_bytes: int) -> Iterator[Chunk]:

