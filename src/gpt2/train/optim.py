@@ -82,8 +82,8 @@ def newton_schulz(g: torch.Tensor, *, steps: int = 5, coefficients: tuple[float,
 
     The same operations as torch.optim.Muon's (which always uses bf16; held equal bit for bit by
     tests/train/test_muon.py), with the dtype left open: a CPU without native bf16 matmuls (AVX2 only)
-    emulates them, ~5× slower than fp32 for the default recipe's 256 × 1024 matrices on this project's
-    AMD EPYC (Zen 3), where the iteration would cost more than the forward and backward passes."""
+    emulates them: for one 1024 × 256 matrix (the default recipe's mlp.c_fc) the 5 steps took 2.9 s in
+    bf16 against 0.55 s in fp32 on this project's AVX2-only AMD EPYC (Zen 3), 2 threads, busy machine."""
     a, b, c = coefficients
     x = g.to(dtype)
     tall = g.size(0) > g.size(1)
