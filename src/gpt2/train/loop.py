@@ -9,7 +9,8 @@ A step: for each micro-batch, forward under autocast with the fused LM-head loss
 gradients only on the last micro-step: `require_backward_grad_sync` is set before that forward, the fix
 of build-nanogpt PR #30); then the guards (a non-finite loss or gradient norm, or a loss spike far
 outside its running statistics, skips the update, as llm.c does), clipping, the learning rate of the
-schedule, and the optimizer (AdamW, or Muon with AdamW: optim.py). Throughput is timed per step, outside evaluation, sampling and checkpointing.
+schedule, and the optimizer (AdamW, or Muon with AdamW: optim.py). Throughput is timed per step,
+outside evaluation, sampling and checkpointing.
 Everything needed to continue bit for bit (model, optimizer, schedule, data position, the RNG states of
 every rank, the guard's statistics) goes into each checkpoint; see checkpoint.py.
 """
