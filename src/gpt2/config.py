@@ -90,8 +90,11 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW and the learning-rate schedule."""
+    """The optimizer (AdamW, or Muon for the blocks' matrices with AdamW for the rest) and the LR schedule."""
 
+    name: str = "adamw"
+    """adamw, or muon: Muon on the blocks' hidden matrices (attn.c_attn/c_proj, mlp.c_fc/c_proj weights),
+    AdamW on embeddings, the tied head, biases and LayerNorms (modded-nanogpt); see train/optim.py."""
     lr: float = 6e-4
     """Peak learning rate."""
     min_lr_ratio: float = 0.1
@@ -112,6 +115,16 @@ class OptimConfig:
     """Clip the global gradient norm to this (0 = off)."""
     fused: bool | None = None
     """Fused AdamW kernel; default: on for CUDA and CPU devices."""
+    muon_lr: float | None = None
+    """Muon's peak LR (the schedule scales it with lr); default: optim.lr, which match_rms_adamw carries over."""
+    muon_momentum: float = 0.95
+    """Muon's Nesterov momentum (torch's default, Keller Jordan's and Moonlight's value)."""
+    muon_weight_decay: float | None = None
+    """Muon's decoupled weight decay on the matrices; default: optim.weight_decay (Moonlight keeps AdamW's)."""
+    muon_adjust_lr: str = "match_rms_adamw"
+    """match_rms_adamw (update RMS ≈ AdamW's: lr × 0.2·√max(A,B)) or original (lr × √max(1,A/B), wants lr ~0.02)."""
+    muon_ns_dtype: str = "auto"
+    """Newton-Schulz dtype: auto (bf16 where matmuls are native bf16, else fp32), bf16 or fp32."""
 
 
 @dataclass
@@ -314,6 +327,18 @@ def validate(cfg: RunConfig) -> None:
         (o.schedule in ("cosine", "linear", "constant"), f"optim.schedule={o.schedule!r}: use cosine, linear or constant"),
         (0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)"),
         (o.grad_clip >= 0, "optim.grad_clip must be >= 0"),
+        (o.name in ("adamw", "muon"), f"optim.name={o.name!r}: use adamw or muon"),
+        (o.muon_lr is None or o.muon_lr > 0, f"optim.muon_lr={o.muon_lr} must be positive"),
+        (0 <= o.muon_momentum < 1, f"optim.muon_momentum={o.muon_momentum} must be in [0, 1)"),
+        (o.muon_weight_decay is None or o.muon_weight_decay >= 0,
+         f"optim.muon_weight_decay={o.muon_weight_decay} must be >= 0"),
+        (o.muon_adjust_lr in ("match_rms_adamw", "original"),
+         f"optim.muon_adjust_lr={o.muon_adjust_lr!r}: use match_rms_adamw or original"),
+        (o.muon_ns_dtype in ("auto", "bf16", "fp32"), f"optim.muon_ns_dtype={o.muon_ns_dtype!r}: use auto, bf16 or fp32"),
+        # Newton-Schulz orthogonalises whole matrices; FSDP2 hands each rank a shard of every matrix.
+        (not (o.name == "muon" and t.distributed == "fsdp"),
+         "optim.name=muon does not work under train.distributed=fsdp (Newton-Schulz needs whole matrices, FSDP "
+         "shards them): use train.distributed=ddp, or optim.name=adamw"),
         (0 <= cfg.model.dropout < 1, "model.dropout must be in [0, 1)"),
         (cfg.model.n_positions is None or t.seq_len <= cfg.model.n_positions,
          f"train.seq_len={t.seq_len} is longer than model.n_positions={cfg.model.n_positions}"),

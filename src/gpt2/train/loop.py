@@ -9,7 +9,8 @@ A step: for each micro-batch, forward under autocast with the fused LM-head loss
 gradients only on the last micro-step: `require_backward_grad_sync` is set before that forward, the fix
 of build-nanogpt PR #30); then the guards (a non-finite loss or gradient norm, or a loss spike far
 outside its running statistics, skips the update, as llm.c does), clipping, the learning rate of the
-schedule, and AdamW. Throughput is timed per step, outside evaluation, sampling and checkpointing.
+schedule, and the optimizer (AdamW, or Muon with AdamW: optim.py). Throughput is timed per step,
+outside evaluation, sampling and checkpointing.
 Everything needed to continue bit for bit (model, optimizer, schedule, data position, the RNG states of
 every rank, the guard's statistics) goes into each checkpoint; see checkpoint.py.
 """
@@ -54,7 +55,7 @@ from gpt2.train.checkpoint import (
     save_checkpoint,
 )
 from gpt2.train.metrics import MetricsLogger, peak_flops
-from gpt2.train.optim import LRSchedule, build_optimizer, set_lr
+from gpt2.train.optim import LRSchedule, build_optimizer, describe, set_lr
 
 
 class TrainingStopped(RuntimeError):
@@ -243,6 +244,9 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
     if state is not None:
         assert ckpt is not None
         dist_utils.check_layout(state, world_size=world_size, grad_accum=grad_accum, mode=mode, checkpoint=ckpt)
+        if state.get("optim_name", "adamw") != cfg.optim.name:
+            raise UserError(f"{ckpt} was trained with optim.name={state.get('optim_name', 'adamw')}; resume with "
+                            f"that optimizer, or start a new run from its weights with model.init_from={ckpt}")
         if sharded_resume:
             dist_utils.load_sharded(ckpt, model, optimizer)
         else:
@@ -271,12 +275,14 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
             "distributed": mode, "world_size": world_size,
             "grad_accum": grad_accum, "global_batch_tokens": global_tokens,
             "parameters": model.num_parameters(), "tokenizer": repr(tokenizer), "shards": str(shard_dir),
+            "optimizer": describe(optimizer),
         })
         print(f"dtype: {dtype_reason}", file=sys.stderr)
         print(f"run {run_dir} | {model.num_parameters():,} parameters | {device} "
               f"{str(dtype).removeprefix('torch.')} | "
               f"{world_size} process(es) × {grad_accum} micro-step(s) × {B}×{T} = {global_tokens:,} tokens/step | "
               f"{cfg.train.max_steps} steps" + (f" | resumed at step {step}" if step else ""), file=sys.stderr)
+        print(f"optimizer: {describe(optimizer)}", file=sys.stderr)
 
     result = TrainResult(run_dir=run_dir, step=step, tokens=tokens_seen, last_checkpoint=ckpt)
 
@@ -337,6 +343,7 @@ def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | 
             "step": step, "tokens": tokens_seen, "schedule": schedule.state_dict(),
             "train_loader": train_loader.state_dict(), "guard": guard.state_dict(), "scaler": scaler.state_dict(),
             "rng": rng, "world_size": world_size, "grad_accum": grad_accum, "distributed": mode,
+            "optim_name": cfg.optim.name,
             "loop_seconds": time.time() - t_loop,  # t_loop is set before the first checkpoint
         }
         common = dict(trainer_state=trainer_state, tokenizer=tokenizer, run_yaml=to_yaml(cfg),
