@@ -9,6 +9,7 @@ vLLM users send are accepted: top_k, min_p, repetition_penalty, ignore_eos.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -156,9 +157,21 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     if kind == "missing":
         return f"{param} is required", param
     if not loc:
-        return f"the request body must be a JSON object: {e.get('msg', '')}", None
-    msg = str(e.get("msg", "invalid value")).removeprefix("Value error, ")
-    return f"{param}: {msg}, got {_short(e.get('input'))}", param
+        return _not_an_object(e.get("input")), None
+    if kind == "value_error":  # our own validators name the value already
+        return f"{param}: {str(e.get('msg', '')).removeprefix('Value error, ')}", param
+    return f"{param}: {e.get('msg', 'invalid value')}, got {_short(e.get('input'))}", param
+
+
+def _not_an_object(body: Any) -> str:
+    """Why a body is not a request object: not JSON at all, JSON sent without its content type, or not an object."""
+    if isinstance(body, (bytes, str)):  # FastAPI parses JSON only when the content type says so
+        try:
+            json.loads(body)
+        except ValueError as e:
+            return f"the request body is not valid JSON ({e})"
+        return "send the body as JSON with the header Content-Type: application/json"
+    return f"the request body must be a JSON object, got {type(body).__name__}"
 
 
 def _short(value: Any) -> str:
