@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     print(cpu_line())
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         model = prepare_model(args.model, Path(tmp))
         with socket.socket() as s:
@@ -168,12 +169,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             vocab = 256  # random byte tokens: valid ids for every byte-level BPE vocabulary
             asyncio.run(run_level(url, 2, 4, args, vocab))  # warm-up: first-call costs, weight packing
-            rows = [asyncio.run(run_level(url, c, args.requests_c1 if c == 1 else args.requests, args, vocab))
-                    for c in args.concurrency]
+            rows = []
+            for c in args.concurrency:
+                rows.append(asyncio.run(run_level(url, c, args.requests_c1 if c == 1 else args.requests, args, vocab)))
+                r = rows[-1]
+                print(f"  concurrency {c}: {r['ok']}/{r['requests']} ok in {r['wall']:.1f} s, {r['tps']:.1f} tokens/s",
+                      file=sys.stderr, flush=True)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
     base = next((r["tps"] for r in rows if r["concurrency"] == 1), None)
+    print(f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after (other processes slow every level)")
     print(f"model {args.model}, {args.prompt_tokens} prompt tokens + {args.max_tokens} new tokens per request, "
           f"--max-batch {args.max_batch} --max-queue {args.max_queue}, {args.dtype}")
     print("| concurrency | requests | 2xx | 429 | 5xx | p50 latency | p99 latency | p50 TTFT | tokens/s | × C=1 |")

@@ -24,6 +24,7 @@ def test_models_lists_the_served_model(client) -> None:
     assert client.models.retrieve("tiny").id == "tiny"
 
 
+@pytest.mark.slow
 def test_greedy_completion_equals_gpt2_generate_greedy(client, ckpt, tok) -> None:
     r = subprocess.run([sys.executable, "-m", "gpt2", "generate", str(ckpt), PROMPT, "--greedy", "--json",
                         "--max-new-tokens", "24"], capture_output=True, text=True, timeout=120)

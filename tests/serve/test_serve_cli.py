@@ -9,9 +9,11 @@ import sys
 import time
 
 import httpx
+import pytest
 from serve_helpers import free_port
 
 
+@pytest.mark.slow
 def test_serve_a_checkpoint_from_the_command_line(ckpt) -> None:
     port = free_port()
     env = {**os.environ, "GPT2_API_KEY": "k1"}
@@ -45,6 +47,7 @@ def test_serve_a_checkpoint_from_the_command_line(ckpt) -> None:
     assert f"http://127.0.0.1:{port}/v1" in out and "loopback only" in out and "API key required" in out
 
 
+@pytest.mark.slow
 def test_serve_refuses_a_missing_model_with_one_line() -> None:
     r = subprocess.run([sys.executable, "-m", "gpt2", "serve", "/nonexistent/model-dir"], capture_output=True,
                        text=True, timeout=120)
