@@ -188,7 +188,7 @@ def test_an_internal_error_is_a_500_and_serving_goes_on(start_server, monkeypatc
     sched = s.scheduler
     real = sched._prefill
 
-    def broken(job, i):
+    def broken(units):
         monkeypatch.setattr(sched, "_prefill", real)  # only once
         raise RuntimeError("simulated bug")
 

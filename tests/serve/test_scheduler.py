@@ -77,6 +77,20 @@ def test_a_request_joining_a_busy_batch_mid_way_gets_the_tokens_it_gets_alone(mo
     assert [g.tokens for g in ref] == [a.tokens(0), a.tokens(1)]
 
 
+def test_prompts_admitted_together_are_prefilled_in_one_padded_forward(model, tok) -> None:
+    prompts = ["The quick brown fox", "Once upon a time there", "héllo wörld", "The quick brown"]
+    sched = Scheduler(model, tok, max_batch=8, start=False)
+    outs = [submit(sched, tok, p, n=2 if i == 1 else 1, max_tokens=25, temperature=0.8, seed=i, ignore_eos=True)
+            for i, p in enumerate(prompts)]
+    sched.step_once()
+    assert sched.stats["prefills"] == 4 and sched.cache.rows == 5
+    run_until(sched, *outs)
+    for i, (p, out) in enumerate(zip(prompts, outs)):
+        ref = generate(model, tok, p, max_new_tokens=25, temperature=0.8, seed=i, stop_at_eot=False,
+                       num_samples=2 if i == 1 else 1)
+        assert [out.tokens(c) for c in range(len(ref))] == [g.tokens for g in ref], p
+
+
 def test_cache_shifts_and_grows_and_rows_stay_exact(model, tok) -> None:
     """A long prompt joining a short batch shifts it right; a row running past the others compacts the
     cache left once it reaches n_positions; both must leave every row's tokens unchanged."""

@@ -10,9 +10,11 @@ prefill and leave it the moment they finish.
 How a step runs (`Scheduler._loop`):
 1. Cancelled jobs (a client that went away) lose their rows first, so a disconnect frees its slot
    before the next decode step.
-2. Waiting prompts are admitted while rows are free: each is prefilled **alone** (batch of one, its own
-   KV cache), its keys/values are copied into the shared `BatchKVCache`, and its last logits join the
-   batch's logits. A prompt with n samples is prefilled once and copied into n rows.
+2. Waiting prompts are admitted while rows are free. The prompts admitted together are prefilled in one
+   forward, left-padded and grouped by length so that padding stays small (a burst of 16 requests costs
+   one pass over the weights, not 16); each prompt's keys/values are then copied into the shared
+   `BatchKVCache` and its last logits join the batch's logits. A prompt with n samples is prefilled once
+   and copied into n rows.
 3. Every row's next token is picked from its logits with the engine's own sampling functions
    (gpt2.generate.sampling), rows grouped by their sampling settings; the noise of a row comes from the
    engine's `row_generator(seed, prompt, sample index)`, so a seeded request draws the same numbers
@@ -28,8 +30,8 @@ right when a prompt longer than `pos` joins, left (dropping columns every row ha
 capacity doubles when the cache is full.
 
 What "does not depend on the batch" means here: the sampling noise and every per-row control are
-exact functions of the request; the forward pass runs the row inside a larger matrix product, whose
-float rounding may differ from a batch of one in the last bits. Tokens are identical unless two
+exact functions of the request; the forward passes (prefill and decode) run the row inside a larger
+matrix product, whose float rounding may differ from a batch of one in the last bits. Tokens are identical unless two
 candidates tie to within that rounding (tests/serve/test_scheduler.py checks identical tokens).
 """
 
@@ -249,6 +251,26 @@ class BatchKVCache:
 
 
 # ----------------------------------------------------------------------------------------- scheduler
+PREFILL_TOKENS = 2048
+"""Most (padded) tokens in one prefill forward: bounds its memory and the pause it puts on decoding."""
+
+
+def _prefill_groups(units: list[tuple[Job, int]]) -> list[list[tuple[Job, int]]]:
+    """Prompts admitted together, grouped for batched prefill: by length, so that a group's padding stays
+    under a quarter of its tokens, and at most PREFILL_TOKENS padded tokens per group."""
+    groups: list[list[tuple[Job, int]]] = []
+    real = 0
+    for unit in sorted(units, key=lambda u: len(u[0].prompts[u[1]])):
+        L = len(unit[0].prompts[unit[1]])
+        if groups and (len(groups[-1]) + 1) * L <= min(PREFILL_TOKENS, 1.25 * (real + L)):
+            groups[-1].append(unit)
+            real += L
+        else:
+            groups.append([unit])
+            real = L
+    return groups
+
+
 class Scheduler:
     """Owns the model in one thread; see the module docstring for the step."""
 
@@ -274,7 +296,7 @@ class Scheduler:
         self.logits: torch.Tensor | None = None  # (rows, V): each row's next-token logits
         self.waiting: collections.deque[tuple[Job, int]] = collections.deque()  # (job, prompt index)
         self.inflight = 0  # sequences running or waiting
-        self._admitting: Job | None = None
+        self._admitting: list[Job] = []
         self.stats = {"steps": 0, "tokens": 0, "prefills": 0, "cancelled": 0, "requests": 0}
         self._lock = threading.Condition()
         self._stop = False
@@ -374,9 +396,9 @@ class Scheduler:
 
     def _fail_all(self, error: Exception) -> None:
         jobs = {id(row.job): row.job for row in self.rows}
-        if self._admitting is not None:
-            jobs[id(self._admitting)] = self._admitting
-            self._admitting = None
+        for job in self._admitting:
+            jobs[id(job)] = job
+        self._admitting = []
         with self._lock:
             for job, _ in self.waiting:
                 jobs[id(job)] = job
@@ -389,47 +411,65 @@ class Scheduler:
 
     # ----------------------------------------------------------------------------------- admission
     def _admit(self) -> None:
-        """Prefill waiting prompts while their samples fit in free rows (first come, first served)."""
-        while True:
-            with self._lock:
-                if not self.waiting or self.waiting[0][0].n > self.max_batch - len(self.rows):
-                    return
+        """Prefill the waiting prompts whose samples fit in the free rows (first come, first served)."""
+        units: list[tuple[Job, int]] = []
+        free = self.max_batch - len(self.rows)
+        with self._lock:
+            while self.waiting and self.waiting[0][0].n <= free:
                 job, i = self.waiting.popleft()
-            if job.cancelled:
-                self._release(job.n)
-                self.stats["cancelled"] += job.n
-                continue
-            self._admitting = job  # so a failing prefill still reaches its job (_fail_all)
-            self._prefill(job, i)
-            self._admitting = None
+                if job.cancelled:
+                    self.inflight -= job.n
+                    self.stats["cancelled"] += job.n
+                    continue
+                units.append((job, i))
+                free -= job.n
+        self._admitting = [job for job, _ in units]  # so a failing prefill still reaches its jobs (_fail_all)
+        for group in _prefill_groups(units):
+            self._prefill(group)
+        self._admitting = []
 
-    def _prefill(self, job: Job, i: int) -> None:
-        """Run prompt i of a job alone, then copy its cache into n rows (or finish it, for max_tokens 0)."""
-        ids = job.prompts[i]
-        params = job.params
-        single = KVCache(self.config, batch_size=1, max_len=len(ids), device=self.device,
+    def _prefill(self, units: list[tuple[Job, int]]) -> None:
+        """Run a group of prompts in one forward (left-padded), then copy each one's keys/values into its n
+        rows; a max_tokens=0 request (scoring only) finishes here."""
+        prompts = [job.prompts[i] for job, i in units]
+        P = max(map(len, prompts))
+        ids = torch.zeros(len(prompts), P, dtype=torch.long, device=self.device)  # (G, P), left-padded
+        mask = torch.zeros(len(prompts), P, dtype=torch.long, device=self.device)  # 1 = real token
+        for g, p in enumerate(prompts):
+            ids[g, P - len(p) :] = torch.tensor(p, device=self.device)
+            mask[g, P - len(p) :] = 1
+        single = KVCache(self.config, batch_size=len(prompts), max_len=P, device=self.device,
                          dtype=self.cache.k.dtype)
-        x = self.model.transformer(torch.tensor([ids], device=self.device), kv_cache=single)  # (1, L, C)
-        self.stats["prefills"] += 1
-        prompt_lp = None
-        if params.prompt_logprobs:
-            prompt_lp = self._prompt_logprobs(x[0], ids, params.logprobs or 0)
-        if params.max_tokens == 0:  # scoring only: nothing to generate
-            job.emit([Piece(job.n * i + s, "", None, "length", 0, prompt_lp) for s in range(job.n)])
-            self._release(job.n)
-            return
-        last = self.model.lm_head(x[:, -1])[:, : self.V].float()  # (1, V)
-        for s in range(job.n):
-            self.cache.add_row(single.k[:, 0], single.v[:, 0])
-            row = _Row(job, job.n * i + s, ids, _TextStream(params.stop),
-                       None if params.greedy else row_generator(job.seed, ids, s, device=self.device),
-                       prompt_lp=prompt_lp)
-            if params.presence_penalty or params.frequency_penalty:
-                row.counts = collections.Counter()
-            if params.repetition_penalty != 1.0:
-                row.present = sampling.presence_mask([ids], self.V, device=self.device)
-            self.rows.append(row)
-            self.logits = last if self.logits is None else torch.cat([self.logits, last])  # (rows, V)
+        padded = any(len(p) < P for p in prompts)
+        x = self.model.transformer(ids, attention_mask=mask if padded else None, kv_cache=single)  # (G, P, C)
+        self.stats["prefills"] += len(prompts)
+        last = self.model.lm_head(x[:, -1])[:, : self.V].float()  # (G, V)
+        for g, ((job, i), p) in enumerate(zip(units, prompts)):
+            params = job.params
+            prompt_lp = self._prompt_logprobs(x[g, P - len(p) :], p, params.logprobs or 0) \
+                if params.prompt_logprobs else None
+            if params.max_tokens == 0:  # scoring only: nothing to generate
+                job.emit([Piece(job.n * i + s, "", None, "length", 0, prompt_lp) for s in range(job.n)])
+                self._release(job.n)
+                continue
+            k, v = single.k[:, g, :, P - len(p) :], single.v[:, g, :, P - len(p) :]  # (n_layer, n_head, L, hd)
+            for s in range(job.n):
+                self.cache.add_row(k, v)
+                self.rows.append(self._new_row(job, job.n * i + s, p, s, prompt_lp))
+                row_logits = last[g : g + 1]  # (1, V)
+                self.logits = row_logits if self.logits is None else torch.cat([self.logits, row_logits])
+
+    def _new_row(self, job: Job, choice: int, prompt: list[int], sample: int,
+                 prompt_lp: list[TokenLogprob] | None) -> _Row:
+        params = job.params
+        row = _Row(job, choice, prompt, _TextStream(params.stop),
+                   None if params.greedy else row_generator(job.seed, prompt, sample, device=self.device),
+                   prompt_lp=prompt_lp)
+        if params.presence_penalty or params.frequency_penalty:
+            row.counts = collections.Counter()
+        if params.repetition_penalty != 1.0:
+            row.present = sampling.presence_mask([prompt], self.V, device=self.device)
+        return row
 
     def _prompt_logprobs(self, hidden: torch.Tensor, ids: list[int], k: int) -> list[TokenLogprob]:
         """log p(prompt[t] | prompt[:t]) for t >= 1, with the top k alternatives; None for the first token."""
