@@ -11,7 +11,8 @@ temporary directory first. Every request streams `max_tokens` new tokens (ignore
 of them) after a prompt of --prompt-tokens random byte tokens (ids < 256), sampled at temperature 0.8 with its own seed.
 
 Per concurrency level C, C clients send --requests requests in all (--requests-c1 at C = 1, to keep the
-run to minutes) back to back; the table gives the 2xx / 429 / 5xx counts (a refused request is counted,
+run to minutes) back to back, split over --rounds rounds that visit the levels in turn (so a change in the
+machine's load hits every level alike); the table gives the 2xx / 429 / 5xx counts (a refused request is counted,
 never retried), p50/p99 latency, p50 time to first token, aggregate tokens/s (completion tokens of
 the 2xx requests / wall time of the level) and its ratio to the C = 1 rate of the same run.
 """
@@ -128,6 +129,13 @@ async def run_level(url: str, concurrency: int, n_requests: int, args: argparse.
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
+    return {"results": results, "wall": wall}
+
+
+def summarise(concurrency: int, runs: list[dict]) -> dict:
+    """One table row from a level's rounds: pooled latencies, tokens over the summed wall time."""
+    results = [r for run in runs for r in run["results"]]
+    wall = sum(run["wall"] for run in runs)
     ok = [r for r in results if r["status"] == 200]
     lat = sorted(r["latency"] for r in ok)
     ttft = sorted(r["ttft"] for r in ok if r["ttft"] is not None)
@@ -149,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--requests", type=int, default=256, help="requests per level (default: 256)")
     p.add_argument("--requests-c1", type=int, default=16, help="requests at concurrency 1 (default: 16)")
+    p.add_argument("--rounds", type=int, default=2, help="split each level's requests over this many "
+                   "interleaved rounds (default: 2)")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--prompt-tokens", type=int, default=16)
     p.add_argument("--max-batch", type=int, default=64)
@@ -169,12 +179,17 @@ def main(argv: list[str] | None = None) -> int:
         try:
             vocab = 256  # random byte tokens: valid ids for every byte-level BPE vocabulary
             asyncio.run(run_level(url, 2, 4, args, vocab))  # warm-up: first-call costs, weight packing
-            rows = []
-            for c in args.concurrency:
-                rows.append(asyncio.run(run_level(url, c, args.requests_c1 if c == 1 else args.requests, args, vocab)))
-                r = rows[-1]
-                print(f"  concurrency {c}: {r['ok']}/{r['requests']} ok in {r['wall']:.1f} s, {r['tps']:.1f} tokens/s",
-                      file=sys.stderr, flush=True)
+            # Levels are interleaved in rounds, so that a change in the machine's load hits every level alike.
+            runs: dict[int, list[dict]] = {c: [] for c in args.concurrency}
+            for r in range(args.rounds):
+                for c in args.concurrency:
+                    total = args.requests_c1 if c == 1 else args.requests
+                    n = total // args.rounds + (r < total % args.rounds)
+                    runs[c].append(asyncio.run(run_level(url, c, n, args, vocab)))
+                    row = summarise(c, runs[c][-1:])
+                    print(f"  round {r + 1}, concurrency {c}: {row['ok']}/{row['requests']} ok in {row['wall']:.1f} s, "
+                          f"{row['tps']:.1f} tokens/s", file=sys.stderr, flush=True)
+            rows = [summarise(c, runs[c]) for c in args.concurrency]
         finally:
             proc.terminate()
             proc.wait(timeout=30)
