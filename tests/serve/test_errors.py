@@ -178,7 +178,7 @@ def test_a_disconnect_frees_the_slot_within_a_step(start_server, stream) -> None
     freed_after = time.monotonic() - t0
     tokens = h["tokens"]
     assert tokens < 60, "generation went on after the client left"
-    assert freed_after < 1.0, freed_after  # one step is 50 ms here; polling adds a little
+    assert freed_after < 2.0, freed_after  # one step is 50 ms here; polling and a loaded machine add some
     time.sleep(0.2)
     assert _health(s.url)["tokens"] == tokens  # nothing more was generated for it
 
