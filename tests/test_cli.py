@@ -45,6 +45,6 @@ def test_bad_input_is_one_line_and_exit_2() -> None:
 
 
 def test_planned_verbs_say_so() -> None:
-    r = gpt2("serve")
+    r = gpt2("finetune")
     assert r.returncode == 2
     assert "not implemented yet" in r.stderr

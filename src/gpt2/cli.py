@@ -434,7 +434,35 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-# ----------------------------------------------------------------------------- verbs still to come
+# --------------------------------------------------------------------------------------------- serve
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP API with continuous batching, and a playground at /")
+    p.add_argument("source", help="what `gpt2 generate` takes: a checkpoint, model or run directory, or a hub id")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--api-key", default=os.environ.get("GPT2_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1 (default: $GPT2_API_KEY; none: open)")
+    p.add_argument("--max-batch", type=int, default=32, metavar="N", help="sequences decoded together (default: 32)")
+    p.add_argument("--max-queue", type=int, default=128, metavar="M",
+                   help="sequences that may wait for a slot; beyond that requests get 429 (default: 128)")
+    p.add_argument("--model-name", default=None, help="the model's id in the API (default: the directory's name)")
+    p.add_argument("--chat-format", default=None, help="prompt format for /v1/chat/completions when the "
+                   "checkpoint has no chat.json (alpaca, plain)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer to use instead of the checkpoint's own")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
+
+    def run(args: argparse.Namespace) -> int:
+        from gpt2.serve.app import run_serve
+
+        return run_serve(args.source, host=args.host, port=args.port, api_key=args.api_key,
+                         max_batch=args.max_batch, max_queue=args.max_queue, model_name=args.model_name,
+                         chat_format=args.chat_format, tokenizer=args.tokenizer, dtype=args.dtype,
+                         device=args.device)
+
+    p.set_defaults(func=run)
+
+
 # -------------------------------------------------------------------------------------- checkpoint
 def _add_checkpoint(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("checkpoint", help="list a run's checkpoints; turn a sharded (FSDP) one into an HF directory")
@@ -465,10 +493,10 @@ def _add_checkpoint(sub: argparse._SubParsersAction) -> None:
     cons.set_defaults(func=run_consolidate)
 
 
+# ----------------------------------------------------------------------------- verbs still to come
 def _add_planned(sub: argparse._SubParsersAction) -> None:
     planned = [
-        ("finetune", "classification, instruction tuning, LoRA", 8),
-        ("serve", "OpenAI-compatible HTTP API and playground", 9),
+        ("finetune", "classification, instruction tuning, LoRA", 11),
     ]
     for verb, help_text, issue in planned:
         p = sub.add_parser(verb, help=f"{help_text} (not yet implemented)")
@@ -487,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_eval(sub)
     _add_checkpoint(sub)
+    _add_serve(sub)
     _add_planned(sub)
     return parser
 

@@ -1,0 +1,183 @@
+"""The official `openai` client against a live `gpt2 serve` on loopback: completions and chat, streamed and
+not, n > 1, stop strings (one spanning a token boundary), logprobs + echo, include_usage, usage counts, and
+greedy output equal to `gpt2 generate --greedy`."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gpt2.generate import generate
+from gpt2.generate.chat import FORMATS
+
+PROMPT = "The quick brown"
+
+
+def test_models_lists_the_served_model(client) -> None:
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["tiny"]
+    assert client.models.retrieve("tiny").id == "tiny"
+
+
+@pytest.mark.slow
+def test_greedy_completion_equals_gpt2_generate_greedy(client, ckpt, tok) -> None:
+    r = subprocess.run([sys.executable, "-m", "gpt2", "generate", str(ckpt), PROMPT, "--greedy", "--json",
+                        "--max-new-tokens", "24"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    cli = json.loads(r.stdout)["results"][0]
+    out = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=24, temperature=0)
+    choice = out.choices[0]
+    assert choice.text == cli["text"]
+    assert choice.finish_reason == ("length" if cli["finish_reason"] == "length" else "stop")
+    assert out.usage.prompt_tokens == len(tok.encode(PROMPT)) == cli["prompt_tokens"]
+    assert out.usage.completion_tokens == cli["completion_tokens"]
+    assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
+    assert out.object == "text_completion" and out.id.startswith("cmpl-")
+
+
+def test_streamed_completion_equals_the_whole_one_and_counts_usage(client, tok) -> None:
+    whole = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=30, temperature=0)
+    chunks = list(client.completions.create(model="tiny", prompt=PROMPT, max_tokens=30, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    texts = [c.choices[0].text for c in chunks if c.choices]
+    assert len(texts) > 3, "the text must come in several chunks"
+    assert "".join(texts) == whole.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.prompt_tokens == len(tok.encode(PROMPT))
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_n_samples_are_seeded_like_gpt2_generate(client, model, tok) -> None:
+    out = client.completions.create(model="tiny", prompt="Once upon", max_tokens=20, n=3, seed=7, temperature=1.0)
+    assert [c.index for c in out.choices] == [0, 1, 2]
+    texts = [c.text for c in out.choices]
+    assert len(set(texts)) > 1, "independent samples should differ"
+    ref = generate(model, tok, "Once upon", max_new_tokens=20, num_samples=3, seed=7, temperature=1.0)
+    assert texts == [g.text for g in ref]
+    again = client.completions.create(model="tiny", prompt="Once upon", max_tokens=20, n=3, seed=7)
+    assert [c.text for c in again.choices] == texts
+    assert out.usage.prompt_tokens == len(tok.encode("Once upon"))  # the prompt counts once, not n times
+    assert out.usage.completion_tokens == sum(len(g.tokens) for g in ref)
+
+
+def test_streamed_n_samples_interleave_by_index(client) -> None:
+    whole = client.completions.create(model="tiny", prompt="Once upon", max_tokens=12, n=2, seed=3)
+    parts: dict[int, str] = {0: "", 1: ""}
+    for chunk in client.completions.create(model="tiny", prompt="Once upon", max_tokens=12, n=2, seed=3,
+                                           stream=True):
+        for c in chunk.choices:
+            parts[c.index] += c.text
+    assert [parts[0], parts[1]] == [c.text for c in whole.choices]
+
+
+def _boundary_stop(tok, text: str, tokens: list[int]) -> str:
+    """A stop string of two characters: the last of one generated token and the first of the next,
+    whose first occurrence in the text is at that boundary."""
+    for i in range(len(tokens) - 1):
+        a, b = tok.decode(tokens[: i + 1]), tok.decode([tokens[i + 1]])
+        if "\ufffd" in a + b or not b or not text.startswith(a):
+            continue
+        stop = a[-1] + b[0]
+        if text.find(stop) == len(a) - 1:
+            return stop
+    pytest.skip("no token boundary between two whole characters in the greedy text")
+
+
+def test_stop_string_spanning_a_token_boundary_is_cut_exactly(client, model, tok) -> None:
+    prompt = "a"  # the tiny model's greedy continuation starts " jum jum": a boundary between whole characters
+    ref = generate(model, tok, prompt, max_new_tokens=40, temperature=0)[0]
+    stop = _boundary_stop(tok, ref.text, ref.tokens)
+    assert not any(stop in tok.decode([t]) for t in ref.tokens), "the stop string must span two tokens"
+    expected = ref.text[: ref.text.find(stop)]
+    out = client.completions.create(model="tiny", prompt=prompt, max_tokens=40, temperature=0, stop=[stop, "zzz"])
+    assert out.choices[0].text == expected
+    assert out.choices[0].finish_reason == "stop"
+    chunks = [c.choices[0].text for c in client.completions.create(
+        model="tiny", prompt=prompt, max_tokens=40, temperature=0, stop=stop, stream=True) if c.choices]
+    assert "".join(chunks) == expected
+    assert not any(stop in c for c in chunks)
+
+
+def test_logprobs_and_echo_score_the_prompt_like_the_model(client, model, tok) -> None:
+    out = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=3, temperature=0, logprobs=2, echo=True)
+    c = out.choices[0]
+    ids = tok.encode(PROMPT)
+    lp = c.logprobs
+    assert c.text.startswith(PROMPT)
+    assert len(lp.tokens) == len(ids) + 3 == len(lp.token_logprobs) == len(lp.top_logprobs)
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    with torch.no_grad():
+        full = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)  # (L, V)
+    for t in range(1, len(ids)):
+        assert math.isclose(lp.token_logprobs[t], full[t - 1, ids[t]].item(), abs_tol=1e-4)
+    for t in range(len(ids), len(lp.tokens)):  # greedy: each new token is the top one, and has 2 alternatives
+        top = lp.top_logprobs[t]
+        assert len(top) in (2, 3) and math.isclose(max(top.values()), lp.token_logprobs[t], abs_tol=1e-6)
+    assert "".join(lp.tokens[: len(ids)]) == PROMPT
+    assert lp.text_offset[0] == 0 and lp.text_offset[len(ids)] == len(PROMPT)
+
+
+def test_token_id_prompts_and_lists_of_prompts(client, tok) -> None:
+    a, b = tok.encode("Once upon"), tok.encode("The quick")
+    by_ids = client.completions.create(model="tiny", prompt=[a, b], max_tokens=8, temperature=0)
+    by_text = client.completions.create(model="tiny", prompt=["Once upon", "The quick"], max_tokens=8, temperature=0)
+    single = client.completions.create(model="tiny", prompt=b, max_tokens=8, temperature=0)
+    assert [c.text for c in by_ids.choices] == [c.text for c in by_text.choices]
+    assert by_ids.choices[1].text == single.choices[0].text
+    assert by_ids.usage.prompt_tokens == len(a) + len(b)
+
+
+def test_controls_change_the_output(client, tok) -> None:
+    greedy = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=10, temperature=0)
+    top1 = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=10, temperature=1.5, seed=1,
+                                     extra_body={"top_k": 1})
+    assert top1.choices[0].text == greedy.choices[0].text  # top_k=1 is greedy whatever the temperature
+    target = tok.encode(" fox")[0]
+    biased = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=5, temperature=0,
+                                       logit_bias={str(target): 100})
+    assert biased.choices[0].text == tok.decode([target] * 5)
+    penalised = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=20, temperature=0,
+                                          frequency_penalty=2.0, presence_penalty=2.0)
+    assert penalised.choices[0].text != greedy.choices[0].text or greedy.usage.completion_tokens < 3
+    long = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=60, temperature=0,
+                                     extra_body={"ignore_eos": True, "repetition_penalty": 1.3, "min_p": 0.05})
+    assert long.usage.completion_tokens == 60 and long.choices[0].finish_reason == "length"
+
+
+def test_chat_completion_streamed_and_not(client, tok) -> None:
+    messages = [{"role": "user", "content": "Tell me a story"}]
+    whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=20, temperature=0)
+    msg = whole.choices[0].message
+    assert msg.role == "assistant" and whole.object == "chat.completion"
+    assert whole.choices[0].finish_reason in ("stop", "length")
+    prompt_ids = FORMATS["plain"].encode(tok, "Tell me a story")
+    assert whole.usage.prompt_tokens == len(prompt_ids)
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=20, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == msg.content
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert chunks[-1].usage.prompt_tokens == len(prompt_ids)
+
+
+def test_chat_history_and_logprobs(client, tok) -> None:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Once upon"}]
+    out = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, temperature=0, n=2,
+                                         logprobs=True, top_logprobs=2)
+    fmt = FORMATS["plain"]
+    sep = tok.encode(fmt.separator)
+    expected = (tok.encode("Be brief.") + sep + fmt.encode(tok, "Hi") + tok.encode("Hello.") + sep
+                + fmt.encode(tok, "Once upon"))
+    assert out.usage.prompt_tokens == len(expected)
+    assert out.choices[0].message.content == out.choices[1].message.content  # greedy: n copies agree
+    content = out.choices[0].logprobs.content
+    assert len(content) == out.usage.completion_tokens // 2
+    assert all(len(c.top_logprobs) == 2 and c.logprob <= 0 for c in content)

@@ -1,0 +1,56 @@
+"""`gpt2 serve` as a real subprocess: it loads a checkpoint the way `gpt2 generate` does, binds loopback,
+reads GPT2_API_KEY, serves the chat format of the checkpoint's chat.json; bad input is one error line, exit 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from serve_helpers import free_port
+
+
+@pytest.mark.slow
+def test_serve_a_checkpoint_from_the_command_line(ckpt) -> None:
+    port = free_port()
+    env = {**os.environ, "GPT2_API_KEY": "k1"}
+    proc = subprocess.Popen([sys.executable, "-m", "gpt2", "serve", str(ckpt), "--port", str(port),
+                             "--max-batch", "4", "--max-queue", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "gpt2 serve did not come up"
+            time.sleep(0.1)
+        auth = {"Authorization": "Bearer k1"}
+        assert httpx.get(url + "/v1/models").status_code == 401
+        models = httpx.get(url + "/v1/models", headers=auth).json()
+        assert models["data"][0]["id"] == ckpt.name and models["data"][0]["chat"] is True
+        r = httpx.post(url + "/v1/chat/completions", headers=auth, timeout=30,
+                       json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "temperature": 0})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+        assert "text/html" in httpx.get(url + "/").headers["content-type"]
+        assert httpx.get(url + "/static/playground.js").status_code == 200
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}/v1" in out and "loopback only" in out and "API key required" in out
+
+
+@pytest.mark.slow
+def test_serve_refuses_a_missing_model_with_one_line() -> None:
+    r = subprocess.run([sys.executable, "-m", "gpt2", "serve", "/nonexistent/model-dir"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: ") and r.stderr.strip().count("\n") == 0
+    assert "nonexistent" in r.stderr
