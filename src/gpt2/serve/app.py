@@ -538,19 +538,19 @@ def run_serve(source: str, *, host: str = "127.0.0.1", port: int = 8000, api_key
               max_batch: int = 32, max_queue: int = 128, model_name: str | None = None,
               chat_format: str | None = None, tokenizer: str | None = None, dtype: str = "fp32",
               device: str = "auto", log_level: str = "info") -> int:
-    """`gpt2 serve`: load the model as `gpt2 generate` does, then serve it until Ctrl-C."""
+    """`gpt2 serve`: load the model through gpt2.load (as every verb does), then serve it until Ctrl-C."""
     import uvicorn
 
+    from gpt2.errors import UserError
     from gpt2.generate.chat import load_chat_format
-    from gpt2.generate.commands import load_model_and_tokenizer, resolve_model_dir
+    from gpt2.load import load
 
     if not 0 <= port <= 65535:
-        raise ValueError(f"--port must be in 0..65535, got {port}")
-    directory = resolve_model_dir(source)
-    fmt = None
-    if chat_format is not None or (directory / "chat.json").is_file():
-        fmt = load_chat_format(directory, format=chat_format)
-    model, tok = load_model_and_tokenizer(directory, tokenizer=tokenizer, dtype=dtype, device=device)  # type: ignore[arg-type]
+        raise UserError(f"--port must be in 0..65535, got {port}")
+    loaded = load(source, tokenizer=tokenizer, dtype=dtype, device=device)  # type: ignore[arg-type]
+    model, tok, fmt = loaded.model, loaded.tokenizer, loaded.chat_format
+    if chat_format is not None:
+        fmt = load_chat_format(loaded.directory or ".", format=chat_format)
     name = model_name or Path(str(source).rstrip("/")).name or str(source)
     app = create_app(model, tok, name=name, chat_format=fmt, api_key=api_key, max_batch=max_batch,
                      max_queue=max_queue)

@@ -49,6 +49,7 @@ from typing import Any
 
 import torch
 
+from gpt2.errors import UserError
 from gpt2.generate import sampling
 from gpt2.generate.engine import _TextStream, row_generator
 from gpt2.generate.fastpath import inference_view
@@ -280,7 +281,7 @@ class Scheduler:
         step_delay: seconds to sleep after each decode step (tests use it to watch a stream grow).
         start=False runs no thread: the caller drives the scheduler with step_once() (tests do)."""
         if max_batch < 1 or max_queue < 0:
-            raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
+            raise UserError(f"--max-batch must be >= 1 and --max-queue >= 0, got {max_batch} and {max_queue}")
         self.model = inference_view(model, pack=pack)
         self.tokenizer = tokenizer
         self.config = model.config
