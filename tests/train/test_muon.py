@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import REPO, overrides, run_cli, run_python
+from train_helpers import KILL_AFTER_SAVE, REPO, overrides, run_cli, run_python
 
 from gpt2 import GPT2Config, GPT2LMHeadModel
 from gpt2.config import OptimConfig
@@ -198,21 +198,6 @@ def test_bad_optimizer_values_are_one_line_errors_with_exit_2(tmp_path, corpus, 
         assert [x for x in r.stderr.splitlines() if x.startswith("error:")] == [r.stderr.strip().splitlines()[-1]]
         assert words in r.stderr, r.stderr
     assert not (tmp_path / "bad").exists()  # refused before anything was written
-
-
-KILL_AFTER_SAVE = """
-import os, signal
-import gpt2.train.loop as loop
-from gpt2.config import load_config
-orig = loop.save_checkpoint
-def save_then_die(run_dir, step, **kw):
-    path = orig(run_dir, step, **kw)
-    if step == {step}:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return path
-loop.save_checkpoint = save_then_die
-loop.train(load_config({recipe!r}, {overrides!r}), progress=False)
-"""
 
 
 @pytest.mark.slow

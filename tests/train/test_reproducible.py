@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from train_helpers import REPO, overrides, run_cli, run_python
+from train_helpers import KILL_AFTER_SAVE, REPO, overrides, run_cli, run_python
 
 from gpt2.train.metrics import read_metrics
 
@@ -18,21 +18,6 @@ TINY = str(REPO / "configs" / "tiny-test.yaml")
 # dropout on, two micro-steps per step (gradient accumulation), a checkpoint after step 3
 COMMON = ["model.dropout=0.1", "train.micro_batch_size=4", "train.global_batch_tokens=256", "train.max_steps=6",
           "checkpoint.interval=3", "eval.interval=3", "sample.interval=3"]
-
-KILL_AFTER_SAVE = """
-import os, signal
-import gpt2.train.loop as loop
-from gpt2.config import load_config
-orig = loop.save_checkpoint
-def save_then_die(run_dir, step, **kw):
-    path = orig(run_dir, step, **kw)
-    if step == {step}:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return path
-loop.save_checkpoint = save_then_die
-loop.train(load_config({recipe!r}, {overrides!r}), progress=False)
-"""
-
 
 def records(run_dir: Path, kind: str = "train") -> list[dict]:
     return [r for r in read_metrics(run_dir) if r["kind"] == kind]

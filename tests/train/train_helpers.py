@@ -10,6 +10,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+# A training process that SIGKILLs itself right after the checkpoint of step {step} is published, as a
+# crash or an OOM killer would: format it with step, recipe and overrides and run it with run_python.
+KILL_AFTER_SAVE = """
+import os, signal
+import gpt2.train.loop as loop
+from gpt2.config import load_config
+orig = loop.save_checkpoint
+def save_then_die(run_dir, step, **kw):
+    path = orig(run_dir, step, **kw)
+    if step == {step}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return path
+loop.save_checkpoint = save_then_die
+loop.train(load_config({recipe!r}, {overrides!r}), progress=False)
+"""
+
+
 def overrides(corpus: Path, out: Path, *extra: str) -> list[str]:
     return [f"train.out_dir={out}", f"data.source={corpus}", "data.delimiter=blank", "data.val_fraction=0.1",
             "data.workers=1", "train.threads=1", *extra]
