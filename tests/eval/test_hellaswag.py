@@ -13,7 +13,7 @@ from gpt2.eval.hellaswag import Example, evaluate_hellaswag, load_examples, rend
 
 
 @pytest.mark.slow
-def test_hellaswag_matches_transformers_example_by_example(shared_data, gpt2_tok):
+def test_hellaswag_matches_transformers_example_by_example(shared_data, gpt2_tok, tmp_path):
     import transformers
 
     from gpt2.model.hf import to_hf_state_dict
@@ -24,9 +24,14 @@ def test_hellaswag_matches_transformers_example_by_example(shared_data, gpt2_tok
         n_layer=2, n_head=2, n_embd=64, n_positions=512, vocab_size=50257)).double().eval()
     hf.load_state_dict(to_hf_state_dict(model), strict=False)
 
-    path = shared_data / "hellaswag_val_sample1000.jsonl"
+    # The first 250 of the 1000-example sample: every code path (batching, padding, ties) at a quarter of
+    # the CPU time; the fp64 reference below scores each ending alone against a 50257-way softmax.
+    N = 250
+    lines = (shared_data / "hellaswag_val_sample1000.jsonl").read_text(encoding="utf-8").splitlines()[:N]
+    path = tmp_path / "hellaswag_250.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     ours = evaluate_hellaswag(model, gpt2_tok, path, batch_size=32)
-    assert ours.examples == 1000
+    assert ours.examples == N
 
     import tiktoken
     from tiktoken.load import load_tiktoken_bpe
@@ -53,8 +58,8 @@ def test_hellaswag_matches_transformers_example_by_example(shared_data, gpt2_tok
             labels.append(ex["label"])
     assert ours.predictions == preds
     assert ours.predictions_norm == preds_norm
-    assert ours.acc == sum(p == y for p, y in zip(preds, labels)) / 1000
-    assert ours.acc_norm == sum(p == y for p, y in zip(preds_norm, labels)) / 1000
+    assert ours.acc == sum(p == y for p, y in zip(preds, labels)) / N
+    assert ours.acc_norm == sum(p == y for p, y in zip(preds_norm, labels)) / N
     # Scaled random weights are not a language model: roughly chance, but the two scorings disagree somewhere.
     assert 0.15 < ours.acc < 0.35 and preds != preds_norm
 
