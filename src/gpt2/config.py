@@ -211,8 +211,46 @@ class SampleConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """What fine-tuning adds (`gpt2 finetune classify`): labelled data, the head, what trains.
+
+    The base is model.init_from (a run, checkpoint, model directory, hub id or preset:NAME) with its
+    own tokenizer; train.seq_len is the longest example in tokens, train.micro_batch_size the examples
+    per micro-batch."""
+
+    train_file: str = ""
+    """csv, tsv, jsonl or parquet with a text and a label column (the whole dataset when no val/test file)."""
+    val_file: str | None = None
+    """Validation examples; default: a split of train_file."""
+    test_file: str | None = None
+    """Test examples, scored with the best checkpoint at the end; default: a split of train_file."""
+    text_field: str = "text"
+    """Column (or 0-based index, for a headerless csv/tsv) holding the text."""
+    label_field: str = "label"
+    """Column (or 0-based index) holding the label; names are mapped to ids in sorted order."""
+    split: list = dataclasses.field(default_factory=lambda: [0.7, 0.1, 0.2])
+    """train/val/test fractions of train_file for what val_file/test_file do not give."""
+    split_seed: int = 123
+    """Seeds the split and the down-sampling, apart from train.seed."""
+    balance: str = "none"
+    """none, downsample (every class down to the smallest, before the split) or class_weights (in the loss)."""
+    truncation_side: str = "right"
+    """Which end of a long text is cut: right keeps the beginning, left keeps the end."""
+    trainable: str = "all"
+    """head (the new score layer only), last_blocks (finetune.last_blocks blocks + final LayerNorm + head) or all."""
+    last_blocks: int = 1
+    """How many of the last blocks train with trainable=last_blocks."""
+    global_batch_size: int | None = None
+    """Examples per optimizer step over all processes and micro-steps; default: one micro-batch per process."""
+    metric: str = "accuracy"
+    """Validation metric that picks the checkpoint named `best`: accuracy, macro_f1 or val_loss."""
+    eval_batch_size: int = 64
+    """Examples per forward when evaluating."""
+
+
+@dataclass
 class RunConfig:
-    """Everything `gpt2 train` needs."""
+    """Everything `gpt2 train` (and `gpt2 finetune`) needs."""
 
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -221,6 +259,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     sample: SampleConfig = dataclasses.field(default_factory=SampleConfig)
+    finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
 
 
 def _one_line(e: OmegaConfBaseException) -> str:
@@ -347,10 +386,27 @@ def validate(cfg: RunConfig) -> None:
          and cfg.eval.hellaswag_interval >= 0 and cfg.eval.hellaswag_limit >= 0,
          "checkpoint/eval/sample/hellaswag intervals (and eval.hellaswag_limit) must be >= 0"),
         (cfg.data.tokenizer.pattern in ("gpt2", "gpt4"), "data.tokenizer.pattern: use gpt2 or gpt4"),
+        *_finetune_checks(cfg.finetune),
     ]
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
+
+
+def _finetune_checks(f: FinetuneConfig) -> list[tuple[bool, str]]:
+    return [
+        (f.balance in ("none", "downsample", "class_weights"),
+         f"finetune.balance={f.balance!r}: use none, downsample or class_weights"),
+        (f.truncation_side in ("left", "right"), f"finetune.truncation_side={f.truncation_side!r}: use left or right"),
+        (f.trainable in ("head", "last_blocks", "all"), f"finetune.trainable={f.trainable!r}: use head, last_blocks or all"),
+        (f.last_blocks >= 1, "finetune.last_blocks must be at least 1"),
+        (f.metric in ("accuracy", "macro_f1", "val_loss"), f"finetune.metric={f.metric!r}: use accuracy, macro_f1 or val_loss"),
+        (len(f.split) == 3 and all(isinstance(x, (int, float)) and x >= 0 for x in f.split)
+         and abs(sum(f.split) - 1) < 1e-6 and f.split[0] > 0,
+         f"finetune.split={list(f.split)} must be three fractions train/val/test that sum to 1, e.g. [0.7,0.1,0.2]"),
+        (f.global_batch_size is None or f.global_batch_size >= 1, "finetune.global_batch_size must be positive"),
+        (f.eval_batch_size >= 1, "finetune.eval_batch_size must be at least 1"),
+    ]
 
 
 def to_yaml(cfg: RunConfig) -> str:

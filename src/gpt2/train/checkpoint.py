@@ -6,6 +6,7 @@
       step-000200/   config.json  model.safetensors  tokenizer files  run.yaml  trainer_state.pt
       step-000400/   ...
       latest         a one-line file naming the newest complete checkpoint
+      best           (tasks with a validation metric) the checkpoint that scored best; never pruned
 
 A checkpoint is filled under a temporary name and renamed when whole, then `latest` is rewritten
 (also by rename), so a kill at any moment leaves the previous checkpoint intact and `latest` pointing
@@ -60,13 +61,11 @@ def save_checkpoint(
 
     A sharded checkpoint (gpt2.train.distributed) passes model=None with the model's `config`, and the
     temporary directory `tmp` its ranks have already written their shards into."""
-    from gpt2.model.hf import save_pretrained
-
     run_dir = Path(run_dir)
     final = run_dir / checkpoint_name(step)
     with atomic_directory(final, tmp=tmp) as tmp:
         if model is not None:
-            save_pretrained(model, tmp)  # type: ignore[arg-type]
+            model.save_pretrained(tmp)  # type: ignore[operator]  # the model's own HF class and config
         else:
             config.save(tmp)
         if tokenizer is not None:
@@ -75,9 +74,29 @@ def save_checkpoint(
             (tmp / "run.yaml").write_text(run_yaml, encoding="utf-8")
         torch.save(trainer_state, tmp / TRAINER_STATE)
     atomic_write_text(run_dir / "latest", final.name + "\n")
+    best = best_checkpoint(run_dir)
     for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old != best:
+            shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def mark_best(run_dir: str | Path, best: dict[str, Any]) -> None:
+    """Name the best checkpoint so far (`best` holds its directory name; best.json says why)."""
+    import json
+
+    run_dir = Path(run_dir)
+    atomic_write_text(run_dir / "best.json", json.dumps(best) + "\n")
+    atomic_write_text(run_dir / "best", best["checkpoint"] + "\n")
+
+
+def best_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint `best` names, if there is one and it is complete."""
+    marker = Path(run_dir) / "best"
+    if not marker.is_file():
+        return None
+    path = Path(run_dir) / marker.read_text().strip()
+    return path if (path / TRAINER_STATE).is_file() else None
 
 
 def clean_stale(run_dir: str | Path) -> None:

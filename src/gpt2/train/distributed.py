@@ -118,9 +118,12 @@ def plain_model(model: GPT2LMHeadModel, *, mode: Mode, rank: int,
     if rank != 0:
         return None
     with torch.device("meta"):
-        plain = GPT2LMHeadModel(model.config)
+        # fully_shard swapped the model's class for an FSDP subclass of it: build the model's own class
+        own = next(c for c in type(model).__mro__ if c.__module__.startswith("gpt2."))
+        plain = own(model.config)
     plain.load_state_dict(sd, assign=True)
-    plain.lm_head.weight = plain.transformer.wte.weight  # assign=True replaced the tied tensor: tie again
+    if hasattr(plain, "lm_head"):
+        plain.lm_head.weight = plain.transformer.wte.weight  # assign=True replaced the tied tensor: tie again
     return plain.eval() if device is None else plain.to(device).eval()
 
 

@@ -1,18 +1,23 @@
-"""The training loop: one loop for pretraining and fine-tuning, single process or under torchrun.
+"""The trainer: one loop for pretraining and every fine-tune, single process or under torchrun.
 
     gpt2 train                                         # the default recipe, configs/shakespeare-cpu.yaml
     gpt2 train configs/shakespeare-cpu.yaml train.max_steps=50
     torchrun --nproc_per_node=2 -m gpt2 train configs/shakespeare-cpu.yaml
     gpt2 train --resume runs/shakespeare-cpu           # continue exactly where it stopped
 
-A step: for each micro-batch, forward under autocast with the fused LM-head loss, backward (DDP syncs
-gradients only on the last micro-step: `require_backward_grad_sync` is set before that forward, the fix
-of build-nanogpt PR #30); then the guards (a non-finite loss or gradient norm, or a loss spike far
-outside its running statistics, skips the update, as llm.c does), clipping, the learning rate of the
-schedule, and the optimizer (AdamW, or Muon with AdamW: optim.py). Throughput is timed per step,
-outside evaluation, sampling and checkpointing.
+`run(cfg, task)` trains any task (task.py: what a batch is, what its loss is, how it is evaluated);
+`train(cfg)` is pretraining, the language-model task. A step reads its micro-batches first and counts
+their targets over every micro-step and rank, so the optimizer sees the sum of the per-target losses
+divided by that global count (`accumulate`): padding, masks and uneven batches never change how much
+a target weighs. Each micro-batch then runs forward under autocast and backward (DDP syncs gradients
+only on the last micro-step: `require_backward_grad_sync` is set before that forward, the fix of
+build-nanogpt PR #30); then the guards (a non-finite loss or gradient norm, or a loss spike far outside
+its running statistics, skips the update, as llm.c does), clipping, the learning rate of the schedule,
+and the optimizer (AdamW, or Muon with AdamW: optim.py). Throughput is timed per step, outside
+evaluation, sampling and checkpointing.
 Everything needed to continue bit for bit (model, optimizer, schedule, data position, the RNG states of
-every rank, the guard's statistics) goes into each checkpoint; see checkpoint.py.
+every rank, the guard's statistics, the best checkpoint so far) goes into each checkpoint; see
+checkpoint.py.
 """
 
 from __future__ import annotations
@@ -44,18 +49,20 @@ from gpt2.common import (
 )
 from gpt2.config import RunConfig, to_yaml
 from gpt2.errors import UserError
-from gpt2.model.gpt2 import GPT2LMHeadModel
-from gpt2.model.info import flops_per_token
 from gpt2.train import distributed as dist_utils
 from gpt2.train.checkpoint import (
     checkpoint_name,
     clean_stale,
     load_trainer_state,
+    mark_best,
     resolve_checkpoint,
     save_checkpoint,
 )
 from gpt2.train.metrics import MetricsLogger, peak_flops
 from gpt2.train.optim import LRSchedule, build_optimizer, describe, set_lr
+from gpt2.train.task import Batch, EvalContext, LanguageModelTask, Task, sample_text
+
+__all__ = ["SpikeGuard", "TrainResult", "TrainingStopped", "accumulate", "run", "sample_text", "train"]
 
 
 class TrainingStopped(RuntimeError):
@@ -73,6 +80,8 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # the train loss of every step this process ran
     val_loss: float | None = None
     val_bpb: float | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)  # the final evaluation, as the task reports it
+    best_checkpoint: Path | None = None
     samples: list[str] = field(default_factory=list)
     interrupted: bool = False
     skipped: int = 0
@@ -166,357 +175,402 @@ class SpikeGuard:
         self.in_row = state["in_row"]
 
 
-# --------------------------------------------------------------------------------------------- train
+# ------------------------------------------------------------------------------------- the step's loss
+@dataclass
+class StepLoss:
+    loss: float  # the global batch's loss: sum of per-target losses / their global count
+    count: float  # counted targets in the global batch (tokens, examples or class weights)
+    tokens: int  # forward tokens of the global batch (throughput)
+
+
+def accumulate(task: Task, wrapped: torch.nn.Module, model: torch.nn.Module, batches: list[Batch], *,
+               mode: str, world_size: int, device: torch.device, autocast: Any = None,
+               scaler: torch.amp.GradScaler | None = None) -> StepLoss:
+    """Forward and backward over one step's micro-batches (this rank's); gradients = d(global loss)/dθ.
+
+    The count of every micro-batch of every rank is known before the first forward (the batches are
+    read first and the counts all-reduced), so each backward runs on loss_sum × world_size / count:
+    DDP and FSDP average the gradients over the ranks, which brings the factor back to 1 / count.
+    """
+    local = torch.tensor([sum(task.count(b) for b in batches), sum(task.tokens(b) for b in batches)],
+                         dtype=torch.float64, device=device)
+    if world_size > 1:
+        torch.distributed.all_reduce(local)
+    count, tokens = local.tolist()
+    scale = world_size / max(count, 1e-12)
+    total = torch.zeros((), device=device, dtype=torch.float32)
+    autocast = autocast if autocast is not None else contextlib.nullcontext()
+    for micro, batch in enumerate(batches):
+        batch = tuple(t.to(device, non_blocking=True) for t in batch)
+        dist_utils.set_grad_sync(wrapped, model, mode=mode, sync=micro == len(batches) - 1)  # type: ignore[arg-type]
+        with autocast:
+            loss_sum = task.loss_sum(wrapped, batch)
+        scaled = loss_sum * scale
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        total += loss_sum.detach().float()
+    if world_size > 1:
+        torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+    return StepLoss(loss=total.item() / max(count, 1e-12), count=count, tokens=int(tokens))
+
+
+# ------------------------------------------------------------------------------------------ entry points
 def train(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | None = None) -> TrainResult:
-    """Run training as `cfg` says; resume from a run or checkpoint directory when given (or cfg.checkpoint.resume)."""
-    from gpt2.data.loader import TokenLoader
-    from gpt2.train.setup import build_model, bytes_per_token, ensure_shards, ensure_tokenizer
-
-    t_start = time.time()
-    device = pick_device(cfg.train.device)
-    rank, local_rank, world_size, device = init_distributed(device)
-    master = rank == 0
-    progress = master and (sys.stderr.isatty() if progress is None else progress)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    if device.type == "cpu":
-        keep_freed_memory()  # steps reuse memory instead of page-faulting fresh blocks (gpt2.common)
-    dtype, dtype_reason = resolve_dtype(cfg.train.dtype, device)
-    mode: dist_utils.Mode = "single" if world_size == 1 else cfg.train.distributed  # type: ignore[assignment]
-    run_dir = Path(cfg.train.out_dir)
-
-    # Batch geometry: global batch = micro_batch × seq_len × world_size × grad_accum.
-    T, B = cfg.train.seq_len, cfg.train.micro_batch_size
-    per_micro = B * T * world_size
-    global_tokens = cfg.train.global_batch_tokens or per_micro
-    if global_tokens % per_micro != 0:
-        raise UserError(
-            f"train.global_batch_tokens={global_tokens} is not a multiple of micro_batch_size × seq_len × "
-            f"processes = {B} × {T} × {world_size} = {per_micro}; pick a multiple, e.g. {per_micro * max(1, round(global_tokens / per_micro))}"
-        )
-    grad_accum = global_tokens // per_micro
-
-    # Resolve a checkpoint to continue from before anything is built.
-    resume = resume or cfg.checkpoint.resume
-    ckpt = resolve_checkpoint(resume) if resume else None
-    state = load_trainer_state(ckpt) if ckpt else None
-    sharded_resume = ckpt is not None and dist_utils.is_sharded(ckpt)
-
-    # Data: rank 0 trains the tokenizer and prepares the shards first; then the first process of every
-    # other node (whose cache may be its own disk), then everyone else reads the cache. Both steps are
-    # deterministic, so a node that builds its own copy gets the same tokenizer and the same shards.
-    for turn in ("rank0", "node", "rest"):
-        mine = {"rank0": master, "node": local_rank == 0 and not master, "rest": local_rank != 0}[turn]
-        if mine:
-            tokenizer = ensure_tokenizer(cfg.data, progress=progress)
-            shard_dir = ensure_shards(cfg.data, tokenizer, progress=progress)
-        if world_size > 1:
-            torch.distributed.barrier()
-    val_bytes_per_token = bytes_per_token(shard_dir, tokenizer) if master else None
+    """Pretraining (or continued pretraining) as `cfg` says: the language-model task through the trainer.
+    Resumes from a run or checkpoint directory when given (or cfg.checkpoint.resume)."""
+    return run(cfg, LanguageModelTask(cfg), resume=resume, progress=progress)
 
 
-    # Model (same init on every rank), then per-rank RNG for dropout.
-    seed_everything(cfg.train.seed)
-    model = build_model(cfg.model, cfg.train, vocab_size=tokenizer.n_vocab, eot=tokenizer.eot_token)
-    if ckpt is not None and not sharded_resume:  # a sharded checkpoint is read after wrapping, below
-        model = GPT2LMHeadModel.from_pretrained(
-            ckpt, resid_pdrop=cfg.model.dropout, embd_pdrop=cfg.model.dropout, attn_pdrop=cfg.model.dropout,
-            pad_vocab_size_multiple=model.config.pad_vocab_size_multiple,
-        )
-    model.to(device).train()
-    seed_everything(cfg.train.seed + rank)
+def run(cfg: RunConfig, task: Task, *, resume: str | Path | None = None, progress: bool | None = None) -> TrainResult:
+    """Train `task` as `cfg` says (gpt2 train, gpt2 finetune …); see the module docstring."""
+    return Trainer(cfg, task, resume=resume, progress=progress).fit()
 
-    train_loader = TokenLoader(shard_dir, split="train", batch_size=B, seq_len=T, rank=rank, world_size=world_size,
-                               shuffle=True, seed=cfg.train.seed)
-    val_loader = TokenLoader(shard_dir, split="val", batch_size=B, seq_len=T, rank=rank, world_size=world_size,
-                             shuffle=False, drop_last=False)
-    # The optimizer is built on the wrapped model: FSDP2 replaces every parameter with a sharded one.
-    wrapped = dist_utils.wrap_model(model, mode=mode, device=device, compile=cfg.train.compile)
-    optimizer = build_optimizer(model, cfg.optim, device=device)
-    schedule = LRSchedule(cfg.optim, max_steps=cfg.train.max_steps)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    guard = SpikeGuard(factor=cfg.train.spike_factor)
-    if cfg.checkpoint.sharded and mode != "fsdp":
-        raise UserError("checkpoint.sharded=true needs train.distributed=fsdp under torchrun; without FSDP every "
-                        "checkpoint is one HF directory already")
 
-    step, tokens_seen = 0, 0
-    if state is not None:
-        assert ckpt is not None
-        dist_utils.check_layout(state, world_size=world_size, grad_accum=grad_accum, mode=mode, checkpoint=ckpt)
+# ----------------------------------------------------------------------------------------- the trainer
+class Trainer:
+    """Sets a run up (__init__), then `fit` runs its steps, evaluations and checkpoints."""
+
+    def __init__(self, cfg: RunConfig, task: Task, *, resume: str | Path | None, progress: bool | None) -> None:
+        self.cfg, self.task = cfg, task
+        self.t_start = time.time()
+        device = pick_device(cfg.train.device)
+        self.rank, self.local_rank, self.world_size, self.device = init_distributed(device)
+        self.master = self.rank == 0
+        self.progress = self.master and (sys.stderr.isatty() if progress is None else progress)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # steps reuse memory instead of page-faulting fresh blocks (gpt2.common)
+        self.dtype, self.dtype_reason = resolve_dtype(cfg.train.dtype, self.device)
+        self.mode: dist_utils.Mode = "single" if self.world_size == 1 else cfg.train.distributed  # type: ignore[assignment]
+        self.run_dir = Path(cfg.train.out_dir)
+
+        # Batch geometry: a step = micro-batch × processes × accumulation.
+        self.geometry = task.geometry(self.world_size)
+        self.grad_accum = self.geometry.per_step // (self.geometry.per_micro * self.world_size)
+
+        # Resolve a checkpoint to continue from before anything is built.
+        resume = resume or cfg.checkpoint.resume
+        self.ckpt = resolve_checkpoint(resume) if resume else None
+        self.state = load_trainer_state(self.ckpt) if self.ckpt else None
+        sharded_resume = self.ckpt is not None and dist_utils.is_sharded(self.ckpt)
+
+        self._prepare_in_turns()
+        task.ready(master=self.master)
+
+        # Model (same init on every rank), then per-rank RNG for dropout.
+        seed_everything(cfg.train.seed)
+        # a sharded checkpoint is read after wrapping, below
+        self.model = task.build_model(self.ckpt if not sharded_resume else None)
+        self.model.to(self.device).train()
+        seed_everything(cfg.train.seed + self.rank)
+
+        self.train_loader = task.train_loader(rank=self.rank, world_size=self.world_size)
+        # The optimizer is built on the wrapped model: FSDP2 replaces every parameter with a sharded one.
+        self.wrapped = dist_utils.wrap_model(self.model, mode=self.mode, device=self.device, compile=cfg.train.compile)
+        self.optimizer = build_optimizer(self.model, cfg.optim, device=self.device)
+        self.schedule = LRSchedule(cfg.optim, max_steps=cfg.train.max_steps)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+        self.guard = SpikeGuard(factor=cfg.train.spike_factor)
+        if cfg.checkpoint.sharded and self.mode != "fsdp":
+            raise UserError("checkpoint.sharded=true needs train.distributed=fsdp under torchrun; without FSDP every "
+                            "checkpoint is one HF directory already")
+        self.step, self.tokens_seen = 0, 0
+        self.best: dict[str, Any] | None = None  # {"value", "step", "checkpoint"} of the best evaluation so far
+        if self.state is not None:
+            self._restore(sharded_resume)
+        self.autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32
+                         else contextlib.nullcontext())
+        self.flops_per_token = task.flops_per_token(self.model)
+        self.peak = peak_flops(self.device, self.dtype) if self.master else None
+        self.logger = MetricsLogger(self.run_dir, enabled=self.master)
+        self.result = TrainResult(run_dir=self.run_dir, step=self.step, tokens=self.tokens_seen,
+                                  last_checkpoint=self.ckpt)
+        if self.master:
+            self._announce()
+
+    # ----------------------------------------------------------------------------------- set-up
+    def _prepare_in_turns(self) -> None:
+        """Rank 0 prepares the task's data first (tokenizer, shards); then the first process of every other
+        node (whose cache may be its own disk), then everyone else reads the cache. Preparation is
+        deterministic, so a node that builds its own copy gets the same tokenizer and the same data."""
+        for turn in ("rank0", "node", "rest"):
+            mine = {"rank0": self.master, "node": self.local_rank == 0 and not self.master,
+                    "rest": self.local_rank != 0}[turn]
+            if mine:
+                self.task.prepare(progress=self.progress)
+            if self.world_size > 1:
+                torch.distributed.barrier()
+
+    def _restore(self, sharded: bool) -> None:
+        state, ckpt, cfg = self.state, self.ckpt, self.cfg
+        assert state is not None and ckpt is not None
+        dist_utils.check_layout(state, world_size=self.world_size, grad_accum=self.grad_accum, mode=self.mode,
+                                checkpoint=ckpt)
         if state.get("optim_name", "adamw") != cfg.optim.name:
             raise UserError(f"{ckpt} was trained with optim.name={state.get('optim_name', 'adamw')}; resume with "
                             f"that optimizer, or start a new run from its weights with model.init_from={ckpt}")
-        if sharded_resume:
-            dist_utils.load_sharded(ckpt, model, optimizer)
+        if sharded:
+            dist_utils.load_sharded(ckpt, self.model, self.optimizer)
         else:
-            dist_utils.load_full_optimizer_state(model, optimizer, state["optimizer"], mode=mode)
-        schedule.load_state_dict(state["schedule"])
-        train_loader.load_state_dict(state["train_loader"])
-        guard.load_state_dict(state["guard"])
-        scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"][rank])
-        step, tokens_seen = state["step"], state["tokens"]
+            dist_utils.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"], mode=self.mode)
+        self.schedule.load_state_dict(state["schedule"])
+        self.train_loader.load_state_dict(state["train_loader"])
+        self.guard.load_state_dict(state["guard"])
+        self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"][self.rank])
+        self.step, self.tokens_seen = state["step"], state["tokens"]
+        self.best = state.get("best")
 
-    autocast = (
-        torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
-    )
-    flops_step = flops_per_token(model.config, T, training=True) * global_tokens
-    peak = peak_flops(device, dtype) if master else None
-    logger = MetricsLogger(run_dir, enabled=master)
-    if master:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        clean_stale(run_dir)
-        (run_dir / "run.yaml").write_text(to_yaml(cfg), encoding="utf-8")
-        logger.log({
-            "kind": "start", "time": t_start, "resumed_from": str(ckpt) if ckpt else None, "step": step,
+    def _announce(self) -> None:
+        cfg, g, model = self.cfg, self.geometry, self.model
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale(self.run_dir)
+        (self.run_dir / "run.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+        dtype = str(self.dtype).removeprefix("torch.")
+        self.logger.log({
+            "kind": "start", "time": self.t_start, "resumed_from": str(self.ckpt) if self.ckpt else None,
+            "step": self.step, "task": self.task.name,
             "git_commit": _git_commit(), "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(device), "dtype": str(dtype).removeprefix("torch."), "dtype_reason": dtype_reason,
-            "distributed": mode, "world_size": world_size,
-            "grad_accum": grad_accum, "global_batch_tokens": global_tokens,
-            "parameters": model.num_parameters(), "tokenizer": repr(tokenizer), "shards": str(shard_dir),
-            "optimizer": describe(optimizer),
+            "device": str(self.device), "dtype": dtype, "dtype_reason": self.dtype_reason,
+            "distributed": self.mode, "world_size": self.world_size,
+            "grad_accum": self.grad_accum, "global_batch_tokens" if g.unit == "tokens" else f"global_batch_{g.unit}":
+            g.per_step, "parameters": model.num_parameters(), **self.task.start_record(),
+            "optimizer": describe(self.optimizer),
         })
-        print(f"dtype: {dtype_reason}", file=sys.stderr)
-        print(f"run {run_dir} | {model.num_parameters():,} parameters | {device} "
-              f"{str(dtype).removeprefix('torch.')} | "
-              f"{world_size} process(es) × {grad_accum} micro-step(s) × {B}×{T} = {global_tokens:,} tokens/step | "
-              f"{cfg.train.max_steps} steps" + (f" | resumed at step {step}" if step else ""), file=sys.stderr)
-        print(f"optimizer: {describe(optimizer)}", file=sys.stderr)
+        micro = (f"{cfg.train.micro_batch_size}×{cfg.train.seq_len}" if g.unit == "tokens"
+                 else f"{g.per_micro}")
+        print(f"dtype: {self.dtype_reason}", file=sys.stderr)
+        print(f"run {self.run_dir} | {model.num_parameters():,} parameters | {self.device} {dtype} | "
+              f"{self.world_size} process(es) × {self.grad_accum} micro-step(s) × {micro} = {g.per_step:,} {g.unit}/step | "
+              f"{cfg.train.max_steps} steps" + (f" | resumed at step {self.step}" if self.step else ""), file=sys.stderr)
+        print(f"optimizer: {describe(self.optimizer)}", file=sys.stderr)
 
-    result = TrainResult(run_dir=run_dir, step=step, tokens=tokens_seen, last_checkpoint=ckpt)
+    # ------------------------------------------------------------------------------ evaluations
+    def _context(self) -> EvalContext:
+        return EvalContext(model=self.model, mode=self.mode, rank=self.rank, world_size=self.world_size,
+                           device=self.device, autocast=self.autocast, step=self.step, run_dir=self.run_dir)
 
-    def evaluate() -> tuple[float, float | None]:
-        model.eval()
-        val_loader.reset()
-        total, count = torch.zeros((), device=device, dtype=torch.float64), torch.zeros((), device=device,
-                                                                                        dtype=torch.float64)
-        limit = cfg.eval.steps or len(val_loader)
-        with torch.no_grad(), autocast:
-            for _ in range(min(limit, len(val_loader))):
-                x, y = val_loader.next_batch()
-                if x.shape[0] == 0 and mode != "fsdp":  # FSDP: every rank runs every forward (all-gathers)
-                    continue
-                x, y = x.to(device), y.to(device)
-                loss = model(x, targets=y, return_logits=False).loss
-                total += loss.double() * y.numel()
-                count += y.numel()
-        if world_size > 1:
-            torch.distributed.all_reduce(total)
-            torch.distributed.all_reduce(count)
-        dist_utils.reshard_after_eval(model, mode=mode)
-        model.train()
-        val = (total / count.clamp(min=1)).item()
-        bpb = val / math.log(2) / val_bytes_per_token if val_bytes_per_token else None
-        return val, bpb
+    def evaluate(self) -> dict[str, Any]:
+        self.model.eval()
+        metrics = self.task.evaluate(self._context())
+        dist_utils.reshard_after_eval(self.model, mode=self.mode)
+        self.model.train()
+        if self.master:
+            self.logger.log({"kind": "val", "step": self.step, "tokens": self.tokens_seen, **metrics})
+            self.logger.plot()
+        return metrics
 
-    # HellaSwag examples are read (and checked) before the first step, so a bad file fails at once.
-    hellaswag_examples = None
-    if cfg.eval.hellaswag:
-        from gpt2.eval.hellaswag import evaluate_hellaswag, load_examples
+    def _improves(self, metrics: dict[str, Any]) -> bool:
+        """Whether this evaluation beats the best so far on the task's best_metric (same answer on every rank:
+        the metrics are all-reduced)."""
+        if self.task.best_metric is None:
+            return False
+        name, direction = self.task.best_metric
+        value = metrics[name]
+        if self.best is not None and not (value > self.best["value"] if direction == "max" else value < self.best["value"]):
+            return False
+        self.best = {"metric": name, "value": value, "step": self.step, "checkpoint": checkpoint_name(self.step)}
+        return True
 
-        hellaswag_examples = load_examples(cfg.eval.hellaswag, limit=cfg.eval.hellaswag_limit or None)
+    def hellaswag(self) -> None:
+        hs = self.task.hellaswag(self._context())
+        if self.master and hs is not None:
+            self.logger.log({"kind": "hellaswag", "step": self.step, "tokens": self.tokens_seen, **hs})
 
-    def hellaswag() -> None:
-        if hellaswag_examples is None:
-            return
-        # DDP: each rank scores its share of the examples and the counts are summed. FSDP: rank 0 scores
-        # them all on the gathered weights (the scorer runs the body and the head separately, and ranks
-        # scoring different shares would make different numbers of FSDP forwards).
-        scorer = dist_utils.plain_model(model, mode=mode, rank=rank, device=device) if mode == "fsdp" else model
-        if scorer is None:
-            return
-        share = (0, 1) if mode == "fsdp" else (rank, world_size)
-        with autocast:
-            hs = evaluate_hellaswag(scorer, tokenizer, hellaswag_examples, rank=share[0], world_size=share[1])
-        if master:
-            logger.log({"kind": "hellaswag", "step": step, "tokens": tokens_seen, "hellaswag_acc": hs.acc,
-                        "hellaswag_acc_norm": hs.acc_norm, "hellaswag_examples": hs.examples})
+    def sample(self) -> list[str]:
+        texts = self.task.sample(self._context())
+        if texts is None:
+            return []
+        self.logger.log({"kind": "sample", "step": self.step, "samples": texts})
+        return texts
 
-    def checkpoint() -> Path | None:
-        rng = [None] * world_size
-        if world_size > 1:
+    def checkpoint(self) -> Path | None:
+        rng = [None] * self.world_size
+        if self.world_size > 1:
             torch.distributed.all_gather_object(rng, _rng_state())
         else:
             rng = [_rng_state()]
         trainer_state = {
-            "step": step, "tokens": tokens_seen, "schedule": schedule.state_dict(),
-            "train_loader": train_loader.state_dict(), "guard": guard.state_dict(), "scaler": scaler.state_dict(),
-            "rng": rng, "world_size": world_size, "grad_accum": grad_accum, "distributed": mode,
-            "optim_name": cfg.optim.name,
-            "loop_seconds": time.time() - t_loop,  # t_loop is set before the first checkpoint
+            "step": self.step, "tokens": self.tokens_seen, "schedule": self.schedule.state_dict(),
+            "train_loader": self.train_loader.state_dict(), "guard": self.guard.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": rng, "world_size": self.world_size,
+            "grad_accum": self.grad_accum, "distributed": self.mode, "optim_name": self.cfg.optim.name,
+            "task": self.task.name, "best": self.best,
+            "loop_seconds": time.time() - self.t_loop,  # t_loop is set before the first checkpoint
         }
-        common = dict(trainer_state=trainer_state, tokenizer=tokenizer, run_yaml=to_yaml(cfg),
-                      keep_last=cfg.checkpoint.keep_last)
-        if cfg.checkpoint.sharded:  # every rank writes its shards; rank 0 adds the rest and publishes
-            tmp = dist_utils.shared_tmp_dir(run_dir, checkpoint_name(step), rank=rank)
-            dist_utils.save_sharded(tmp, model, optimizer)
-            path = save_checkpoint(run_dir, step, model=None, config=model.config, tmp=tmp, **common) if master else None
+        common = dict(trainer_state=trainer_state, tokenizer=self.task.tokenizer, run_yaml=to_yaml(self.cfg),
+                      keep_last=self.cfg.checkpoint.keep_last)
+        if self.cfg.checkpoint.sharded:  # every rank writes its shards; rank 0 adds the rest and publishes
+            tmp = dist_utils.shared_tmp_dir(self.run_dir, checkpoint_name(self.step), rank=self.rank)
+            dist_utils.save_sharded(tmp, self.model, self.optimizer)
+            path = (save_checkpoint(self.run_dir, self.step, model=None, config=self.model.config, tmp=tmp, **common)
+                    if self.master else None)
             torch.distributed.barrier()
         else:
-            trainer_state["optimizer"] = dist_utils.full_optimizer_state(model, optimizer, mode=mode)
-            to_save = dist_utils.plain_model(model, mode=mode, rank=rank)
-            path = save_checkpoint(run_dir, step, model=to_save, **common) if master else None
-        if master:
-            result.last_checkpoint = path
+            trainer_state["optimizer"] = dist_utils.full_optimizer_state(self.model, self.optimizer, mode=self.mode)
+            to_save = dist_utils.plain_model(self.model, mode=self.mode, rank=self.rank)
+            path = save_checkpoint(self.run_dir, self.step, model=to_save, **common) if self.master else None
+        if self.master:
+            self.result.last_checkpoint = path
+            if self.best is not None and self.best["step"] == self.step:
+                mark_best(self.run_dir, self.best)
+                self.result.best_checkpoint = path
         return path
 
-    def sample() -> list[str]:
-        plain = dist_utils.plain_model(model, mode=mode, rank=rank, device=device)  # FSDP: all ranks gather
-        if plain is None:
-            return []
-        texts = sample_text(plain, tokenizer, cfg)
-        logger.log({"kind": "sample", "step": step, "samples": texts})
-        return texts
+    # -------------------------------------------------------------------------------------- steps
+    def train_step(self, lr: float) -> tuple[float, float, str | None, int]:
+        """One optimizer step: (loss, gradient norm, why the update was skipped or None, tokens)."""
+        set_lr(self.optimizer, lr)
+        batches = [self.train_loader.next_batch() for _ in range(self.grad_accum)]
+        step_loss = accumulate(self.task, self.wrapped, self.model, batches, mode=self.mode,
+                               world_size=self.world_size, device=self.device, autocast=self.autocast,
+                               scaler=self.scaler)
+        self.scaler.unscale_(self.optimizer)
+        # With no clipping, an infinite threshold measures the norm and scales by exactly 1. Under FSDP
+        # the gradients are sharded DTensors and the norm comes back as one.
+        max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
+        grad_norm = dist_utils.scalar(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        reason = self.guard.check(step_loss.loss, grad_norm)
+        if reason is None:
+            self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.guard.record(step_loss.loss, reason is not None)
+        return step_loss.loss, grad_norm, reason, step_loss.tokens
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    def _time_fraction(self) -> float | None:
+        if self.budget is None:
+            return None
+        fraction = (time.time() - self.t_loop) / self.budget
+        if self.world_size > 1:  # every rank must use the same rate: take rank 0's clock
+            tf = torch.tensor([fraction], dtype=torch.float64, device=self.device)
+            torch.distributed.broadcast(tf, 0)
+            fraction = tf.item()
+        return fraction
 
-        bar = tqdm(total=cfg.train.max_steps, initial=step, unit="step", dynamic_ncols=True, file=sys.stderr)
-    timed_steps, timed_seconds, last_val = 0, 0.0, None
-    # train.max_minutes budgets the loop itself (evaluations included, setup and the final evaluation
-    # not); the time already spent before a resume counts, so a resumed run keeps its schedule.
-    budget = 60 * cfg.train.max_minutes if cfg.train.max_minutes else None
-    loop_seconds = state.get("loop_seconds", 0.0) if state is not None else 0.0
-    t_loop = time.time() - loop_seconds
-    with _StopSignal() as stop:
-        while step < cfg.train.max_steps:
-            t0 = time.perf_counter()
-            time_fraction = None
-            if budget is not None:
-                time_fraction = (time.time() - t_loop) / budget
-                if world_size > 1:  # every rank must use the same rate: take rank 0's clock
-                    tf = torch.tensor([time_fraction], dtype=torch.float64, device=device)
-                    torch.distributed.broadcast(tf, 0)
-                    time_fraction = tf.item()
-            lr = schedule(step, time_fraction=time_fraction)
-            set_lr(optimizer, lr)
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(grad_accum):
-                x, y = train_loader.next_batch()
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                dist_utils.set_grad_sync(wrapped, model, mode=mode, sync=micro == grad_accum - 1)
-                with autocast:
-                    loss = wrapped(x, targets=y, return_logits=False).loss
-                scaler.scale(loss / grad_accum).backward()
-                loss_sum += loss.detach()
-            if world_size > 1:
-                torch.distributed.all_reduce(loss_sum, op=torch.distributed.ReduceOp.SUM)
-            loss_value = loss_sum.item() / (grad_accum * world_size)
-            scaler.unscale_(optimizer)
-            # With no clipping, an infinite threshold measures the norm and scales by exactly 1. Under FSDP
-            # the gradients are sharded DTensors and the norm comes back as one.
-            max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-            grad_norm = dist_utils.scalar(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-            reason = guard.check(loss_value, grad_norm)
-            if reason is None:
-                scaler.step(optimizer)
-            else:
-                result.skipped += 1
-                if master:
-                    print(f"step {step + 1}: skipped the update: {reason}", file=sys.stderr)
-                    logger.log({"kind": "skip", "step": step + 1, "reason": reason})
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            guard.record(loss_value, reason is not None)
-            if guard.in_row >= cfg.train.max_skipped_in_row:
-                raise TrainingStopped(
-                    f"stopped at step {step + 1}: {guard.in_row} updates in a row were skipped (last: {reason}); "
-                    "lower optim.lr, raise optim.warmup_steps or check the data, then resume from the last checkpoint"
-                )
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - t0
-            step += 1
-            tokens_seen += global_tokens
-            result.losses.append(loss_value)
-            if step > 1 or state is not None:  # the first step pays for allocation and compilation
-                timed_steps += 1
-                timed_seconds += dt
+    def _out_of_time(self) -> bool:
+        out = self.budget is not None and time.time() - self.t_loop >= self.budget
+        if self.world_size > 1 and self.budget is not None:  # stop together
+            flag = torch.tensor([float(out)], device=self.device)
+            torch.distributed.broadcast(flag, 0)
+            out = bool(flag.item())
+        return out
 
-            if master and (step % cfg.train.log_interval == 0 or step == cfg.train.max_steps):
-                tok_s = global_tokens * timed_steps / timed_seconds if timed_seconds else float("nan")
-                mfu = flops_step * timed_steps / timed_seconds / peak if (timed_seconds and peak) else None
-                logger.log({"kind": "train", "step": step, "tokens": tokens_seen, "loss": loss_value, "lr": lr,
-                            "grad_norm": grad_norm, "tok_per_s": tok_s, "mfu": mfu, "time": time.time() - t_start})
-                eta = (cfg.train.max_steps - step) * timed_seconds / max(timed_steps, 1)
-                if budget is not None:  # a time-budgeted run ends when its budget does, if that comes first
-                    eta = min(eta, max(budget - (time.time() - t_loop), 0.0))
-                line = dict(loss=f"{loss_value:.4f}", val=f"{last_val:.4f}" if last_val else "-",
-                            tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.0f}%" if mfu else "-", eta=f"{eta:,.0f}s")
-                if bar is not None:
-                    bar.set_postfix(line, refresh=False)
-                else:
-                    print(f"step {step}/{cfg.train.max_steps} " + " ".join(f"{k} {v}" for k, v in line.items()),
-                          file=sys.stderr)
-            if bar is not None:
-                bar.update(1)
+    def _log_step(self, loss: float, lr: float, grad_norm: float) -> None:
+        cfg = self.cfg
+        tok_s = self.timed_tokens / self.timed_seconds if self.timed_seconds else float("nan")
+        mfu = (self.flops_per_token * self.timed_tokens / self.timed_seconds / self.peak
+               if (self.timed_seconds and self.peak) else None)
+        self.logger.log({"kind": "train", "step": self.step, "tokens": self.tokens_seen, "loss": loss, "lr": lr,
+                         "grad_norm": grad_norm, "tok_per_s": tok_s, "mfu": mfu, "time": time.time() - self.t_start})
+        eta = (cfg.train.max_steps - self.step) * self.timed_seconds / max(self.timed_steps, 1)
+        if self.budget is not None:  # a time-budgeted run ends when its budget does, if that comes first
+            eta = min(eta, max(self.budget - (time.time() - self.t_loop), 0.0))
+        line = dict(loss=f"{loss:.4f}", val=f"{self.last_val:.4f}" if self.last_val else "-",
+                    tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.0f}%" if mfu else "-", eta=f"{eta:,.0f}s")
+        if self.bar is not None:
+            self.bar.set_postfix(line, refresh=False)
+        else:
+            print(f"step {self.step}/{cfg.train.max_steps} " + " ".join(f"{k} {v}" for k, v in line.items()),
+                  file=sys.stderr)
 
-            last = step == cfg.train.max_steps
-            out_of_time = budget is not None and time.time() - t_loop >= budget
-            if world_size > 1 and budget is not None:  # stop together
-                flag = torch.tensor([float(out_of_time)], device=device)
-                torch.distributed.broadcast(flag, 0)
-                out_of_time = bool(flag.item())
-            stopping = stop.received is not None or out_of_time
-            if cfg.eval.interval and step % cfg.eval.interval == 0 and not last and not stopping:
-                last_val, bpb = evaluate()
-                if master:
-                    logger.log({"kind": "val", "step": step, "tokens": tokens_seen, "val_loss": last_val,
-                                "val_bpb": bpb})
-                    logger.plot()
-            hs_interval = cfg.eval.hellaswag_interval or cfg.eval.interval
-            if hs_interval and step % hs_interval == 0 and not last and not stopping:
-                hellaswag()
-            if cfg.sample.interval and step % cfg.sample.interval == 0 and not last and not stopping:
-                sample()
-            if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0 and not last and not stopping:
-                checkpoint()
-            if stopping:
-                why = f"signal {signal.Signals(stop.received).name}" if stop.received else "train.max_minutes reached"
-                if master:
-                    print(f"\n{why}: saving a checkpoint at step {step}", file=sys.stderr)
-                result.interrupted = stop.received is not None
-                break
+    def _periodic(self, stopping: bool) -> None:
+        """Evaluation, HellaSwag, samples and checkpoints that fall on this step (the last step has its own)."""
+        cfg, step = self.cfg, self.step
+        if step == cfg.train.max_steps or stopping:
+            return
+        new_best = False
+        if cfg.eval.interval and step % cfg.eval.interval == 0:
+            metrics = self.evaluate()
+            self.last_val = metrics["val_loss"]
+            new_best = self._improves(metrics)
+        hs_interval = cfg.eval.hellaswag_interval or cfg.eval.interval
+        if hs_interval and step % hs_interval == 0:
+            self.hellaswag()
+        if cfg.sample.interval and step % cfg.sample.interval == 0:
+            self.sample()
+        if (cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0) or new_best:
+            self.checkpoint()
 
-    if bar is not None:
-        bar.close()
-    result.step, result.tokens = step, tokens_seen
-    result.val_loss, result.val_bpb = evaluate()
-    if master:
-        logger.log({"kind": "val", "step": step, "tokens": tokens_seen, "val_loss": result.val_loss,
-                    "val_bpb": result.val_bpb})
-        logger.plot()
-    hellaswag()
-    checkpoint()
-    if not result.interrupted:
-        result.samples = sample()
-    if master:
-        logger.log({"kind": "end", "step": step, "tokens": tokens_seen, "seconds": time.time() - t_start,
-                    "val_loss": result.val_loss, "val_bpb": result.val_bpb, "skipped": result.skipped})
-    logger.close()
-    destroy_distributed()
-    return result
+    def fit(self) -> TrainResult:
+        cfg, result = self.cfg, self.result
+        self.bar = None
+        if self.progress:
+            from tqdm import tqdm
 
+            self.bar = tqdm(total=cfg.train.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                            file=sys.stderr)
+        self.timed_steps, self.timed_seconds, self.timed_tokens, self.last_val = 0, 0.0, 0, None
+        # train.max_minutes budgets the loop itself (evaluations included, setup and the final evaluation
+        # not); the time already spent before a resume counts, so a resumed run keeps its schedule.
+        self.budget = 60 * cfg.train.max_minutes if cfg.train.max_minutes else None
+        loop_seconds = self.state.get("loop_seconds", 0.0) if self.state is not None else 0.0
+        self.t_loop = time.time() - loop_seconds
+        with _StopSignal() as stop:
+            while self.step < cfg.train.max_steps:
+                t0 = time.perf_counter()
+                lr = self.schedule(self.step, time_fraction=self._time_fraction())
+                loss, grad_norm, reason, tokens = self.train_step(lr)
+                if reason is not None:
+                    result.skipped += 1
+                    if self.master:
+                        print(f"step {self.step + 1}: skipped the update: {reason}", file=sys.stderr)
+                        self.logger.log({"kind": "skip", "step": self.step + 1, "reason": reason})
+                if self.guard.in_row >= cfg.train.max_skipped_in_row:
+                    raise TrainingStopped(
+                        f"stopped at step {self.step + 1}: {self.guard.in_row} updates in a row were skipped (last: "
+                        f"{reason}); lower optim.lr, raise optim.warmup_steps or check the data, then resume from "
+                        "the last checkpoint"
+                    )
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                dt = time.perf_counter() - t0
+                self.step += 1
+                self.tokens_seen += tokens
+                result.losses.append(loss)
+                if self.step > 1 or self.state is not None:  # the first step pays for allocation and compilation
+                    self.timed_steps += 1
+                    self.timed_seconds += dt
+                    self.timed_tokens += tokens
+                if self.master and (self.step % cfg.train.log_interval == 0 or self.step == cfg.train.max_steps):
+                    self._log_step(loss, lr, grad_norm)
+                if self.bar is not None:
+                    self.bar.update(1)
 
-def sample_text(model: GPT2LMHeadModel, tokenizer: Any, cfg: RunConfig) -> list[str]:
-    """Continue each configured prompt with the generation engine (its own seeded generators: the
-    training RNG is not touched, so samples never change the losses that follow)."""
-    from gpt2.generate import SampleConfig, generate
+                stopping = stop.received is not None or self._out_of_time()
+                self._periodic(stopping)
+                if stopping:
+                    why = f"signal {signal.Signals(stop.received).name}" if stop.received else "train.max_minutes reached"
+                    if self.master:
+                        print(f"\n{why}: saving a checkpoint at step {self.step}", file=sys.stderr)
+                    result.interrupted = stop.received is not None
+                    break
+        return self._finish()
 
-    s = cfg.sample
-    # leave at least half the context for the prompt (truncated from the left if longer)
-    max_new = min(s.max_new_tokens, model.config.n_positions // 2)
-    config = SampleConfig(max_new_tokens=max_new, temperature=s.temperature, top_k=s.top_k or None,
-                          seed=cfg.train.seed, long_prompt="truncate")
-    model.eval()
-    try:
-        # pack=False: no packed copy of the weights, which change after every step anyway
-        gens = generate(model, tokenizer, list(s.prompts), config, pack=False)
-    finally:
-        model.train()
-    return [prompt + g.text for prompt, g in zip(s.prompts, gens)]
+    def _finish(self) -> TrainResult:
+        result = self.result
+        if self.bar is not None:
+            self.bar.close()
+        result.step, result.tokens = self.step, self.tokens_seen
+        metrics = self.evaluate()
+        result.metrics = metrics
+        result.val_loss, result.val_bpb = metrics["val_loss"], metrics.get("val_bpb")
+        self._improves(metrics)
+        self.hellaswag()
+        self.checkpoint()
+        if not result.interrupted:
+            result.samples = self.sample()
+        if self.master:
+            end = {"kind": "end", "step": self.step, "tokens": self.tokens_seen,
+                   "seconds": time.time() - self.t_start, "val_loss": result.val_loss, "val_bpb": result.val_bpb,
+                   "skipped": result.skipped}
+            if self.best is not None:
+                end["best"] = self.best
+                result.best_checkpoint = self.run_dir / self.best["checkpoint"]
+            self.logger.log(end)
+        self.logger.close()
+        destroy_distributed()
+        return result
 
 
 def main(argv: list[str] | None = None) -> int:
