@@ -67,26 +67,31 @@ def _show(values: Sequence[str], width: int = 24) -> str:
     return ", ".join(repr(v if len(v) <= width else v[: width - 1] + "…") for v in values)
 
 
-def _table_columns(path: Path, first_row: list[str], text_field: str, label_field: str) -> tuple[int, int, bool]:
-    """(text column, label column, whether the first row is a header) for a csv/tsv file."""
-    if text_field in first_row and label_field in first_row:
-        return first_row.index(text_field), first_row.index(label_field), True
-    if text_field.isdigit() and label_field.isdigit():
-        for name, index in (("text", int(text_field)), ("label", int(label_field))):
+def _table_columns(path: Path, first_row: list[str], text_field: str, label_field: str | None
+                   ) -> tuple[int, int | None, bool]:
+    """(text column, label column, whether the first row is a header) for a csv/tsv file; no label column
+    when label_field is None (texts to classify)."""
+    fields = [text_field] if label_field is None else [text_field, label_field]
+    if all(f in first_row for f in fields):
+        return first_row.index(text_field), None if label_field is None else first_row.index(label_field), True
+    if all(f.isdigit() for f in fields):
+        for name, index in zip(("text", "label"), map(int, fields)):
             if index >= len(first_row):
                 raise UserError(f"{path}: {name} column index {index} is out of range; rows have "
                                 f"{len(first_row)} fields (0-based indices 0..{len(first_row) - 1})")
-        return int(text_field), int(label_field), False
-    if text_field in first_row or label_field in first_row:  # a header, missing one of the two names
+        return int(text_field), None if label_field is None else int(label_field), False
+    if any(f in first_row for f in fields):  # a header, missing one of the two names
         missing = label_field if text_field in first_row else text_field
         raise UserError(f"{path}: no column {missing!r}; columns: {', '.join(first_row)} "
                         "(name them with --text-field/--label-field)")
-    raise UserError(f"{path}: the first row ({_show(first_row)}) is not a header naming {text_field!r} and "
-                    f"{label_field!r}; name the header's columns, or for a file without a header give 0-based "
-                    f"column indices (0..{len(first_row) - 1}), e.g. --text-field 1 --label-field 0")
+    naming = " and ".join(repr(f) for f in fields)
+    example = "--text-field 1" + ("" if label_field is None else " --label-field 0")
+    raise UserError(f"{path}: the first row ({_show(first_row)}) is not a header naming {naming}; name the "
+                    f"header's columns, or for a file without a header give 0-based column indices "
+                    f"(0..{len(first_row) - 1}), e.g. {example}")
 
 
-def _read_table(path: Path, fmt: str, text_field: str, label_field: str,
+def _read_table(path: Path, fmt: str, text_field: str, label_field: str | None,
                 delimiter: str | None) -> tuple[list[str], list[str], int]:
     text, _ = decode_utf8(path.read_bytes())
     text = text.removeprefix(_BOM)
@@ -99,15 +104,17 @@ def _read_table(path: Path, fmt: str, text_field: str, label_field: str,
         raise UserError(f"{path} is empty: no rows to read")
     ti, li, header = _table_columns(path, rows[0], text_field, label_field)
     texts, labels, skipped = [], [], 0
+    need = max(ti, li if li is not None else 0) + 1
     for n, row in enumerate(rows[1:] if header else rows, start=2 if header else 1):
-        if max(ti, li) >= len(row):
-            raise UserError(f"{path}: row {n} has {len(row)} field(s), fewer than the {max(ti, li) + 1} the "
-                            f"text and label columns need")
+        if need > len(row):
+            raise UserError(f"{path}: row {n} has {len(row)} field(s), fewer than the {need} the columns asked "
+                            "for need")
         if not row[ti].strip():
             skipped += 1
             continue
         texts.append(row[ti])
-        labels.append(_label_str(row[li], f"{path}: row {n}", label_field))
+        if li is not None and label_field is not None:
+            labels.append(_label_str(row[li], f"{path}: row {n}", label_field))
     return texts, labels, skipped
 
 
@@ -132,13 +139,14 @@ def _json_records(path: Path) -> list[tuple[str, Any]]:
     return out
 
 
-def _read_json(path: Path, text_field: str, label_field: str) -> tuple[list[str], list[str], int]:
+def _read_json(path: Path, text_field: str, label_field: str | None) -> tuple[list[str], list[str], int]:
     texts, labels, skipped = [], [], 0
+    fields = [text_field] if label_field is None else [text_field, label_field]
     for where, obj in _json_records(path):
         if not isinstance(obj, dict):
-            raise UserError(f"{where}: expected a JSON object with {text_field!r} and {label_field!r} fields, "
+            raise UserError(f"{where}: expected a JSON object with the field(s) {', '.join(map(repr, fields))}, "
                             f"got {type(obj).__name__}")
-        for field in (text_field, label_field):
+        for field in fields:
             if field not in obj:
                 raise UserError(f"{where}: no field {field!r}; fields: {', '.join(map(str, obj)) or '(none)'} "
                                 "(name them with --text-field/--label-field)")
@@ -149,29 +157,33 @@ def _read_json(path: Path, text_field: str, label_field: str) -> tuple[list[str]
             skipped += 1
             continue
         texts.append(value)
-        labels.append(_label_str(obj[label_field], where, label_field))
+        if label_field is not None:
+            labels.append(_label_str(obj[label_field], where, label_field))
     return texts, labels, skipped
 
 
-def _read_parquet(path: Path, text_field: str, label_field: str) -> tuple[list[str], list[str], int]:
+def _read_parquet(path: Path, text_field: str, label_field: str | None) -> tuple[list[str], list[str], int]:
     from gpt2.data.sources import _pyarrow_parquet  # one place says how to install pyarrow
 
     pq = _pyarrow_parquet()
     names = pq.read_schema(path).names
-    for field in (text_field, label_field):
+    fields = [text_field] if label_field is None else [text_field, label_field]
+    for field in fields:
         if field not in names:
             raise UserError(f"{path}: no column {field!r}; columns: {', '.join(names)} "
                             "(name them with --text-field/--label-field)")
-    table = pq.read_table(path, columns=[text_field, label_field])
+    table = pq.read_table(path, columns=fields)
+    label_values = table.column(1).to_pylist() if label_field is not None else [None] * table.num_rows
     texts, labels, skipped = [], [], 0
-    for n, (value, label) in enumerate(zip(table.column(0).to_pylist(), table.column(1).to_pylist()), start=1):
+    for n, (value, label) in enumerate(zip(table.column(0).to_pylist(), label_values), start=1):
         if isinstance(value, bytes):
             value = decode_utf8(value)[0]
         if not value or not value.strip():
             skipped += 1
             continue
         texts.append(value)
-        labels.append(_label_str(label, f"{path}: row {n}", label_field))
+        if label_field is not None:
+            labels.append(_label_str(label, f"{path}: row {n}", label_field))
     return texts, labels, skipped
 
 
@@ -184,6 +196,25 @@ def read_labelled(
     column indices ("1", "0" for sms_spam.tsv). `delimiter` replaces the csv/tsv separator (e.g. ";").
     A missing column or field is a UserError listing the ones present.
     """
+    return _read(path, text_field=str(text_field), label_field=str(label_field), delimiter=delimiter)
+
+
+def read_texts(path: str | Path, *, text_field: str = "text", delimiter: str | None = None) -> Labelled:
+    """Texts to classify (labels left empty): a .txt file is one text per line, blank lines skipped;
+    .csv/.tsv/.jsonl/.json/.parquet are read as read_labelled reads them, the text field only."""
+    p = Path(path).expanduser()
+    if p.is_file() and p.suffix.lower() not in (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet"):
+        if delimiter is not None:
+            raise UserError(f"{p}: a delimiter applies to .csv/.tsv files only; a text file is one text per line")
+        lines = decode_utf8(p.read_bytes())[0].removeprefix(_BOM).splitlines()
+        texts = [line for line in lines if line.strip()]
+        if not texts:
+            raise UserError(f"{p}: no text to classify (every line is blank)")
+        return Labelled(texts, [], len(lines) - len(texts), str(p))
+    return _read(path, text_field=str(text_field), label_field=None, delimiter=delimiter)
+
+
+def _read(path: str | Path, *, text_field: str, label_field: str | None, delimiter: str | None) -> Labelled:
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserFileNotFoundError(f"{p}: no such file" + (" (a directory)" if p.is_dir() else ""))
@@ -196,13 +227,13 @@ def read_labelled(
     if delimiter == "":
         raise UserError("the delimiter must be a character such as ',' or ';', not empty")
     if fmt in ("csv", "tsv"):
-        texts, labels, skipped = _read_table(p, fmt, str(text_field), str(label_field), delimiter)
+        texts, labels, skipped = _read_table(p, fmt, text_field, label_field, delimiter)
     elif fmt == "parquet":
         texts, labels, skipped = _read_parquet(p, text_field, label_field)
     else:
         texts, labels, skipped = _read_json(p, text_field, label_field)
     if not texts:
-        raise UserError(f"{p}: no labelled rows with text ({skipped} empty text(s) skipped)")
+        raise UserError(f"{p}: no rows with text ({skipped} empty text(s) skipped)")
     return Labelled(texts, labels, skipped, str(p))
 
 
