@@ -14,7 +14,7 @@ def gpt2(*args: str, **kw) -> subprocess.CompletedProcess:
 def test_help_lists_the_verbs() -> None:
     r = gpt2("--help")
     assert r.returncode == 0
-    for verb in ("model", "tokenizer", "data", "train", "generate", "chat", "eval", "finetune", "serve"):
+    for verb in ("model", "tokenizer", "data", "train", "generate", "chat", "eval", "classify", "finetune", "serve"):
         assert verb in r.stdout
 
 

@@ -84,3 +84,23 @@ def test_no_import_edges_from_model_or_eval_into_generation() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "gpt2.generate.commands" not in out and "gpt2.generate.engine" not in out, out
     assert not hasattr(GPT2LMHeadModel, "generate")
+
+
+def test_task_classify_loads_a_classifier_and_each_kind_refuses_the_other(tmp_path, tok) -> None:
+    from gpt2 import GPT2ForSequenceClassification
+
+    config = GPT2Config.from_preset("tiny", vocab_size=tok.n_vocab, id2label={0: "neg", 1: "pos"},
+                                    pad_token_id=tok.eot_token)
+    GPT2ForSequenceClassification(config).save_pretrained(tmp_path / "clf")
+    tok.save(tmp_path / "clf")
+    loaded = load(tmp_path / "clf", device="cpu", task="classify")
+    assert isinstance(loaded.model, GPT2ForSequenceClassification) and not loaded.model.training
+    assert loaded.model.config.id2label == {0: "neg", 1: "pos"} and loaded.tokenizer.n_vocab == tok.n_vocab
+    with pytest.raises(UserError, match=r"is a sequence-classification checkpoint \(GPT2ForSequenceClassification\)"
+                                        r".*use `gpt2 classify` / `gpt2 eval --classify`"):
+        load(tmp_path / "clf", device="cpu")
+    _save(tmp_path / "lm", tok)
+    with pytest.raises(UserError, match=r"is a language model.*`gpt2 finetune classify`"):
+        load(tmp_path / "lm", device="cpu", task="classify")
+    with pytest.raises(UserError, match=r"is a language model.*`gpt2 finetune classify`"):
+        load("preset:tiny", tokenizer=str(tmp_path / "clf"), device="cpu", task="classify")

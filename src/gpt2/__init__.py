@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "GPT2Config": "gpt2.model.config",
+    "GPT2ForSequenceClassification": "gpt2.model.classify",
     "GPT2LMHeadModel": "gpt2.model.gpt2",
     "GPT2Model": "gpt2.model.gpt2",
     "KVCache": "gpt2.model.gpt2",
@@ -27,6 +28,7 @@ __all__ = [*_LAZY, "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from gpt2 import generate
+    from gpt2.model.classify import GPT2ForSequenceClassification
     from gpt2.model.config import GPT2Config
     from gpt2.model.gpt2 import GPT2LMHeadModel, GPT2Model, KVCache
     from gpt2.tokenizer import Tokenizer

@@ -417,10 +417,32 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--no-record", action="store_true", help="do not append the results to the run's metrics.jsonl")
+    c = p.add_argument_group("sequence classifiers (a GPT2ForSequenceClassification checkpoint)")
+    c.add_argument("--classify", default=None, metavar="FILE",
+                   help="labelled .csv/.tsv/.jsonl/.json/.parquet: accuracy, macro-F1, per-class precision and "
+                   "recall, confusion matrix")
+    c.add_argument("--text-field", default="text", metavar="F",
+                   help="field/column of the text: a name, or a 0-based index in a file without a header (default: text)")
+    c.add_argument("--label-field", default="label", metavar="L", help="field/column of the label (default: label)")
+    c.add_argument("--plot", default=None, metavar="PNG", help="draw the confusion matrix into this PNG")
 
     def run(args: argparse.Namespace) -> int:
         from gpt2.data.sources import parse_delimiter
         from gpt2.eval.commands import run_eval
+
+        if args.classify is not None:
+            others = [f for f, v in (("--data", args.data), ("--hellaswag", args.hellaswag),
+                                     ("--completions", args.completions)) if v is not None]
+            if others:
+                raise UserError(f"--classify scores a sequence classifier; it does not combine with {', '.join(others)}")
+            from gpt2.finetune.classify import run_eval_classify
+
+            run_eval_classify(args.source, args.classify, text_field=args.text_field, label_field=args.label_field,
+                              batch_size=args.batch_size, plot=args.plot, tokenizer=args.tokenizer,
+                              dtype=args.dtype, device=args.device, as_json=args.json)
+            return 0
+        if args.plot is not None:
+            raise UserError("--plot draws the confusion matrix of --classify FILE; give --classify too")
 
         run_eval(args.source, data=args.data, split=args.split, field=args.field, column=args.column,
                  delimiter=parse_delimiter(args.delimiter), header=args.header,
@@ -429,6 +451,37 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                  completions=args.completions, encoder=args.encoder, max_new_tokens=args.max_new_tokens,
                  limit=args.limit, batch_size=args.batch_size, seed=args.seed, tokenizer=args.tokenizer,
                  dtype=args.dtype, device=args.device, as_json=args.json, record=not args.no_record)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+# ------------------------------------------------------------------------------------------ classify
+def _add_classify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("classify", help="label texts with a sequence-classification checkpoint")
+    p.add_argument("source", help="a GPT2ForSequenceClassification checkpoint (config.json with id2label, "
+                   "model.safetensors, tokenizer files), a run directory, or a hub id")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify (or --file)")
+    p.add_argument("--file", default=None, metavar="FILE",
+                   help="a .txt file (one text per line) or .csv/.tsv/.jsonl/.json/.parquet (see --text-field)")
+    p.add_argument("--text-field", default="text", metavar="F",
+                   help="field/column of the text: a name, or a 0-based index in a file without a header (default: text)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="texts per forward pass (default: 32)")
+    p.add_argument("--max-length", type=int, default=None, metavar="N",
+                   help="tokens kept per text (default: the checkpoint's max_length, else n_positions)")
+    p.add_argument("--truncation-side", choices=["left", "right"], default=None,
+                   help="which end of a long text to cut (default: the checkpoint's, else right)")
+    p.add_argument("--json", action="store_true", help="one JSON line per text with every label's probability")
+    p.add_argument("--tokenizer", default=None, help="tokenizer to use instead of the checkpoint's own")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
+
+    def run(args: argparse.Namespace) -> int:
+        from gpt2.finetune.classify import run_classify
+
+        run_classify(args.source, args.texts, file=args.file, text_field=args.text_field, batch_size=args.batch_size,
+                     max_length=args.max_length, truncation_side=args.truncation_side, tokenizer=args.tokenizer,
+                     dtype=args.dtype, device=args.device, as_json=args.json)
         return 0
 
     p.set_defaults(func=run)
@@ -514,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_generate(sub)
     _add_eval(sub)
+    _add_classify(sub)
     _add_checkpoint(sub)
     _add_serve(sub)
     _add_planned(sub)

@@ -11,6 +11,8 @@ means the same thing everywhere:
 - `owner/name` or an alias such as `gpt2` → the Hugging Face hub snapshot (cached);
 - `preset:NAME` → a fresh model of that preset's shapes (random weights, for benchmarks and tests).
 The tokenizer comes from the same directory unless one is named; the prompt format from its chat.json.
+`task="classify"` loads a sequence classifier (GPT2ForSequenceClassification) instead; asking for one
+kind and finding the other is a one-line error naming the verb that fits the checkpoint.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from typing import Any, Literal
 import torch
 
 from gpt2.errors import UserError, UserFileNotFoundError
+from gpt2.model.classify import GPT2ForSequenceClassification
 from gpt2.model.gpt2 import GPT2LMHeadModel
 
 DtypeName = Literal["fp32", "bf16"]
+Task = Literal["lm", "classify"]
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PRESET_PREFIX = "preset:"
 
@@ -34,7 +38,7 @@ PRESET_PREFIX = "preset:"
 class Loaded:
     """What a model name resolves to."""
 
-    model: GPT2LMHeadModel
+    model: GPT2LMHeadModel | GPT2ForSequenceClassification  # the latter for task="classify"
     tokenizer: Any
     directory: Path | None  # the model directory read (None for a preset)
     chat_format: Any = None  # gpt2.generate.chat.ChatFormat from chat.json, if the directory has one
@@ -75,18 +79,24 @@ def load(
     dtype: DtypeName = "fp32",
     device: str = "auto",
     seed: int = 0,
+    task: Task = "lm",
 ) -> Loaded:
     """Resolve `source` (see the module docstring) and load the model in eval mode with its tokenizer.
 
     `tokenizer` names another tokenizer (gpt2, a directory, a .tiktoken file); `seed` only matters for a
-    preset's random weights (drawn from a generator of its own, so the global RNG is untouched)."""
+    preset's random weights (drawn from a generator of its own, so the global RNG is untouched).
+    `task` is "lm" (GPT2LMHeadModel) or "classify" (GPT2ForSequenceClassification)."""
     from gpt2.common import pick_device
-    from gpt2.model.config import GPT2Config
-    from gpt2.model.hf import load_pretrained
+    from gpt2.model.config import LM_ARCHITECTURE, GPT2Config
+    from gpt2.model.hf import load_pretrained, wrong_kind_error
 
     if dtype not in DTYPES:
         raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if task not in ("lm", "classify"):
+        raise UserError(f"task must be 'lm' or 'classify', got {task!r}")
     target = pick_device(device)
+    if str(source).startswith(PRESET_PREFIX) and task == "classify":
+        raise wrong_kind_error(source, LM_ARCHITECTURE)  # a preset is a fresh LM: it has no labels
     if str(source).startswith(PRESET_PREFIX):
         tok = _tokenizer(None, tokenizer)
         name = str(source)[len(PRESET_PREFIX):]
@@ -101,12 +111,16 @@ def load(
         return Loaded(model.to(device=target, dtype=DTYPES[dtype]).eval(), tok, None)
     directory = resolve_model_dir(source)
     tok = _tokenizer(directory, tokenizer)
-    model = load_pretrained(directory, device=target, dtype=DTYPES[dtype])
+    model: GPT2LMHeadModel | GPT2ForSequenceClassification
+    if task == "classify":
+        model = GPT2ForSequenceClassification.from_pretrained(directory, device=target, dtype=DTYPES[dtype])
+    else:
+        model = load_pretrained(directory, device=target, dtype=DTYPES[dtype])
     if model.config.vocab_size < tok.n_vocab:
         raise UserError(f"{directory} has {model.config.vocab_size:,} token ids but the tokenizer has {tok.n_vocab:,}; "
                         "pass the tokenizer the model was trained with")
     chat_format = None
-    if (directory / "chat.json").is_file():
+    if task == "lm" and (directory / "chat.json").is_file():
         from gpt2.generate.chat import load_chat_format
 
         chat_format = load_chat_format(directory)
@@ -116,8 +130,9 @@ def load(
 def load_model_and_tokenizer(
     source: str | Path, *, tokenizer: str | None = None, dtype: DtypeName = "fp32", device: str = "auto"
 ) -> tuple[GPT2LMHeadModel, Any]:
-    """`load(...)` as a (model, tokenizer) pair."""
+    """`load(...)` of a language model as a (model, tokenizer) pair."""
     loaded = load(source, tokenizer=tokenizer, dtype=dtype, device=device)
+    assert isinstance(loaded.model, GPT2LMHeadModel)
     return loaded.model, loaded.tokenizer
 
 
@@ -126,12 +141,20 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m gpt2.load MODEL", file=sys.stderr)
         return 2
-    loaded = load(argv[0], device="cpu")
+    from gpt2.model.config import CLASSIFIER_ARCHITECTURE
+    from gpt2.model.hf import read_config
+
+    task: Task = "lm"
+    if not argv[0].startswith(PRESET_PREFIX):
+        task = "classify" if read_config(resolve_model_dir(argv[0]))[1] == CLASSIFIER_ARCHITECTURE else "lm"
+    loaded = load(argv[0], device="cpu", task=task)
     print(f"directory  {loaded.directory}")
     print(f"model      {loaded.model.num_parameters():,} parameters, {loaded.model.config.n_layer} layers, "
           f"{loaded.model.config.n_embd} wide, context {loaded.model.config.n_positions}")
     print(f"tokenizer  {loaded.tokenizer!r}")
     print(f"chat       {loaded.chat_format.name if loaded.chat_format else '-'}")
+    if task == "classify":
+        print(f"labels     {', '.join(loaded.model.config.id2label.values())}")
     return 0
 
 

@@ -5,6 +5,8 @@
 The field names are HF's, so a `config.json` written here is read by `transformers.GPT2Config` and the
 other way round. Two fields are ours and never change what the model computes:
 `pad_vocab_size_multiple` (round the embedding table up for faster matmuls) and `attn_implementation`.
+A sequence classifier's config also carries HF's `id2label`/`label2id`/`pad_token_id` and two keys of
+ours that `gpt2 classify` reads, `max_length` and `truncation_side` (transformers ignores unknown keys).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from typing import Any, Literal
 from gpt2.errors import UserError, UserFileNotFoundError
 
 AttnImplementation = Literal["sdpa", "eager"]
+TruncationSide = Literal["left", "right"]
+LM_ARCHITECTURE = "GPT2LMHeadModel"
+CLASSIFIER_ARCHITECTURE = "GPT2ForSequenceClassification"
 
 # GELU variants HF GPT-2 configs name; GPT-2 was trained with the tanh approximation ("gelu_new").
 _TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
@@ -61,11 +66,31 @@ class GPT2Config:
     """Round the embedding table up to a multiple of this (64 or 128 speeds up GPUs); padded rows are never scored."""
     attn_implementation: AttnImplementation = "sdpa"
     """sdpa: F.scaled_dot_product_attention; eager: the plain matmul-softmax reference."""
+    id2label: dict[int, str] = field(default_factory=dict)
+    """Classifier only: class index → label name (config.json keeps HF's string keys). Empty for a language model."""
+    label2id: dict[str, int] = field(default_factory=dict)
+    """Classifier only: label name → class index, the inverse of id2label (filled in from it when empty)."""
+    pad_token_id: int | None = None
+    """Id that right-pads a batch; a classifier pools at the last position whose id is not this one (as HF does)."""
+    max_length: int | None = None
+    """Classifier only (ours): tokens kept per text by `gpt2 classify`; None means n_positions."""
+    truncation_side: TruncationSide | None = None
+    """Classifier only (ours): which end of a long text `gpt2 classify` cuts, left or right; None means right."""
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     """Other keys found in a config.json (kept so a save writes them back)."""
 
     def __post_init__(self) -> None:
+        # config.json stores id2label's keys as strings (JSON has no int keys); HF turns them back into ints.
+        self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+        if self.id2label and not self.label2id:
+            self.label2id = {v: k for k, v in self.id2label.items()}
+        self.label2id = {str(k): int(v) for k, v in self.label2id.items()}
         self.validate()
+
+    @property
+    def num_labels(self) -> int:
+        """Number of classes: len(id2label), as in HF (0 for a language model)."""
+        return len(self.id2label)
 
     # ------------------------------------------------------------------------------------------ derived
     @property
@@ -106,6 +131,19 @@ class GPT2Config:
             raise UserError(
                 f"GPT2Config.attn_implementation={self.attn_implementation!r}; use 'sdpa' or 'eager'"
             )
+        if self.id2label:
+            if sorted(self.id2label) != list(range(len(self.id2label))):
+                raise UserError(f"GPT2Config.id2label keys must be 0..{len(self.id2label) - 1}, got "
+                                f"{sorted(self.id2label)}")
+            if self.label2id != {v: k for k, v in self.id2label.items()}:
+                raise UserError(f"GPT2Config.label2id {self.label2id} is not the inverse of id2label {self.id2label}")
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise UserError(f"GPT2Config.pad_token_id={self.pad_token_id} is not a token id (vocab_size "
+                            f"{self.vocab_size})")
+        if self.max_length is not None and not 0 < self.max_length <= self.n_positions:
+            raise UserError(f"GPT2Config.max_length={self.max_length} must be in 1..n_positions={self.n_positions}")
+        if self.truncation_side not in (None, "left", "right"):
+            raise UserError(f"GPT2Config.truncation_side={self.truncation_side!r}; use 'left' or 'right'")
 
     # ------------------------------------------------------------------------------------------ presets
     @classmethod
@@ -116,16 +154,22 @@ class GPT2Config:
         return cls(**{**PRESETS[name], **overrides})
 
     # ------------------------------------------------------------------------------- HF config.json
-    def to_hf_dict(self) -> dict[str, Any]:
-        """The dict `transformers.GPT2Config` reads from config.json."""
+    def to_hf_dict(self, *, architecture: str = LM_ARCHITECTURE) -> dict[str, Any]:
+        """The dict `transformers.GPT2Config` reads from config.json; `architecture` names the model class
+        (GPT2LMHeadModel, or GPT2ForSequenceClassification), which is how AutoModel* and gpt2.load tell them apart."""
         d: dict[str, Any] = dict(self.extra)
         for f in dataclasses.fields(self):
             if f.name in ("extra", "attn_implementation"):
                 continue
-            d[f.name] = getattr(self, f.name)
+            value = getattr(self, f.name)
+            if f.name in _OPTIONAL_KEYS and not value:
+                continue  # absent, as in a language model's config.json written before these fields existed
+            if f.name == "id2label":
+                value = {str(k): v for k, v in value.items()}  # HF writes (and JSON needs) string keys
+            d[f.name] = value
         d.update(
             model_type="gpt2",
-            architectures=["GPT2LMHeadModel"],
+            architectures=[architecture],
             # HF's names for behaviour we implement exactly; written out so nothing is left to defaults.
             scale_attn_weights=True,
             scale_attn_by_inverse_layer_idx=False,
@@ -156,14 +200,24 @@ class GPT2Config:
                 raise UserError(f"{source}: {key}={d[key]!r} is not supported (only {expected} is implemented)")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         kwargs = {k: v for k, v in d.items() if k in names}
+        if isinstance(d.get("num_labels"), int) and not isinstance(d.get("id2label"), dict):
+            # HF's shorthand: num_labels alone means LABEL_0 ... LABEL_{n-1}
+            kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(d["num_labels"])}
+            kwargs.pop("label2id", None)
+        elif isinstance(d.get("num_labels"), int) and d["num_labels"] != len(d["id2label"]):
+            raise UserError(f"{source}: num_labels={d['num_labels']} but id2label has {len(d['id2label'])} entries")
+        for key in ("id2label", "label2id"):
+            if not isinstance(kwargs.get(key, {}), dict):
+                raise UserError(f"{source}: {key} must be a JSON object, got {type(kwargs[key]).__name__}")
         extra = {k: v for k, v in d.items() if k not in names and k not in _WRITTEN_KEYS}
         return cls(**kwargs, extra=extra)
 
-    def save(self, directory: str | Path) -> None:
+    def save(self, directory: str | Path, *, architecture: str = LM_ARCHITECTURE) -> None:
         """Write config.json into `directory`."""
         from gpt2.common import atomic_write_text
 
-        atomic_write_text(Path(directory) / "config.json", json.dumps(self.to_hf_dict(), indent=2) + "\n")
+        text = json.dumps(self.to_hf_dict(architecture=architecture), indent=2, ensure_ascii=False) + "\n"
+        atomic_write_text(Path(directory) / "config.json", text)
 
     @classmethod
     def load(cls, directory: str | Path) -> GPT2Config:
@@ -191,7 +245,16 @@ _WRITTEN_KEYS = {
     "reorder_and_upcast_attn",
     "tie_word_embeddings",
     "n_ctx",
+    "num_labels",
 }
+# Fields left out of config.json when empty/None, so a language model's config.json stays as it was.
+_OPTIONAL_KEYS = {"id2label", "label2id", "pad_token_id", "max_length", "truncation_side"}
+
+
+def architecture_of(d: dict[str, Any]) -> str:
+    """The model class a config.json dict names: GPT2ForSequenceClassification or (the default) GPT2LMHeadModel."""
+    archs = d.get("architectures") or []
+    return CLASSIFIER_ARCHITECTURE if CLASSIFIER_ARCHITECTURE in archs else LM_ARCHITECTURE
 
 _NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
 

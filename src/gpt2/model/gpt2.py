@@ -270,6 +270,34 @@ class GPT2Model(nn.Module):
         return self.ln_f(x)
 
 
+def init_gpt2_weights(model: nn.Module, config: GPT2Config) -> None:
+    """GPT-2's initialisation, in place: N(0, initializer_range) for linear and embedding weights, zero
+    biases, unit LayerNorms, residual projections scaled down, padded vocabulary rows zeroed.
+
+    Shared by the language model and the sequence classifier (whose score head it draws the same way)."""
+    std = config.initializer_range
+
+    def init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    model.apply(init)
+    # GPT-2 paper §2.3: scale the residual projections by 1/sqrt(N), N = 2 per block (attn + MLP).
+    proj_std = std / math.sqrt(2 * config.n_layer)
+    for name, p in model.named_parameters():
+        if name.endswith("c_proj.weight"):
+            nn.init.normal_(p, mean=0.0, std=proj_std)
+    with torch.no_grad():
+        model.transformer.wte.weight[config.vocab_size :].zero_()  # padding rows: never scored
+
+
 class GPT2LMHeadModel(nn.Module):
     """GPT2Model plus the language-model head, tied to the token embedding as in GPT-2."""
 
@@ -281,26 +309,7 @@ class GPT2LMHeadModel(nn.Module):
         self.lm_head.weight = self.transformer.wte.weight  # tied: one matrix, trained by both uses
         if self.transformer.wte.weight.is_meta:
             return  # built on the meta device to be loaded into: initialising would only cost time
-        self.apply(self._init_weights)
-        # GPT-2 paper §2.3: scale the residual projections by 1/sqrt(N), N = 2 per block (attn + MLP).
-        proj_std = config.initializer_range / math.sqrt(2 * config.n_layer)
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=proj_std)
-        with torch.no_grad():
-            self.transformer.wte.weight[config.vocab_size :].zero_()  # padding rows: never scored
-
-    def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+        init_gpt2_weights(self, config)
 
     def forward(
         self,

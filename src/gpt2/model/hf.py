@@ -8,6 +8,9 @@ way in and out. Everything else maps by name. Files we write use HF's key names
 (`transformer.h.0.attn.c_attn.weight`, ...) so `transformers.GPT2LMHeadModel.from_pretrained(dir)`
 reads them as they are; files we read may use HF's names with or without the `transformer.` prefix,
 OpenAI's converted names, or carry `module.`/`_orig_mod.` prefixes from DDP or torch.compile.
+A sequence classifier (HF's GPT2ForSequenceClassification: the same body plus `score.weight`) goes
+through the same functions with head="score"; config.json's `architectures` says which kind a directory
+holds, and loading one kind as the other is refused with a message naming the verb to use.
 """
 
 from __future__ import annotations
@@ -17,14 +20,17 @@ import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from torch import nn
 
 from gpt2.common import atomic_write_bytes
 from gpt2.errors import UserError, UserFileNotFoundError, UserNotADirectoryError
-from gpt2.model.config import GPT2Config
+from gpt2.model.config import CLASSIFIER_ARCHITECTURE, LM_ARCHITECTURE, GPT2Config, architecture_of
 from gpt2.model.gpt2 import GPT2LMHeadModel
+
+Head = Literal["lm", "score"]
 
 # HF Conv1D weights, stored (in, out): transposed relative to nn.Linear.
 _CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -46,8 +52,11 @@ def _is_conv1d(key: str) -> bool:
     return key.endswith(_CONV1D_SUFFIXES)
 
 
-def to_hf_state_dict(model: GPT2LMHeadModel) -> dict[str, torch.Tensor]:
-    """Our state dict in HF GPT2LMHeadModel's names and layouts (tied head and padded vocab rows left out)."""
+def to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Our state dict in HF's names and layouts (tied head and padded vocab rows left out).
+
+    Works for GPT2LMHeadModel and GPT2ForSequenceClassification alike: `score.weight` is an nn.Linear
+    (num_labels, n_embd) in both libraries, so it is written as it is."""
     config = model.config
     out: dict[str, torch.Tensor] = {}
     for key, t in model.state_dict().items():
@@ -75,17 +84,22 @@ def _strip_wrappers(key: str) -> str:
 
 
 def from_hf_state_dict(
-    sd: Mapping[str, torch.Tensor], config: GPT2Config, *, source: str = "state dict"
+    sd: Mapping[str, torch.Tensor], config: GPT2Config, *, source: str = "state dict", head: Head = "lm"
 ) -> dict[str, torch.Tensor]:
-    """An HF/OpenAI GPT-2 state dict in our names and layouts; raises ValueError on missing or mis-shaped keys."""
+    """An HF/OpenAI GPT-2 state dict in our names and layouts; raises ValueError on missing or mis-shaped keys.
+
+    head="lm": a language model (the head is tied to wte, so no head weight is read); head="score": a
+    sequence classifier, whose `score.weight` (num_labels, n_embd) is read as it is."""
     wanted = _expected_shapes(config)
+    if head == "score":
+        wanted["score.weight"] = (config.num_labels, config.n_embd)
     out: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     for raw_key, t in sd.items():
         key = _strip_wrappers(raw_key)
         if key.endswith(_IGNORED_SUFFIXES) or key == "lm_head.weight":
             continue
-        if not key.startswith("transformer."):
+        if not key.startswith("transformer.") and key not in wanted:
             key = "transformer." + key
         if key not in wanted:
             unexpected.append(raw_key)
@@ -106,7 +120,7 @@ def from_hf_state_dict(
     if unexpected:
         raise UserError(
             f"{source}: {len(unexpected)} unexpected weight(s), e.g. {', '.join(unexpected[:3])}: "
-            "not a GPT-2 LM checkpoint, or one with extra heads"
+            f"not a GPT-2 {'sequence classifier' if head == 'score' else 'LM'} checkpoint, or one with extra heads"
         )
     missing = sorted(set(wanted) - set(out))
     if missing:
@@ -182,6 +196,47 @@ def resolve_source(source: str | Path, *, revision: str | None = None) -> Path:
         ) from None
 
 
+def read_config(directory: Path) -> tuple[GPT2Config, str]:
+    """config.json of a model directory, and the architecture it names (LM or sequence classifier)."""
+    config = GPT2Config.load(directory)
+    raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    return config, architecture_of(raw)
+
+
+def wrong_kind_error(directory: Path | str, architecture: str) -> UserError:
+    """The one-line error for a directory holding the other kind of model than the one asked for."""
+    if architecture == CLASSIFIER_ARCHITECTURE:
+        return UserError(f"{directory} is a sequence-classification checkpoint ({CLASSIFIER_ARCHITECTURE}), not a "
+                         "language model: use `gpt2 classify` / `gpt2 eval --classify` "
+                         "(GPT2ForSequenceClassification.from_pretrained in Python)")
+    return UserError(f"{directory} is a language model ({LM_ARCHITECTURE}), not a sequence classifier: use it with "
+                     "`gpt2 generate`, or fine-tune it into a classifier with `gpt2 finetune classify`")
+
+
+def load_state(
+    directory: Path, config: GPT2Config, model_cls: type[nn.Module], *, head: Head,
+    device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """Build `model_cls(config)` on the meta device and assign the directory's weights to it (no init cost)."""
+    sd = from_hf_state_dict(_read_weights(directory), config, source=str(directory), head=head)
+    with torch.device("meta"):
+        model = model_cls(config)
+    model.load_state_dict(sd, strict=False, assign=True)  # an LM's head is tied to wte, not in sd
+    if head == "lm":
+        model.lm_head.weight = model.transformer.wte.weight
+    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device=device)
+    return model.eval()
+
+
+def apply_overrides(config: GPT2Config, overrides: dict[str, Any]) -> None:
+    """Set config fields that do not touch weight shapes (dropout, attn_implementation, ...), then re-check."""
+    for k, v in overrides.items():
+        if not hasattr(config, k):
+            raise UserError(f"unknown GPT2Config field {k!r}")
+        setattr(config, k, v)
+    config.validate()
+
+
 def load_pretrained(
     source: str | Path,
     *,
@@ -195,23 +250,19 @@ def load_pretrained(
     config_overrides change fields that do not touch weight shapes (dropout, attn_implementation, ...).
     """
     directory = resolve_source(source, revision=revision)
-    config = GPT2Config.load(directory)
-    for k, v in config_overrides.items():
-        if not hasattr(config, k):
-            raise UserError(f"unknown GPT2Config field {k!r}")
-        setattr(config, k, v)
-    config.validate()
-    sd = from_hf_state_dict(_read_weights(directory), config, source=str(directory))
-    with torch.device("meta"):
-        model = GPT2LMHeadModel(config)
-    model.load_state_dict(sd, strict=False, assign=True)  # lm_head is tied to wte, not in sd
-    model.lm_head.weight = model.transformer.wte.weight
-    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device=device)
-    return model.eval()
+    config, architecture = read_config(directory)
+    if architecture != LM_ARCHITECTURE:
+        raise wrong_kind_error(directory, architecture)
+    apply_overrides(config, config_overrides)
+    model = load_state(directory, config, GPT2LMHeadModel, head="lm", device=device, dtype=dtype)
+    assert isinstance(model, GPT2LMHeadModel)
+    return model
 
 
-def save_pretrained(model: GPT2LMHeadModel, directory: str | Path, *, safe_serialization: bool = True) -> None:
+def save_pretrained(model: nn.Module, directory: str | Path, *, safe_serialization: bool = True) -> None:
     """Write config.json and model.safetensors (or pytorch_model.bin) in HF GPT-2's layout.
+
+    `model` is a GPT2LMHeadModel or a GPT2ForSequenceClassification; config.json's `architectures` says which.
 
     Each file is written under a temporary name and renamed, so other files already in `directory`
     (a tokenizer, a trainer state) stay, and a crash never leaves a half-written weight file.
@@ -232,7 +283,8 @@ def save_pretrained(model: GPT2LMHeadModel, directory: str | Path, *, safe_seria
         buf = io.BytesIO()
         torch.save(sd, buf)
         atomic_write_bytes(directory / "pytorch_model.bin", buf.getvalue())
-    model.config.save(directory)
+    architecture = CLASSIFIER_ARCHITECTURE if hasattr(model, "score") else LM_ARCHITECTURE
+    model.config.save(directory, architecture=architecture)
 
 
 def main(argv: list[str] | None = None) -> int:

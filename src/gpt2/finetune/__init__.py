@@ -1,0 +1,8 @@
+"""Fine-tuning: labelled data, metrics and batched inference for sequence classification.
+
+    python -m gpt2.finetune.data ../shared/data/sms_spam.tsv --text-field 1 --label-field 0
+
+data.py reads labelled texts (csv, tsv, jsonl, parquet) and splits them; metrics.py scores predictions;
+classify.py encodes texts and classifies them in batches (`gpt2 classify`, `gpt2 eval --classify`).
+Importing the package loads nothing.
+"""
