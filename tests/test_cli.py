@@ -44,7 +44,7 @@ def test_bad_input_is_one_line_and_exit_2() -> None:
     assert "gpt5" in r.stderr
 
 
-def test_planned_verbs_say_so() -> None:
+def test_finetune_needs_an_objective() -> None:
     r = gpt2("finetune")
     assert r.returncode == 2
-    assert "not implemented yet" in r.stderr
+    assert "classify" in r.stderr

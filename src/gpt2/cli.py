@@ -19,14 +19,6 @@ from collections.abc import Sequence
 from gpt2.errors import UserError
 
 
-def _not_yet(verb: str, issue: int):
-    def run(args: argparse.Namespace) -> int:
-        print(f"error: `gpt2 {verb}` is not implemented yet (planned in issue #{issue})", file=sys.stderr)
-        return 2
-
-    return run
-
-
 # --------------------------------------------------------------------------------------------- model
 def _add_model(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("model", help="inspect model presets and checkpoints")
@@ -546,15 +538,11 @@ def _add_checkpoint(sub: argparse._SubParsersAction) -> None:
     cons.set_defaults(func=run_consolidate)
 
 
-# ----------------------------------------------------------------------------- verbs still to come
-def _add_planned(sub: argparse._SubParsersAction) -> None:
-    planned = [
-        ("finetune", "classification, instruction tuning, LoRA", 11),
-    ]
-    for verb, help_text, issue in planned:
-        p = sub.add_parser(verb, help=f"{help_text} (not yet implemented)")
-        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        p.set_defaults(func=_not_yet(verb, issue))
+# ------------------------------------------------------------------------------------------ finetune
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    from gpt2.finetune.commands import add_finetune
+
+    add_finetune(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -570,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_classify(sub)
     _add_checkpoint(sub)
     _add_serve(sub)
-    _add_planned(sub)
+    _add_finetune(sub)
     return parser
 
 

@@ -49,10 +49,12 @@ def build(task: str) -> tuple[object, torch.nn.Module, tuple[torch.Tensor, ...]]
     if task == "lm":
         return LanguageModelTask(load_config(None, [])), GPT2LMHeadModel(config), lm_batch()
     if task == "classify":
+        import dataclasses
+
         from gpt2.finetune.task import ClassificationTask
         from gpt2.model.classify import GPT2ForSequenceClassification
 
-        config.id2label, config.pad_token_id = {0: "a", 1: "b", 2: "c"}, VOCAB - 1
+        config = dataclasses.replace(config, id2label={0: "a", 1: "b", 2: "c"}, pad_token_id=VOCAB - 1)
         cfg = load_config(None, ["model.init_from=unused", "finetune.train_file=unused"])
         return ClassificationTask(cfg), GPT2ForSequenceClassification(config), classify_batch()
     raise ValueError(task)

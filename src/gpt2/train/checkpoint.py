@@ -56,11 +56,14 @@ def save_checkpoint(
     keep_last: int = 3,
     config: Any = None,
     tmp: Path | None = None,
+    best: dict[str, Any] | None = None,
 ) -> Path:
     """Write step-NNNNNN atomically, point `latest` at it, and delete all but the newest keep_last.
 
     A sharded checkpoint (gpt2.train.distributed) passes model=None with the model's `config`, and the
-    temporary directory `tmp` its ranks have already written their shards into."""
+    temporary directory `tmp` its ranks have already written their shards into. `best` (the trainer's
+    best evaluation so far: metric, value, step, checkpoint) is marked when it is this step, and the
+    checkpoint it names is never pruned; it is marked before pruning, so a kill leaves it named."""
     run_dir = Path(run_dir)
     final = run_dir / checkpoint_name(step)
     with atomic_directory(final, tmp=tmp) as tmp:
@@ -74,9 +77,11 @@ def save_checkpoint(
             (tmp / "run.yaml").write_text(run_yaml, encoding="utf-8")
         torch.save(trainer_state, tmp / TRAINER_STATE)
     atomic_write_text(run_dir / "latest", final.name + "\n")
-    best = best_checkpoint(run_dir)
+    if best is not None and best["step"] == step:
+        mark_best(run_dir, best)
+    spare = run_dir / best["checkpoint"] if best is not None else best_checkpoint(run_dir)
     for old in list_checkpoints(run_dir)[:-keep_last]:
-        if old != best:
+        if old != spare:
             shutil.rmtree(old, ignore_errors=True)
     return final
 

@@ -54,7 +54,6 @@ from gpt2.train.checkpoint import (
     checkpoint_name,
     clean_stale,
     load_trainer_state,
-    mark_best,
     resolve_checkpoint,
     save_checkpoint,
 )
@@ -399,7 +398,7 @@ class Trainer:
             "loop_seconds": time.time() - self.t_loop,  # t_loop is set before the first checkpoint
         }
         common = dict(trainer_state=trainer_state, tokenizer=self.task.tokenizer, run_yaml=to_yaml(self.cfg),
-                      keep_last=self.cfg.checkpoint.keep_last)
+                      keep_last=self.cfg.checkpoint.keep_last, best=self.best)
         if self.cfg.checkpoint.sharded:  # every rank writes its shards; rank 0 adds the rest and publishes
             tmp = dist_utils.shared_tmp_dir(self.run_dir, checkpoint_name(self.step), rank=self.rank)
             dist_utils.save_sharded(tmp, self.model, self.optimizer)
@@ -412,9 +411,6 @@ class Trainer:
             path = save_checkpoint(self.run_dir, self.step, model=to_save, **common) if self.master else None
         if self.master:
             self.result.last_checkpoint = path
-            if self.best is not None and self.best["step"] == self.step:
-                mark_best(self.run_dir, self.best)
-                self.result.best_checkpoint = path
         return path
 
     # -------------------------------------------------------------------------------------- steps
