@@ -20,9 +20,27 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+_PRIVATE_CACHE: list[str | None] = [None]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _PRIVATE_CACHE[0]:
+        import shutil
+
+        shutil.rmtree(_PRIVATE_CACHE[0], ignore_errors=True)
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist, split the cores between the workers: each worker's torch (and every process a
-    test starts from it) gets its share, instead of every worker spinning up threads for all the cores."""
+    """Keep the tests out of the user's cache, and under pytest-xdist split the cores between the workers.
+
+    A private GPT2_CACHE (unless one is set): the tests never read what earlier runs left, and never leave
+    behind what a busy test machine measured (the matmul peak that MFU divides by is cached there).
+    Each xdist worker's torch (and every process a test starts from it) gets its share of the cores,
+    instead of every worker spinning up threads for all of them."""
+    if "GPT2_CACHE" not in os.environ:
+        import tempfile
+
+        os.environ["GPT2_CACHE"] = _PRIVATE_CACHE[0] = tempfile.mkdtemp(prefix="gpt2-test-cache-")
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers > 1:
         share = max(1, (os.cpu_count() or 1) // workers)

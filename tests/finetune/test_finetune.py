@@ -141,12 +141,31 @@ def test_resume_after_sigkill_is_bit_for_bit(tmp_path, base, sms) -> None:
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.mark.parametrize("case", ["no-text-column", "label-only-in-test", "no-base", "lm-to-classify"])
-def test_bad_inputs_are_one_line_with_exit_2(tmp_path, base, sms, case) -> None:
+@pytest.fixture(scope="module")
+def base_without_eot(tmp_path_factory, shared_data) -> Path:
+    from gpt2.tokenizer import train_bpe
+
+    texts = [line.split("\t", 1)[1] for line in (shared_data / "sms_spam.tsv").read_text(encoding="utf-8").splitlines()]
+    tok = train_bpe(texts[:500], vocab_size=300, special_tokens=[], progress=False)
+    d = tmp_path_factory.mktemp("base-no-eot")
+    GPT2LMHeadModel(GPT2Config(vocab_size=tok.n_vocab, n_positions=64, n_embd=32, n_layer=2, n_head=2)).save_pretrained(d)
+    tok.save(d)
+    return d
+
+
+@pytest.mark.parametrize("case", ["no-text-column", "no-label-column", "label-only-in-test", "no-base",
+                                  "no-eot-in-the-base", "lm-to-classify"])
+def test_bad_inputs_are_one_line_with_exit_2(tmp_path, base, base_without_eot, sms, case) -> None:
     out = tmp_path / "run"
     if case == "no-text-column":
         argv = ["finetune", "classify", *args(base, sms, out, "finetune.text_field=body")]
         expect = "body"
+    elif case == "no-label-column":
+        argv = ["finetune", "classify", *args(base, sms, out, "finetune.label_field=7")]
+        expect = "7"
+    elif case == "no-eot-in-the-base":
+        argv = ["finetune", "classify", *args(base_without_eot, sms, out)]
+        expect = "end-of-text"
     elif case == "label-only-in-test":
         test = tmp_path / "test.tsv"
         test.write_text("ham\thello there\nmaybe\twho knows\n", encoding="utf-8")

@@ -158,10 +158,10 @@ class ClassificationTask(Task):
         tok = base.tokenizer
         if tok is None:
             raise UserError(f"{self.cfg.model.init_from} has no tokenizer files: save the tokenizer beside the model")
-        eot = getattr(tok, "eot_token", None)
-        if eot is None:
-            raise UserError(f"the tokenizer of {self.cfg.model.init_from} has no end-of-text token to pad with: "
-                            "use a tokenizer with <|endoftext|> (every tokenizer this project trains has one)")
+        try:
+            eot = tok.eot_token  # the pad id: the classifier reads the last real token, padding is never read
+        except UserError as e:
+            raise UserError(f"{self.cfg.model.init_from}: its tokenizer has no end-of-text token to pad with ({e})") from None
         self.tokenizer, self.pad_id, self._base = tok, eot, base.model
         self._read_splits()
 

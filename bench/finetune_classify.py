@@ -1,0 +1,110 @@
+"""Classification fine-tuning, end to end and timed: the base's pretraining, the fine-tune, the test scores.
+
+    python bench/finetune_classify.py sms                  # gpt2 train (the default run) → finetune-sms-spam
+    python bench/finetune_classify.py sms --base runs/shakespeare-cpu     # reuse a base, time the rest
+    python bench/finetune_classify.py imdb                 # gpt2 train imdb-lm → finetune-imdb (25,000 test reviews)
+
+Each step is a `gpt2` command run as a subprocess from the repository root (so the recipes' ../shared/data
+paths resolve), timed by wall clock and by the CPU time of its processes (user + sys, both cores). The
+results (commands, times, test accuracy and macro-F1, the CPU) go to bench/results/finetune-<task>.json
+and are printed as a table. `sms` also fine-tunes on the natural, imbalanced split (no down-sampling,
+70/10/20, best checkpoint by macro-F1) and reports its test macro-F1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cpu_name() -> str:
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                name = line.split(":", 1)[1].strip()
+                import torch
+
+                return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def timed(argv: list[str]) -> dict:
+    """Run `gpt2 ARGV`; wall seconds and the CPU seconds of the child processes."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-m", "gpt2", *argv], cwd=REPO, text=True, stdout=subprocess.PIPE)
+    wall = time.time() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if r.returncode != 0:
+        raise SystemExit(f"gpt2 {' '.join(argv)} failed with exit status {r.returncode}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    print(f"gpt2 {' '.join(argv)}: {wall:,.0f} s wall, {cpu:,.0f} s CPU", file=sys.stderr)
+    return {"command": "gpt2 " + " ".join(argv), "wall_s": wall, "cpu_s": cpu, "stdout_tail": r.stdout[-2000:]}
+
+
+def test_record(run_dir: Path) -> dict:
+    rows = [json.loads(x) for x in (REPO / run_dir / "metrics.jsonl").read_text().splitlines()]
+    test = [r for r in rows if r["kind"] == "test"][-1]
+    start = [r for r in rows if r["kind"] == "start"][-1]
+    return {"accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "test_examples": test["examples"],
+            "checkpoint": test["checkpoint"], "examples": start.get("examples"), "per_class": test["per_class"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("task", choices=["sms", "imdb"])
+    p.add_argument("--base", help="an existing base (run directory); skips its pretraining")
+    args = p.parse_args(argv)
+
+    steps: list[dict] = []
+    if args.task == "sms":
+        base = args.base or "runs/shakespeare-cpu"
+        if not args.base:
+            steps.append({"step": "pretrain the base (the default run)", **timed(["train"])})
+        out = "runs/finetune-sms-spam"
+        steps.append({"step": "fine-tune (747 + 747, 70/10/20)",
+                      **timed(["finetune", "classify", "finetune-sms-spam", f"model.init_from={base}"])})
+        balanced = test_record(Path(out))
+        natural_out = "runs/finetune-sms-spam-natural"
+        steps.append({"step": "fine-tune on the natural split (no down-sampling)",
+                      **timed(["finetune", "classify", "finetune-sms-spam", f"model.init_from={base}",
+                               "finetune.balance=none", "finetune.metric=macro_f1", "train.max_steps=500",
+                               "eval.interval=50", f"train.out_dir={natural_out}"])})
+        results = {"balanced": balanced, "natural": test_record(Path(natural_out))}
+    else:
+        base = args.base or "runs/imdb-lm"
+        if not args.base:
+            steps.append({"step": "pretrain the base on the training reviews", **timed(["train", "imdb-lm"])})
+        steps.append({"step": "fine-tune, then score the 25,000 test reviews",
+                      **timed(["finetune", "classify", "finetune-imdb", f"model.init_from={base}"])})
+        results = {"test": test_record(Path("runs/finetune-imdb"))}
+
+    record = {"task": args.task, "cpu": cpu_name(), "base": base, "steps": steps, "results": results,
+              "total_wall_s": sum(s["wall_s"] for s in steps), "total_cpu_s": sum(s["cpu_s"] for s in steps)}
+    out_path = REPO / "bench" / "results" / f"finetune-{args.task}.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\n{record['cpu']}\n")
+    print("| step | command | wall | CPU time |\n|---|---|---:|---:|")
+    for s in steps:
+        print(f"| {s['step']} | `{s['command']}` | {s['wall_s'] / 60:.1f} min | {s['cpu_s'] / 60:.1f} min |")
+    print(f"| total | | {record['total_wall_s'] / 60:.1f} min | {record['total_cpu_s'] / 60:.1f} min |\n")
+    for name, r in results.items():
+        print(f"{name}: test accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f} "
+              f"({r['test_examples']} test examples)")
+    print(f"\nwritten: {out_path.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
