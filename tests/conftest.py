@@ -48,7 +48,22 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(share)
 
 
+# The longest test files (a minute or more of CPU each on 2 cores), run first: pytest-xdist hands out whole
+# files in collection order, so with these last one worker would still be busy long after the other.
+LONGEST_FIRST = (
+    "train/test_fsdp.py", "train/test_reproducible.py", "train/test_muon.py", "train/test_train.py",
+    "train/test_train_features.py", "finetune/test_finetune.py", "eval/test_hellaswag.py",
+    "generate/test_hf_generate.py", "serve/test_lm_eval_compat.py", "finetune/test_classify_cli.py",
+)
+
+
+def _rank(item: pytest.Item) -> int:
+    path = item.path.as_posix()
+    return next((i for i, name in enumerate(LONGEST_FIRST) if path.endswith("tests/" + name)), len(LONGEST_FIRST))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=_rank)  # stable: the rest keep their order
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")

@@ -192,3 +192,26 @@ def test_empty_texts_are_skipped_and_counted(tmp_path, base, sms) -> None:
     assert r.returncode == 0, r.stderr[-3000:]
     assert records(out, "start")[0]["skipped_empty"] == 2
     assert "skipped 2 empty text(s)" in r.stderr
+
+
+def test_ddp_two_processes_match_one_process(tmp_path, base, sms) -> None:
+    """torchrun: 2 processes × 1 micro-step of 8 give the losses of 1 process × 2 micro-steps of 8."""
+    extra = ["finetune.global_batch_size=16", "train.max_steps=6", "eval.interval=3", "checkpoint.interval=0"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    r = gpt2(["finetune", "classify", *args(base, sms, one, *extra)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "gpt2", "finetune", "classify", *args(base, sms, two, *extra)],
+                       capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+    assert r.returncode == 0, r.stderr[-3000:]
+    start = records(two, "start")[0]
+    assert (start["world_size"], start["grad_accum"]) == (2, 1)
+    a = {x["step"]: x["loss"] for x in records(one, "train")}
+    b = {x["step"]: x["loss"] for x in records(two, "train")}
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    assert all(abs(a[s] - b[s]) <= 1e-5 for s in a), (a, b)
+    va, vb = records(one, "val"), records(two, "val")
+    assert [v["confusion"] for v in va] == [v["confusion"] for v in vb]  # every val example scored once
+    assert all(abs(x["val_loss"] - y["val_loss"]) <= 1e-5 for x, y in zip(va, vb))
+    assert len(records(two, "test")) == 1  # rank 0 alone scores the test split

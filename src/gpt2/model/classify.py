@@ -22,7 +22,7 @@ from torch import nn
 
 from gpt2.errors import UserError
 from gpt2.model.config import GPT2Config
-from gpt2.model.gpt2 import GPT2LMHeadModel, GPT2Model, init_gpt2_weights
+from gpt2.model.gpt2 import GPT2LMHeadModel, GPT2Model, GPT2Sizes, init_gpt2_weights
 
 
 class ClassifierOutput(NamedTuple):
@@ -52,7 +52,7 @@ def last_token_index(
     return torch.where(last >= 0, last, T - 1)
 
 
-class GPT2ForSequenceClassification(nn.Module):
+class GPT2ForSequenceClassification(GPT2Sizes, nn.Module):
     """GPT2Model plus a linear score head on the last real token: (B, T) ids → (B, num_labels) logits."""
 
     def __init__(self, config: GPT2Config) -> None:
@@ -84,19 +84,7 @@ class GPT2ForSequenceClassification(nn.Module):
             loss = F.cross_entropy(logits.float(), labels.to(logits.device))
         return ClassifierOutput(logits, loss)
 
-    # ------------------------------------------------------------------------------- sizes and I/O
-    def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
-        """Trainable parameters, padded vocabulary rows not counted."""
-        n = sum(p.numel() for p in self.parameters())
-        n -= (self.config.padded_vocab_size - self.config.vocab_size) * self.config.n_embd
-        if exclude_embeddings:
-            n -= self.config.vocab_size * self.config.n_embd + self.transformer.wpe.weight.numel()
-        return n
-
-    @property
-    def device(self) -> torch.device:
-        return self.transformer.wte.weight.device
-
+    # ------------------------------------------------------------------------------------------- I/O
     @classmethod
     def from_lm(
         cls, lm: GPT2LMHeadModel, *, id2label: dict[int, str], pad_token_id: int | None,

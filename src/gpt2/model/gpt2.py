@@ -298,7 +298,26 @@ def init_gpt2_weights(model: nn.Module, config: GPT2Config) -> None:
         model.transformer.wte.weight[config.vocab_size :].zero_()  # padding rows: never scored
 
 
-class GPT2LMHeadModel(nn.Module):
+class GPT2Sizes:
+    """What every GPT-2 with a head (LM, classifier) reads from its body: parameter counts and the device."""
+
+    config: GPT2Config
+    transformer: GPT2Model
+
+    def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
+        """Trainable parameters, a tied head counted once and padded vocabulary rows not at all."""
+        n = sum(p.numel() for p in self.parameters())  # type: ignore[attr-defined]
+        n -= (self.config.padded_vocab_size - self.config.vocab_size) * self.config.n_embd
+        if exclude_embeddings:
+            n -= self.config.vocab_size * self.config.n_embd + self.transformer.wpe.weight.numel()
+        return n
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.wte.weight.device
+
+
+class GPT2LMHeadModel(GPT2Sizes, nn.Module):
     """GPT2Model plus the language-model head, tied to the token embedding as in GPT-2."""
 
     def __init__(self, config: GPT2Config) -> None:
@@ -346,19 +365,7 @@ class GPT2LMHeadModel(nn.Module):
             )
         return LMOutput(logits, loss)
 
-    # ------------------------------------------------------------------------------- sizes and I/O
-    def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
-        """Trainable parameters, the tied head counted once and padded vocabulary rows not at all."""
-        n = sum(p.numel() for p in self.parameters())
-        n -= (self.config.padded_vocab_size - self.config.vocab_size) * self.config.n_embd
-        if exclude_embeddings:
-            n -= self.config.vocab_size * self.config.n_embd + self.transformer.wpe.weight.numel()
-        return n
-
-    @property
-    def device(self) -> torch.device:
-        return self.transformer.wte.weight.device
-
+    # ------------------------------------------------------------------------------------------- I/O
     @classmethod
     def from_pretrained(cls, source: str | Path, **kwargs: Any) -> GPT2LMHeadModel:
         """Load HF/OpenAI GPT-2 weights from a directory or a hub id (see gpt2.model.hf.load_pretrained)."""

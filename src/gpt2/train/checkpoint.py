@@ -57,10 +57,12 @@ def save_checkpoint(
     config: Any = None,
     tmp: Path | None = None,
     best: dict[str, Any] | None = None,
+    architecture: str = "GPT2LMHeadModel",
 ) -> Path:
     """Write step-NNNNNN atomically, point `latest` at it, and delete all but the newest keep_last.
 
-    A sharded checkpoint (gpt2.train.distributed) passes model=None with the model's `config`, and the
+    A sharded checkpoint (gpt2.train.distributed) passes model=None with the model's `config` and
+    `architecture` (its class name, for config.json), and the
     temporary directory `tmp` its ranks have already written their shards into. `best` (the trainer's
     best evaluation so far: metric, value, step, checkpoint) is marked when it is this step, and the
     checkpoint it names is never pruned; it is marked before pruning, so a kill leaves it named."""
@@ -70,7 +72,7 @@ def save_checkpoint(
         if model is not None:
             model.save_pretrained(tmp)  # type: ignore[operator]  # the model's own HF class and config
         else:
-            config.save(tmp)
+            config.save(tmp, architecture=architecture)
         if tokenizer is not None:
             tokenizer.save(tmp)
         if run_yaml is not None:

@@ -29,7 +29,6 @@ import torch
 import torch.distributed as dist
 
 from gpt2.errors import UserError, UserFileNotFoundError
-from gpt2.model.config import GPT2Config
 from gpt2.model.gpt2 import GPT2LMHeadModel
 
 Mode = Literal["single", "ddp", "fsdp"]
@@ -102,6 +101,12 @@ def load_full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Opt
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
+def model_class(model: torch.nn.Module) -> type[torch.nn.Module]:
+    """The model's own class (GPT2LMHeadModel, GPT2ForSequenceClassification): fully_shard swaps a module's
+    class for an FSDP subclass of it, created inside torch."""
+    return next(c for c in type(model).__mro__ if c.__module__.startswith("gpt2."))
+
+
 def plain_model(model: GPT2LMHeadModel, *, mode: Mode, rank: int,
                 device: torch.device | None = None) -> GPT2LMHeadModel | None:
     """A plain single-device module with the current weights, on rank 0 (None elsewhere).
@@ -118,9 +123,7 @@ def plain_model(model: GPT2LMHeadModel, *, mode: Mode, rank: int,
     if rank != 0:
         return None
     with torch.device("meta"):
-        # fully_shard swapped the model's class for an FSDP subclass of it: build the model's own class
-        own = next(c for c in type(model).__mro__ if c.__module__.startswith("gpt2."))
-        plain = own(model.config)
+        plain = model_class(model)(model.config)
     plain.load_state_dict(sd, assign=True)
     if hasattr(plain, "lm_head"):
         plain.lm_head.weight = plain.transformer.wte.weight  # assign=True replaced the tied tensor: tie again
@@ -180,15 +183,19 @@ def consolidate(checkpoint: str | Path, out: str | Path) -> Path:
     if not is_sharded(checkpoint):
         raise UserFileNotFoundError(f"{checkpoint} is not a sharded checkpoint (no {SHARDED_DIR}/.metadata); "
                                     "checkpoints written without checkpoint.sharded=true are HF directories already")
-    config = GPT2Config.load(checkpoint)
-    model = GPT2LMHeadModel(config)
+    from gpt2.model.classify import GPT2ForSequenceClassification
+    from gpt2.model.config import CLASSIFIER_ARCHITECTURE
+    from gpt2.model.hf import read_config
+
+    config, architecture = read_config(checkpoint)
+    model = (GPT2ForSequenceClassification if architecture == CLASSIFIER_ARCHITECTURE else GPT2LMHeadModel)(config)
     state = {"model": model.state_dict()}
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.simplefilter("ignore", UserWarning)
         dcp.load(state, checkpoint_id=str(checkpoint / SHARDED_DIR), no_dist=True)
     model.load_state_dict(state["model"])
     with atomic_directory(out) as tmp:
-        save_pretrained(model, tmp)
+        save_pretrained(model, tmp)  # type: ignore[arg-type]
         for f in checkpoint.iterdir():  # tokenizer files, chat format, run.yaml: everything but the shards
             if f.is_file() and f.name not in ("config.json", "trainer_state.pt"):
                 shutil.copy2(f, tmp / f.name)

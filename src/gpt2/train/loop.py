@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from gpt2.common import (
+    cache_dir,
     destroy_distributed,
     init_distributed,
     keep_freed_memory,
@@ -402,8 +403,9 @@ class Trainer:
         if self.cfg.checkpoint.sharded:  # every rank writes its shards; rank 0 adds the rest and publishes
             tmp = dist_utils.shared_tmp_dir(self.run_dir, checkpoint_name(self.step), rank=self.rank)
             dist_utils.save_sharded(tmp, self.model, self.optimizer)
-            path = (save_checkpoint(self.run_dir, self.step, model=None, config=self.model.config, tmp=tmp, **common)
-                    if self.master else None)
+            arch = dist_utils.model_class(self.model).__name__
+            path = (save_checkpoint(self.run_dir, self.step, model=None, config=self.model.config, tmp=tmp,
+                                    architecture=arch, **common) if self.master else None)
             torch.distributed.barrier()
         else:
             trainer_state["optimizer"] = dist_utils.full_optimizer_state(self.model, self.optimizer, mode=self.mode)
@@ -457,6 +459,14 @@ class Trainer:
         tok_s = self.timed_tokens / self.timed_seconds if self.timed_seconds else float("nan")
         mfu = (self.flops_per_token * self.timed_tokens / self.timed_seconds / self.peak
                if (self.timed_seconds and self.peak) else None)
+        if mfu is not None and mfu > 1.0:
+            # A step cannot beat the matmul peak: the cached one was measured while the machine was busy.
+            if not self.said_stale_peak:
+                print(f"note: the cached matmul peak ({self.peak / 1e9:.0f} GFLOP/s) is below what training "
+                      f"achieves, so MFU is not shown: it was measured on a busy machine; delete "
+                      f"{cache_dir() / 'cpu_peak_flops.json'} to measure it again", file=sys.stderr)
+                self.said_stale_peak = True
+            mfu = None
         self.logger.log({"kind": "train", "step": self.step, "tokens": self.tokens_seen, "loss": loss, "lr": lr,
                          "grad_norm": grad_norm, "tok_per_s": tok_s, "mfu": mfu, "time": time.time() - self.t_start})
         eta = (cfg.train.max_steps - self.step) * self.timed_seconds / max(self.timed_steps, 1)
@@ -497,6 +507,7 @@ class Trainer:
             self.bar = tqdm(total=cfg.train.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
                             file=sys.stderr)
         self.timed_steps, self.timed_seconds, self.timed_tokens, self.last_val = 0, 0.0, 0, None
+        self.said_stale_peak = False
         # train.max_minutes budgets the loop itself (evaluations included, setup and the final evaluation
         # not); the time already spent before a resume counts, so a resumed run keeps its schedule.
         self.budget = 60 * cfg.train.max_minutes if cfg.train.max_minutes else None
