@@ -538,6 +538,25 @@ def _add_checkpoint(sub: argparse._SubParsersAction) -> None:
     cons.set_defaults(func=run_consolidate)
 
 
+# ---------------------------------------------------------------------------------------------- lora
+def _add_lora(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lora", help="LoRA adapters in PEFT's format: fold one into its base")
+    lsub = p.add_subparsers(dest="lora_cmd", required=True, metavar="COMMAND")
+    merge = lsub.add_parser("merge", help="adapter + its base → one plain HF checkpoint (transformers loads it)")
+    merge.add_argument("adapter", help="a LoRA adapter directory (adapter_config.json + adapter_model.safetensors, "
+                       "ours or PEFT's); its base is the one adapter_config.json names")
+    merge.add_argument("out", help="the checkpoint directory to write (config.json, model.safetensors, tokenizer)")
+
+    def run_merge(args: argparse.Namespace) -> int:
+        from gpt2.finetune.lora import merge_adapter_dir
+
+        out = merge_adapter_dir(args.adapter, args.out)
+        print(f"wrote {out} (a plain checkpoint: transformers' from_pretrained loads it)")
+        return 0
+
+    merge.set_defaults(func=run_merge)
+
+
 # ------------------------------------------------------------------------------------------ finetune
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
     from gpt2.finetune.commands import add_finetune
@@ -558,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_classify(sub)
     _add_checkpoint(sub)
     _add_serve(sub)
+    _add_lora(sub)
     _add_finetune(sub)
     return parser
 

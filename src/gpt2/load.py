@@ -9,7 +9,9 @@ means the same thing everywhere:
 - a training run directory → its newest complete checkpoint (the one `latest` names);
 - a checkpoint or any HF GPT-2 directory (config.json + weights) → that directory;
 - `owner/name` or an alias such as `gpt2` → the Hugging Face hub snapshot (cached);
-- `preset:NAME` → a fresh model of that preset's shapes (random weights, for benchmarks and tests).
+- `preset:NAME` → a fresh model of that preset's shapes (random weights, for benchmarks and tests);
+- a LoRA adapter directory (PEFT's adapter_config.json + adapter_model.safetensors) → its base, loaded
+  by the name adapter_config.json gives, with the adapter applied (gpt2.finetune.lora).
 The tokenizer comes from the same directory unless one is named; the prompt format from its chat.json.
 `task="classify"` loads a sequence classifier (GPT2ForSequenceClassification) instead; asking for one
 kind and finding the other is a one-line error naming the verb that fits the checkpoint.
@@ -95,6 +97,9 @@ def load(
     if task not in ("lm", "classify"):
         raise UserError(f"task must be 'lm' or 'classify', got {task!r}")
     target = pick_device(device)
+    adapter = _adapter_dir(source)
+    if adapter is not None:
+        return _load_adapter(adapter, tokenizer=tokenizer, dtype=dtype, device=device, seed=seed, task=task)
     if str(source).startswith(PRESET_PREFIX) and task == "classify":
         raise wrong_kind_error(source, LM_ARCHITECTURE)  # a preset is a fresh LM: it has no labels
     if str(source).startswith(PRESET_PREFIX):
@@ -127,6 +132,74 @@ def load(
     return Loaded(model, tok, directory, chat_format)
 
 
+def _adapter_dir(source: str | Path) -> Path | None:
+    """`source` as a local LoRA adapter directory (one holding adapter_config.json), else None."""
+    from gpt2.finetune.lora import ADAPTER_CONFIG
+
+    if str(source).startswith(PRESET_PREFIX):
+        return None
+    path = Path(source).expanduser()
+    return path if (path / ADAPTER_CONFIG).is_file() else None
+
+
+def _load_adapter(directory: Path, *, tokenizer: str | None, dtype: DtypeName, device: str, seed: int,
+                  task: Task) -> Loaded:
+    """The base adapter_config.json names, loaded with its tokenizer, and the adapter applied to it."""
+    from gpt2.finetune.lora import ADAPTER_CONFIG, load_adapter, read_adapter_config
+    from gpt2.model.config import CLASSIFIER_ARCHITECTURE, LM_ARCHITECTURE
+    from gpt2.model.hf import wrong_kind_error
+
+    raw = read_adapter_config(directory)
+    adapter_task: Task = "classify" if raw["task_type"] == "SEQ_CLS" else "lm"
+    if adapter_task != task:
+        raise wrong_kind_error(directory, CLASSIFIER_ARCHITECTURE if adapter_task == "classify" else LM_ARCHITECTURE)
+    name = raw.get("base_model_name_or_path")
+    if not name:
+        raise UserError(f"{directory / ADAPTER_CONFIG} names no base_model_name_or_path, so its base is unknown; "
+                        "load the base and apply it with gpt2.finetune.lora.load_adapter(dir, base=model)")
+    if _adapter_dir(name) is not None:
+        raise UserError(f"{directory}: its base {name} is itself an adapter; stacked adapters are not supported "
+                        "(merge the first with `gpt2 lora merge`)")
+    base = load(name, tokenizer=tokenizer, dtype=dtype, device=device, seed=seed, task=task)
+    if tokenizer is None:
+        own = _adapter_tokenizer(directory)
+        if own is not None and own.hash != base.tokenizer.hash:
+            raise UserError(f"{directory} holds another tokenizer than its base {name}: an adapter must use its "
+                            "base's tokenizer (remove the adapter's tokenizer files, or pass --tokenizer)")
+    model = load_adapter(directory, base=base.model)
+    chat_format = base.chat_format
+    if task == "lm" and (directory / "chat.json").is_file():
+        from gpt2.generate.chat import load_chat_format
+
+        chat_format = load_chat_format(directory)
+    return Loaded(model, base.tokenizer, directory, chat_format)
+
+
+def _adapter_tokenizer(directory: Path) -> Any:
+    """The tokenizer saved in an adapter directory, or None when it holds none."""
+    from gpt2.tokenizer import load_tokenizer
+
+    try:
+        return load_tokenizer(directory)
+    except FileNotFoundError:
+        return None
+
+
+def task_of(source: str | Path) -> Task:
+    """What `source` holds: "classify" for a sequence classifier (or a SEQ_CLS adapter), else "lm"."""
+    from gpt2.model.config import CLASSIFIER_ARCHITECTURE
+    from gpt2.model.hf import read_config
+
+    if str(source).startswith(PRESET_PREFIX):
+        return "lm"
+    adapter = _adapter_dir(source)
+    if adapter is not None:
+        from gpt2.finetune.lora import read_adapter_config
+
+        return "classify" if read_adapter_config(adapter)["task_type"] == "SEQ_CLS" else "lm"
+    return "classify" if read_config(resolve_model_dir(source))[1] == CLASSIFIER_ARCHITECTURE else "lm"
+
+
 def load_model_and_tokenizer(
     source: str | Path, *, tokenizer: str | None = None, dtype: DtypeName = "fp32", device: str = "auto"
 ) -> tuple[GPT2LMHeadModel, Any]:
@@ -141,12 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m gpt2.load MODEL", file=sys.stderr)
         return 2
-    from gpt2.model.config import CLASSIFIER_ARCHITECTURE
-    from gpt2.model.hf import read_config
-
-    task: Task = "lm"
-    if not argv[0].startswith(PRESET_PREFIX):
-        task = "classify" if read_config(resolve_model_dir(argv[0]))[1] == CLASSIFIER_ARCHITECTURE else "lm"
+    task = task_of(argv[0])
     loaded = load(argv[0], device="cpu", task=task)
     print(f"directory  {loaded.directory}")
     print(f"model      {loaded.model.num_parameters():,} parameters, {loaded.model.config.n_layer} layers, "

@@ -61,6 +61,10 @@ def to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for key, t in model.state_dict().items():
         key = _strip_wrappers(key)
+        if ".lora_A." in key or ".base_layer." in key:
+            # HF's GPT-2 has no place for these: a plain checkpoint needs the update folded in first
+            raise UserError("this model carries LoRA adapters: save them with gpt2.finetune.lora.save_adapter, "
+                            "or fold them in with merge_lora(model) before save_pretrained")
         if key == "lm_head.weight":
             continue  # tied to transformer.wte.weight; HF re-ties it on load
         t = t.detach()
