@@ -48,11 +48,11 @@ class Loaded:
 
 def resolve_model_dir(source: str | Path) -> Path:
     """A model directory from a checkpoint or model directory, a training run directory (its newest
-    checkpoint, as `latest` names it), or a hub id."""
+    checkpoint, as `latest` names it), or a hub id; a LoRA adapter directory is returned as it is."""
     from gpt2.model.hf import resolve_source
 
     directory = resolve_source(source)
-    if (directory / "config.json").is_file():
+    if (directory / "config.json").is_file() or _adapter_dir(directory) is not None:
         return directory
     if (directory / "latest").is_file() or any(directory.glob("step-*")):
         from gpt2.train.checkpoint import resolve_checkpoint
@@ -160,7 +160,10 @@ def _load_adapter(directory: Path, *, tokenizer: str | None, dtype: DtypeName, d
     if _adapter_dir(name) is not None:
         raise UserError(f"{directory}: its base {name} is itself an adapter; stacked adapters are not supported "
                         "(merge the first with `gpt2 lora merge`)")
-    base = load(name, tokenizer=tokenizer, dtype=dtype, device=device, seed=seed, task=task)
+    try:
+        base = load(name, tokenizer=tokenizer, dtype=dtype, device=device, seed=seed, task=task)
+    except UserError as e:  # say which file named the base: a relative path resolves from the current directory
+        raise type(e)(f"{directory}'s base {name!r} ({ADAPTER_CONFIG}: base_model_name_or_path): {e}") from None
     if tokenizer is None:
         own = _adapter_tokenizer(directory)
         if own is not None and own.hash != base.tokenizer.hash:

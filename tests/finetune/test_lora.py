@@ -33,6 +33,10 @@ from gpt2.finetune.lora import (
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
+# transformers 5.x's FutureWarning when PEFT calls its deprecated is_gradient_checkpointing (get_peft_model
+# raises it too): not about our files; no_warnings() below checks the loads that are
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+
 ALL = ("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj")
 LABELS = {0: "ham", 1: "spam", 2: "eggs"}
 # fp32 throughout. The models keep GPT-2's init (std 0.02): the sharpened ×4 weights other tests use make
@@ -340,7 +344,7 @@ def test_adapter_for_another_base_is_refused(tok, lm_base, tmp_path) -> None:
 
 # ------------------------------------------------------------------------------- loader and CLI
 def test_one_loader_loads_an_adapter_with_its_bases_tokenizer(tok, lm_base, tmp_path) -> None:
-    from gpt2.load import load
+    from gpt2.load import load, load_model_and_tokenizer, resolve_model_dir, task_of
     from gpt2.tokenizer import train_bpe
 
     model = inject_lora(GPT2LMHeadModel.from_pretrained(lm_base), LoRAConfig(rank=2, targets=ALL))
@@ -355,6 +359,9 @@ def test_one_loader_loads_an_adapter_with_its_bases_tokenizer(tok, lm_base, tmp_
         torch.testing.assert_close(loaded.model(x).logits, model.eval()(x).logits, atol=TOL, rtol=0)
     with pytest.raises(UserError, match="sequence classifier"):
         load(adapter, device="cpu", task="classify")
+    # what the verbs call (gpt2 generate/chat/eval/serve): the adapter dir stands where a model dir would
+    assert resolve_model_dir(adapter) == adapter and task_of(adapter) == "lm"
+    assert lora_layers(load_model_and_tokenizer(adapter, device="cpu")[0])
 
     other = train_bpe(["some other text entirely, " * 20], vocab_size=300, progress=False)
     other.save(adapter)

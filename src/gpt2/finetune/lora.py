@@ -116,7 +116,7 @@ class LoRAConfig:
 
     rank: int = 8
     """r: the rank of the update B A; its parameters per layer are r × (in + out)."""
-    alpha: float = 8.0
+    alpha: float = 8
     """lora_alpha: the update is scaled by alpha / rank."""
     dropout: float = 0.0
     """lora_dropout: dropout on the adapter's input only (the frozen path sees x as it is)."""
@@ -246,7 +246,7 @@ def adapter_config_dict(cfg: LoRAConfig, *, task_type: TaskType, base_model_name
         "revision": None,
         "inference_mode": True,
         "r": cfg.rank,
-        "lora_alpha": cfg.alpha,
+        "lora_alpha": int(cfg.alpha) if float(cfg.alpha).is_integer() else cfg.alpha,  # PEFT's type is int
         "lora_dropout": cfg.dropout,
         "target_modules": list(cfg.targets),
         "fan_in_fan_out": True,  # HF GPT-2's projections are Conv1D, weights (in, out)
