@@ -97,9 +97,6 @@ def load(
     if task not in ("lm", "classify"):
         raise UserError(f"task must be 'lm' or 'classify', got {task!r}")
     target = pick_device(device)
-    adapter = _adapter_dir(source)
-    if adapter is not None:
-        return _load_adapter(adapter, tokenizer=tokenizer, dtype=dtype, device=device, seed=seed, task=task)
     if str(source).startswith(PRESET_PREFIX) and task == "classify":
         raise wrong_kind_error(source, LM_ARCHITECTURE)  # a preset is a fresh LM: it has no labels
     if str(source).startswith(PRESET_PREFIX):
@@ -115,6 +112,8 @@ def load(
             torch.random.set_rng_state(state)
         return Loaded(model.to(device=target, dtype=DTYPES[dtype]).eval(), tok, None)
     directory = resolve_model_dir(source)
+    if _adapter_dir(directory) is not None:  # an adapter directory, or a run whose checkpoints are adapters
+        return _load_adapter(directory, tokenizer=tokenizer, dtype=dtype, device=device, seed=seed, task=task)
     tok = _tokenizer(directory, tokenizer)
     model: GPT2LMHeadModel | GPT2ForSequenceClassification
     if task == "classify":
@@ -195,12 +194,12 @@ def task_of(source: str | Path) -> Task:
 
     if str(source).startswith(PRESET_PREFIX):
         return "lm"
-    adapter = _adapter_dir(source)
-    if adapter is not None:
+    directory = resolve_model_dir(source)
+    if _adapter_dir(directory) is not None:
         from gpt2.finetune.lora import read_adapter_config
 
-        return "classify" if read_adapter_config(adapter)["task_type"] == "SEQ_CLS" else "lm"
-    return "classify" if read_config(resolve_model_dir(source))[1] == CLASSIFIER_ARCHITECTURE else "lm"
+        return "classify" if read_adapter_config(directory)["task_type"] == "SEQ_CLS" else "lm"
+    return "classify" if read_config(directory)[1] == CLASSIFIER_ARCHITECTURE else "lm"
 
 
 def load_model_and_tokenizer(

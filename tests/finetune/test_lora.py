@@ -370,6 +370,29 @@ def test_one_loader_loads_an_adapter_with_its_bases_tokenizer(tok, lm_base, tmp_
     assert "\n" not in str(e.value)
 
 
+def test_save_replaces_whole_or_writes_in_place(tok, lm_base, tmp_path) -> None:
+    model = inject_lora(GPT2LMHeadModel.from_pretrained(lm_base), LoRAConfig(rank=2))
+    d = tmp_path / "a"
+    d.mkdir()
+    (d / "stale.txt").write_text("from before")
+    save_adapter(model, d, base_model_name_or_path=str(lm_base))
+    assert sorted(p.name for p in d.iterdir()) == [ADAPTER_CONFIG, ADAPTER_WEIGHTS]  # replaced whole
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+    # a checkpoint writer's own temporary directory: files added, others kept; then a run dir loads it
+    from gpt2.load import load
+    from gpt2.train.checkpoint import TRAINER_STATE
+
+    step = tmp_path / "run" / "step-000002"
+    step.mkdir(parents=True)
+    (step / TRAINER_STATE).write_bytes(b"")
+    save_adapter(model, step, base_model_name_or_path=str(lm_base), tokenizer=tok, in_place=True)
+    assert (step / TRAINER_STATE).is_file() and (step / ADAPTER_WEIGHTS).is_file()
+    (tmp_path / "run" / "latest").write_text("step-000002\n")
+    loaded = load(tmp_path / "run", device="cpu")
+    assert loaded.directory == step and lora_layers(loaded.model)
+
+
 def gpt2(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gpt2", *args], capture_output=True, text=True, timeout=180)
 

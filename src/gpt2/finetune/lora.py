@@ -276,16 +276,20 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(model: nn.Module, directory: str | Path, *, base_model_name_or_path: str,
-                 tokenizer: Any = None) -> Path:
+                 tokenizer: Any = None, in_place: bool = False) -> Path:
     """Write PEFT's adapter directory (adapter_config.json + adapter_model.safetensors) for an adapter-on model.
 
     `base_model_name_or_path` is what the adapter applies to: a model directory (absolute, to load from
     anywhere) or a hub id; `gpt2.load.load(directory)` and PEFT's AutoPeftModel load the base from it.
+    Give a checkpoint directory rather than a run directory, whose newest checkpoint moves on.
     `tokenizer`, if given, is saved beside (it must be the base's). The directory is filled under a
-    temporary name and renamed when whole, replacing what was there. Returns the directory."""
+    temporary name and renamed when whole, replacing what was there; with `in_place=True` the files are
+    written (each atomically) into `directory` as it is, leaving its other files, for a caller that fills
+    a temporary directory of its own and renames it (a checkpoint writer, in place of save_pretrained).
+    Returns the directory."""
     from safetensors.torch import save
 
-    from gpt2.common import atomic_directory
+    from gpt2.common import atomic_directory, atomic_write_bytes
 
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):  # DDP / FSDP / torch.compile wrappers
         model = getattr(model, "module", None) or model._orig_mod
@@ -295,10 +299,21 @@ def save_adapter(model: nn.Module, directory: str | Path, *, base_model_name_or_
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise UserError(f"{directory} is a file; save_adapter writes a directory")
-    with atomic_directory(directory) as tmp:
-        (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    files = {
+        ADAPTER_CONFIG: (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8"),
         # transformers/PEFT check this metadata key before they read a safetensors file
-        (tmp / ADAPTER_WEIGHTS).write_bytes(save(weights, metadata={"format": "pt"}))
+        ADAPTER_WEIGHTS: save(weights, metadata={"format": "pt"}),
+    }
+    if in_place:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            atomic_write_bytes(directory / name, data)
+        if tokenizer is not None:
+            tokenizer.save(directory)
+        return directory
+    with atomic_directory(directory) as tmp:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
         if tokenizer is not None:
             tokenizer.save(tmp)
     return directory
