@@ -3,6 +3,7 @@
     python -m gpt2.finetune.data ../shared/data/sms_spam.tsv --text-field 1 --label-field 0
 
 data.py reads labelled texts (csv, tsv, jsonl, parquet) and splits them; metrics.py scores predictions;
-classify.py encodes texts and classifies them in batches (`gpt2 classify`, `gpt2 eval --classify`).
+classify.py encodes texts and classifies them in batches (`gpt2 classify`, `gpt2 eval --classify`);
+lora.py adds, merges, saves and loads LoRA adapters in PEFT's format (`gpt2 lora merge`).
 Importing the package loads nothing.
 """
