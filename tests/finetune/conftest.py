@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from finetune_helpers import save_model_dir
 
 from gpt2 import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
@@ -41,17 +42,11 @@ def classifier(tok) -> GPT2ForSequenceClassification:
 
 @pytest.fixture(scope="session")
 def clf_ckpt(tok, classifier, tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("clf")
-    classifier.save_pretrained(d)
-    tok.save(d)
-    return d
+    return save_model_dir(tmp_path_factory, "clf", classifier, tok)
 
 
 @pytest.fixture(scope="session")
 def lm_ckpt(tok, tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("lm")
     eot = tok.eot_token
-    GPT2LMHeadModel(GPT2Config.from_preset("tiny", vocab_size=tok.n_vocab, bos_token_id=eot,
-                                           eos_token_id=eot)).save_pretrained(d)
-    tok.save(d)
-    return d
+    lm = GPT2LMHeadModel(GPT2Config.from_preset("tiny", vocab_size=tok.n_vocab, bos_token_id=eot, eos_token_id=eot))
+    return save_model_dir(tmp_path_factory, "lm", lm, tok)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from finetune_helpers import save_model_dir, sms_texts
 
 from gpt2 import GPT2Config, GPT2LMHeadModel
 
@@ -25,16 +26,12 @@ def base(tmp_path_factory, shared_data) -> Path:
     """A tiny random GPT-2 with a BPE trained on the SMS texts, saved like any model directory."""
     from gpt2.tokenizer import train_bpe
 
-    texts = [line.split("\t", 1)[1] for line in (shared_data / "sms_spam.tsv").read_text(encoding="utf-8").splitlines()]
-    tok = train_bpe(texts, vocab_size=512, special_tokens=["<|endoftext|>"], progress=False)
+    tok = train_bpe(sms_texts(shared_data), vocab_size=512, special_tokens=["<|endoftext|>"], progress=False)
     torch.manual_seed(0)
     eot = tok.eot_token
     model = GPT2LMHeadModel(GPT2Config(vocab_size=tok.n_vocab, n_positions=64, n_embd=32, n_layer=2, n_head=2,
                                        bos_token_id=eot, eos_token_id=eot))
-    d = tmp_path_factory.mktemp("base")
-    model.save_pretrained(d)
-    tok.save(d)
-    return d
+    return save_model_dir(tmp_path_factory, "base", model, tok)
 
 
 @pytest.fixture(scope="module")
@@ -145,12 +142,9 @@ def test_resume_after_sigkill_is_bit_for_bit(tmp_path, base, sms) -> None:
 def base_without_eot(tmp_path_factory, shared_data) -> Path:
     from gpt2.tokenizer import train_bpe
 
-    texts = [line.split("\t", 1)[1] for line in (shared_data / "sms_spam.tsv").read_text(encoding="utf-8").splitlines()]
-    tok = train_bpe(texts[:500], vocab_size=300, special_tokens=[], progress=False)
-    d = tmp_path_factory.mktemp("base-no-eot")
-    GPT2LMHeadModel(GPT2Config(vocab_size=tok.n_vocab, n_positions=64, n_embd=32, n_layer=2, n_head=2)).save_pretrained(d)
-    tok.save(d)
-    return d
+    tok = train_bpe(sms_texts(shared_data)[:500], vocab_size=300, special_tokens=[], progress=False)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=tok.n_vocab, n_positions=64, n_embd=32, n_layer=2, n_head=2))
+    return save_model_dir(tmp_path_factory, "base-no-eot", model, tok)
 
 
 @pytest.mark.parametrize("case", ["no-text-column", "no-label-column", "label-only-in-test", "no-base",

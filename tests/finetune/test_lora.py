@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from finetune_helpers import save_model_dir
 
 from gpt2 import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 from gpt2.errors import UserError
@@ -61,18 +62,12 @@ def make_clf(tok, *, seed: int = 0) -> GPT2ForSequenceClassification:
 
 @pytest.fixture(scope="module")
 def lm_base(tok, tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("lm-base")
-    make_lm(tok).save_pretrained(d)
-    tok.save(d)
-    return d
+    return save_model_dir(tmp_path_factory, "lm-base", make_lm(tok), tok)
 
 
 @pytest.fixture(scope="module")
 def clf_base(tok, tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("clf-base")
-    make_clf(tok).save_pretrained(d)
-    tok.save(d)
-    return d
+    return save_model_dir(tmp_path_factory, "clf-base", make_clf(tok), tok)
 
 
 def ids(tok, n: int = 3, T: int = 12, seed: int = 1) -> torch.Tensor:
