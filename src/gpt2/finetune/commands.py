@@ -1,14 +1,17 @@
-"""`gpt2 finetune classify`: fine-tune a pretrained GPT-2 into a classifier, then score its test split.
+"""`gpt2 finetune classify|instruct`: fine-tune a pretrained GPT-2 into a classifier or an instruction follower.
 
     gpt2 train                                                   # a base: runs/shakespeare-cpu
     gpt2 finetune classify finetune-sms-spam                     # → runs/finetune-sms-spam/{best, step-N/}
     gpt2 finetune classify finetune-imdb model.init_from=openai-community/gpt2 train.device=cuda
     gpt2 finetune classify --resume runs/finetune-sms-spam       # continue exactly where it stopped
+    gpt2 finetune classify finetune-sms-spam-lora                # LoRA adapters (finetune.lora.*), PEFT's format
+    gpt2 finetune instruct sft-alpaca                            # → runs/sft-alpaca, then `gpt2 chat runs/sft-alpaca`
 
 Training, evaluation intervals, checkpoints, resume, DDP and the progress line are the trainer's
 (gpt2.train.loop); the task is gpt2.finetune.task. At the end the checkpoint named `best` (by
 finetune.metric on the validation split) scores the test split: the `test` record of metrics.jsonl,
-confusion-test.png, and the printed summary.
+confusion-test.png, and the printed summary. An instruction run (gpt2.finetune.instruct) reports its
+held-out response loss and two greedy answers, and leaves the held-out entries in RUN/heldout.jsonl.
 """
 
 from __future__ import annotations
@@ -42,13 +45,13 @@ def finetune_classify(cfg: RunConfig, *, resume: str | Path | None = None,
 
 def score_test(task: Any, checkpoint: Path, cfg: RunConfig) -> dict[str, Any]:
     from gpt2.common import pick_device, resolve_dtype
-    from gpt2.model.classify import GPT2ForSequenceClassification
+    from gpt2.load import load
     from gpt2.train.metrics import MetricsLogger
     from gpt2.train.task import EvalContext
 
     device = pick_device(cfg.train.device)
     dtype, _ = resolve_dtype(cfg.train.dtype, device)
-    model = GPT2ForSequenceClassification.from_pretrained(checkpoint).to(device).eval()
+    model = load(checkpoint, task="classify", device=str(device)).model  # an HF directory or a LoRA adapter
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     ctx = EvalContext(model=model, mode="single", rank=0, world_size=1, device=device, autocast=autocast,
                       step=-1, run_dir=Path(cfg.train.out_dir))
@@ -69,21 +72,25 @@ def _report(metrics: dict[str, Any], names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def run_classify(args: argparse.Namespace) -> int:
-    """The CLI verb; see the module docstring."""
+def _config(args: argparse.Namespace) -> RunConfig:
+    """The run's config: a recipe and overrides, or --resume RUN (its run.yaml) and overrides."""
     from gpt2.config import load_config, load_run_config
-    from gpt2.train import TrainingStopped
+    from gpt2.errors import UserError
 
     recipe = args.args[0] if args.args and "=" not in args.args[0] else None
     overrides = args.args[1:] if recipe else args.args
     if args.resume and recipe is None:
-        cfg = load_run_config(args.resume, overrides)
-    elif recipe is None:
-        from gpt2.errors import UserError
+        return load_run_config(args.resume, overrides)
+    if recipe is None:
+        raise UserError(f"give a recipe (e.g. {args.example_recipe}, a YAML file) or --resume RUN_DIR")
+    return load_config(recipe, overrides)
 
-        raise UserError("give a recipe (e.g. finetune-sms-spam, a YAML file) or --resume RUN_DIR")
-    else:
-        cfg = load_config(recipe, overrides)
+
+def run_classify(args: argparse.Namespace) -> int:
+    """`gpt2 finetune classify`; see the module docstring."""
+    from gpt2.train import TrainingStopped
+
+    cfg = _config(args)
     try:
         result, test = finetune_classify(cfg, resume=args.resume)
     except TrainingStopped as e:
@@ -100,15 +107,53 @@ def run_classify(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
+def finetune_instruct(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | None = None) -> Any:
+    """Train the instruction task (gpt2.finetune.instruct); returns the TrainResult."""
+    from gpt2.finetune.instruct import InstructTask
+    from gpt2.train.loop import run
+
+    return run(cfg, InstructTask(cfg), resume=resume, progress=progress)
+
+
+def run_instruct(args: argparse.Namespace) -> int:
+    """`gpt2 finetune instruct`: train, then say where the model and its held-out entries are."""
+    from gpt2.finetune.instruct import HELD_OUT_FILE
+    from gpt2.train import TrainingStopped
+
+    cfg = _config(args)
+    try:
+        result = finetune_instruct(cfg, resume=args.resume)
+    except TrainingStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    held_out = result.run_dir / HELD_OUT_FILE
+    print(f"\nstep {result.step}: held-out response loss {result.metrics.get('val_loss', float('nan')):.4f} "
+          f"({result.metrics.get('val_tokens', 0):,} response tokens)")
+    for text in result.samples:
+        print(f"  {text}")
+    if args.json:
+        print(json.dumps({"val": result.metrics, "samples": result.samples}))
+    print(f"run directory: {result.run_dir} (metrics.jsonl, tensorboard/, {HELD_OUT_FILE})")
+    print(f"chat with it: gpt2 chat {result.run_dir}    score it: gpt2 eval {result.run_dir} --instruct {held_out}")
+    return 130 if result.interrupted else 0
+
+
 def add_finetune(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("finetune", help="fine-tune a pretrained GPT-2: classification")
-    fsub = p.add_subparsers(dest="finetune_verb", required=True, metavar="{classify}")
+    p = sub.add_parser("finetune", help="fine-tune a pretrained GPT-2: classification or instruction tuning")
+    fsub = p.add_subparsers(dest="finetune_verb", required=True, metavar="{classify,instruct}")
     c = fsub.add_parser("classify", help="a classifier on labelled texts (GPT2ForSequenceClassification checkpoints)")
     c.add_argument("args", nargs="*", metavar="[RECIPE] [key=value ...]",
                    help="a recipe (finetune-sms-spam, finetune-imdb or a YAML file) and dotted overrides")
-    c.add_argument("--resume", metavar="RUN_DIR", help="continue a fine-tune (or a checkpoint) exactly where it stopped")
-    c.add_argument("--json", action="store_true", help="also print the validation and test metrics as one JSON line")
-    c.set_defaults(func=run_classify)
+    c.set_defaults(func=run_classify, example_recipe="finetune-sms-spam")
+    i = fsub.add_parser("instruct", help="instruction tuning on Alpaca or chat data (the prompt format is saved "
+                                          "with every checkpoint)")
+    i.add_argument("args", nargs="*", metavar="[RECIPE] [key=value ...]",
+                   help="a recipe (sft-alpaca or a YAML file) and dotted overrides, e.g. finetune.lora.rank=16")
+    i.set_defaults(func=run_instruct, example_recipe="sft-alpaca")
+    for verb in (c, i):
+        verb.add_argument("--resume", metavar="RUN_DIR", help="continue a fine-tune (or a checkpoint) exactly where "
+                                                                "it stopped")
+        verb.add_argument("--json", action="store_true", help="also print the final metrics as one JSON line")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from gpt2.config import RunConfig
 from gpt2.errors import UserError
-from gpt2.train.task import Batch, EvalContext, Geometry, Loader, Task
+from gpt2.finetune.base import FinetuneTask
+from gpt2.train.task import Batch, EvalContext, Geometry, Loader
 
 
 @dataclass
@@ -128,41 +129,28 @@ def score(model: torch.nn.Module, split: Split, *, batch_size: int, pad_id: int,
     return loss, confusion
 
 
-class ClassificationTask(Task):
+class ClassificationTask(FinetuneTask):
     """Labelled texts (finetune.*) on a pretrained base (model.init_from) with a new score head."""
 
     name = "classify"
 
     def __init__(self, cfg: RunConfig) -> None:
-        self.cfg = cfg
-        if not cfg.model.init_from:
-            raise UserError("fine-tuning needs a base: set model.init_from to a run, checkpoint, model directory, "
-                            "hub id or preset:NAME (e.g. model.init_from=openai-community/gpt2)")
+        super().__init__(cfg)
         if not cfg.finetune.train_file:
             raise UserError("finetune.train_file is not set: give a csv/tsv/jsonl/parquet file with text and label "
                             "columns (finetune.text_field, finetune.label_field)")
-        f = cfg.finetune
-        metric = f.metric
+        metric = cfg.finetune.metric
         self.best_metric = (metric, "min" if metric == "val_loss" else "max")
         self.splits: dict[str, Split] = {}
         self.id2label: dict[int, str] = {}
         self.class_weights: list[float] | None = None
         self.summary: dict[str, Any] = {}
-        self._base = None
 
     # ----------------------------------------------------------------------------------- data
     def prepare(self, *, progress: bool) -> None:
-        from gpt2.load import load
-
-        base = load(self.cfg.model.init_from)
-        tok = base.tokenizer
-        if tok is None:
-            raise UserError(f"{self.cfg.model.init_from} has no tokenizer files: save the tokenizer beside the model")
-        try:
-            eot = tok.eot_token  # the pad id: the classifier reads the last real token, padding is never read
-        except UserError as e:
-            raise UserError(f"{self.cfg.model.init_from}: its tokenizer has no end-of-text token to pad with ({e})") from None
-        self.tokenizer, self.pad_id, self._base = tok, eot, base.model
+        base = self.load_base()
+        # the pad id: the classifier reads the last real token, padding is never read
+        self.tokenizer, self.pad_id = base.tokenizer, base.tokenizer.eot_token
         self._read_splits()
 
     def _read_splits(self) -> None:
@@ -236,9 +224,9 @@ class ClassificationTask(Task):
         from gpt2.model.classify import GPT2ForSequenceClassification
 
         p = self.cfg.model.dropout
-        if checkpoint is not None:
+        if checkpoint is not None and self.lora is None:
             model = GPT2ForSequenceClassification.from_pretrained(checkpoint, resid_pdrop=p, embd_pdrop=p, attn_pdrop=p)
-        else:
+        else:  # a fresh head on the base (for a LoRA run's resume too: the adapter then brings the trained head)
             base = self._base
             # from_lm builds the classifier from the base's config: its dropout modules get the run's rate
             base.config.resid_pdrop = base.config.embd_pdrop = base.config.attn_pdrop = p
@@ -250,7 +238,7 @@ class ClassificationTask(Task):
                             f"{model.config.n_positions}")
         self._base = None
         freeze(model, self.cfg.finetune.trainable, self.cfg.finetune.last_blocks)
-        return model
+        return self.adapt(model, checkpoint, write_base=True)
 
     def train_loader(self, *, rank: int, world_size: int) -> Loader:
         return ExampleLoader(self.splits["train"], batch_size=self.cfg.train.micro_batch_size, rank=rank,
@@ -287,7 +275,7 @@ class ClassificationTask(Task):
         return {"val_loss" if split == "val" else f"{split}_loss": loss.item() / max(len(data), 1), **report}
 
     def start_record(self) -> dict[str, Any]:
-        return {"tokenizer": repr(self.tokenizer), **self.summary}
+        return {"tokenizer": repr(self.tokenizer), **self.summary, **super().start_record()}
 
 
 def freeze(model: torch.nn.Module, trainable: str, last_blocks: int) -> None:

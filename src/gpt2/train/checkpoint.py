@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,8 @@ def save_checkpoint(
     tmp: Path | None = None,
     best: dict[str, Any] | None = None,
     architecture: str = "GPT2LMHeadModel",
+    write_model: Callable[[Path], None] | None = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write step-NNNNNN atomically, point `latest` at it, and delete all but the newest keep_last.
 
@@ -65,16 +68,22 @@ def save_checkpoint(
     `architecture` (its class name, for config.json), and the
     temporary directory `tmp` its ranks have already written their shards into. `best` (the trainer's
     best evaluation so far: metric, value, step, checkpoint) is marked when it is this step, and the
-    checkpoint it names is never pruned; it is marked before pruning, so a kill leaves it named."""
+    checkpoint it names is never pruned; it is marked before pruning, so a kill leaves it named.
+    `write_model(dir)` writes the model instead of `model.save_pretrained(dir)` (a LoRA run's adapter);
+    `extra(dir)` adds files after the model and the tokenizer."""
     run_dir = Path(run_dir)
     final = run_dir / checkpoint_name(step)
     with atomic_directory(final, tmp=tmp) as tmp:
-        if model is not None:
+        if write_model is not None:
+            write_model(tmp)
+        elif model is not None:
             model.save_pretrained(tmp)  # type: ignore[operator]  # the model's own HF class and config
         else:
             config.save(tmp, architecture=architecture)
         if tokenizer is not None:
             tokenizer.save(tmp)
+        if extra is not None:
+            extra(tmp)
         if run_yaml is not None:
             (tmp / "run.yaml").write_text(run_yaml, encoding="utf-8")
         torch.save(trainer_state, tmp / TRAINER_STATE)

@@ -323,6 +323,9 @@ class Trainer:
 
     def _announce(self) -> None:
         cfg, g, model = self.cfg, self.geometry, self.model
+        # a tied matrix counts once (parameters() yields it once); frozen parameters do not train
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
         self.run_dir.mkdir(parents=True, exist_ok=True)
         clean_stale(self.run_dir)
         (self.run_dir / "run.yaml").write_text(to_yaml(cfg), encoding="utf-8")
@@ -334,12 +337,15 @@ class Trainer:
             "device": str(self.device), "dtype": dtype, "dtype_reason": self.dtype_reason,
             "distributed": self.mode, "world_size": self.world_size,
             "grad_accum": self.grad_accum, "global_batch_tokens" if g.unit == "tokens" else f"global_batch_{g.unit}":
-            g.per_step, "parameters": model.num_parameters(), **self.task.start_record(),
+            g.per_step, "parameters": model.num_parameters(), "trainable_parameters": trainable,
+            **self.task.start_record(),
             "optimizer": describe(self.optimizer),
         })
         micro = (f"{cfg.train.micro_batch_size}×{cfg.train.seq_len}" if g.unit == "tokens"
                  else f"{g.per_micro}")
         print(f"dtype: {self.dtype_reason}", file=sys.stderr)
+        if trainable < total:
+            print(f"trainable: {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)", file=sys.stderr)
         print(f"run {self.run_dir} | {model.num_parameters():,} parameters | {self.device} {dtype} | "
               f"{self.world_size} process(es) × {self.grad_accum} micro-step(s) × {micro} = {g.per_step:,} {g.unit}/step | "
               f"{cfg.train.max_steps} steps" + (f" | resumed at step {self.step}" if self.step else ""), file=sys.stderr)
@@ -405,12 +411,14 @@ class Trainer:
             dist_utils.save_sharded(tmp, self.model, self.optimizer)
             arch = dist_utils.model_class(self.model).__name__
             path = (save_checkpoint(self.run_dir, self.step, model=None, config=self.model.config, tmp=tmp,
-                                    architecture=arch, **common) if self.master else None)
+                                    architecture=arch, extra=self.task.save_extra, **common) if self.master else None)
             torch.distributed.barrier()
         else:
             trainer_state["optimizer"] = dist_utils.full_optimizer_state(self.model, self.optimizer, mode=self.mode)
             to_save = dist_utils.plain_model(self.model, mode=self.mode, rank=self.rank)
-            path = save_checkpoint(self.run_dir, self.step, model=to_save, **common) if self.master else None
+            path = (save_checkpoint(self.run_dir, self.step, model=to_save, extra=self.task.save_extra,
+                                    write_model=lambda d: self.task.save_model(to_save, d), **common)
+                    if self.master else None)
         if self.master:
             self.result.last_checkpoint = path
         return path

@@ -119,6 +119,15 @@ class Task:
         """Training FLOPs per forward token (for MFU)."""
         raise NotImplementedError
 
+    def save_model(self, model: torch.nn.Module, directory: Path) -> None:
+        """Write the model into a checkpoint directory being filled (an HF directory; a LoRA task writes
+        its adapter instead, gpt2.finetune.base)."""
+        model.save_pretrained(directory)  # type: ignore[operator]  # the model's own HF class and config
+
+    def save_extra(self, directory: Path) -> None:
+        """Files of the task's own for a checkpoint directory being filled, after the model and the tokenizer
+        (an instruction task writes its prompt format)."""
+
 
 class LanguageModelTask(Task):
     """Next-token prediction on windows of llm.c token shards: pretraining and continued pretraining."""
