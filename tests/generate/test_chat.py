@@ -14,6 +14,7 @@ from gpt2.generate.chat import (
     ChatFormat,
     _write_reply,
     chat_loop,
+    encode_conversation,
     format_prompt,
     load_chat_format,
     save_chat_format,
@@ -71,17 +72,28 @@ def test_chat_json_named_custom_and_errors(tmp_path) -> None:
 def test_chat_keeps_history_drops_oldest_and_resets(model, tok) -> None:
     from gpt2.generate import SampleConfig
 
-    chat = Chat(model, tok, FORMATS["plain"], SampleConfig(max_new_tokens=8, temperature=0))
+    fmt = FORMATS["plain"]
+    chat = Chat(model, tok, fmt, SampleConfig(max_new_tokens=8, temperature=0))
     first = "".join(chat.send("hello"))
     assert len(chat.history) == 1 and chat.last is not None
-    assert chat.history[0][: len(FORMATS["plain"].encode(tok, "hello"))] == FORMATS["plain"].encode(tok, "hello")
+    user, reply = chat.history[0]  # the history is messages: the reply as its text
+    assert user == {"role": "user", "content": "hello"} and reply == {"role": "assistant", "content": chat.last.text}
+    assert chat.prompt == fmt.encode(tok, "hello")
     "".join(chat.send("again"))
     assert len(chat.history) == 2
-    # a long message pushes the oldest turns out of the 128-token window
-    "".join(chat.send("the quick brown fox " * 6))
-    assert sum(map(len, chat.history)) <= model.config.n_positions
+    # every prompt is the whole conversation encoded at once (as apply_chat_template does), the past reply
+    # closed by <|endoftext|> however it ended
+    again = [user, reply, {"role": "user", "content": "again"}]
+    assert chat.prompt == encode_conversation(again, tok, fmt, add_generation_prompt=True)[0]
+    assert chat.prompt.count(tok.eot_token) == 1
+    # a long message pushes the oldest exchanges out of the 128-token window
+    "".join(chat.send("the quick brown fox " * 16))  # 81 tokens: the two exchanges before do not fit beside it
+    assert len(chat.history) < 3 and len(chat.prompt) <= model.config.n_positions - 8
     chat.reset()
     assert chat.history == [] and "".join(chat.send("hello")) == first  # greedy: same reply from scratch
+    with_system = Chat(model, tok, fmt, SampleConfig(max_new_tokens=8, temperature=0), system="Be brief.")
+    "".join(with_system.send("hello"))
+    assert with_system.prompt == tok.encode("Be brief.\nUser: hello\nAssistant:")  # text + separator, then the turn
 
 
 def test_chat_set_and_loop_commands(model, tok) -> None:

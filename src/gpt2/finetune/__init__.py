@@ -4,6 +4,8 @@
 
 data.py reads labelled texts (csv, tsv, jsonl, parquet) and splits them; metrics.py scores predictions;
 classify.py encodes texts and classifies them in batches (`gpt2 classify`, `gpt2 eval --classify`);
-lora.py adds, merges, saves and loads LoRA adapters in PEFT's format (`gpt2 lora merge`).
+lora.py adds, merges, saves and loads LoRA adapters in PEFT's format (`gpt2 lora merge`);
+instruct_data.py reads instruction data (Alpaca or chat messages), encodes conversations with a loss
+mask, and batches them by length for instruction tuning.
 Importing the package loads nothing.
 """
