@@ -349,6 +349,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--show-probs", nargs="?", type=int, const=5, default=0, metavar="K",
                    help="print the top K candidates and their probabilities at each step (default K: 5)")
     p.add_argument("--probs-plot", default=None, metavar="FILE.png", help="draw the same as a heatmap (matplotlib)")
+    p.add_argument("--chat", action="store_true", help="each prompt is a user message in the checkpoint's prompt "
+                   "format (chat.json / the chat template), as `gpt2 chat` sends a first message; prints the answer")
+    p.add_argument("--format", default=None, help="with --chat: the prompt format (alpaca, plain) instead of chat.json's")
     _add_sampling_args(p, max_new_tokens=128)
 
     def run(args: argparse.Namespace) -> int:
@@ -358,7 +361,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         return run_generate(args.source, args.prompt, config=config, prompts_file=args.prompts_file, out=args.out,
                             batch_size=args.batch_size, tokenizer=args.tokenizer, dtype=args.dtype,
                             device=args.device, as_json=args.json, show_probs=args.show_probs,
-                            probs_plot=args.probs_plot, pack=args.pack)
+                            probs_plot=args.probs_plot, pack=args.pack, chat=args.chat, format=args.format)
 
     p.set_defaults(func=run)
 

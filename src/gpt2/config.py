@@ -405,14 +405,14 @@ def validate(cfg: RunConfig) -> None:
          and cfg.eval.hellaswag_interval >= 0 and cfg.eval.hellaswag_limit >= 0,
          "checkpoint/eval/sample/hellaswag intervals (and eval.hellaswag_limit) must be >= 0"),
         (cfg.data.tokenizer.pattern in ("gpt2", "gpt4"), "data.tokenizer.pattern: use gpt2 or gpt4"),
-        *_finetune_checks(cfg.finetune),
+        *_finetune_checks(cfg.finetune, o.name),
     ]
     for ok, msg in checks:
         if not ok:
             raise UserError(msg)
 
 
-def _finetune_checks(f: FinetuneConfig) -> list[tuple[bool, str]]:
+def _finetune_checks(f: FinetuneConfig, cfg_optim_name: str) -> list[tuple[bool, str]]:
     return [
         (f.balance in ("none", "downsample", "class_weights"),
          f"finetune.balance={f.balance!r}: use none, downsample or class_weights"),
@@ -431,6 +431,9 @@ def _finetune_checks(f: FinetuneConfig) -> list[tuple[bool, str]]:
         (0 <= f.lora.dropout < 1, f"finetune.lora.dropout={f.lora.dropout} must be in [0, 1)"),
         (bool(f.lora.targets) and all(t in ("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj") for t in f.lora.targets),
          f"finetune.lora.targets={list(f.lora.targets)}: choose among c_attn, attn.c_proj, c_fc, mlp.c_proj"),
+        (f.lora.rank is None or cfg_optim_name != "muon",
+         "optim.name=muon orthogonalises the blocks' full weight matrices, which LoRA freezes: use optim.name=adamw "
+         "with finetune.lora.rank"),
         (f.lora.rank is None or f.trainable == "all",
          f"finetune.trainable={f.trainable} is for full fine-tuning; with finetune.lora.rank set the adapters "
          "(and a classifier's head) train: drop one of the two"),

@@ -148,6 +148,7 @@ def test_killed_lora_run_resumes_bit_for_bit(tmp_path, base, sms, monkeypatch) -
     (["finetune.lora.alpha=0"], "finetune.lora.alpha"),
     (["finetune.trainable=head"], "finetune.trainable=head is for full fine-tuning"),
     (["train.distributed=fsdp"], "FSDP"),
+    (["optim.name=muon"], "optim.name=adamw"),
 ])
 def test_bad_lora_settings_are_one_line_errors(tmp_path, base, sms, capsys, extra, expect) -> None:
     out = tmp_path / "run"

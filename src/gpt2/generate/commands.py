@@ -107,8 +107,14 @@ def run_generate(
     show_probs: int = 0,
     probs_plot: str | None = None,
     pack: bool = True,
+    chat: bool = False,
+    format: str | None = None,
 ) -> int:
-    """`gpt2 generate`: stream one prompt to the terminal, print JSON, or complete a prompts file."""
+    """`gpt2 generate`: stream one prompt to the terminal, print JSON, or complete a prompts file.
+
+    With `chat`, each prompt is one user message, written in the checkpoint's prompt format (chat.json, or
+    `format`) as `gpt2 chat` writes a first turn; the format's stop strings join the config's, and only
+    the answer is printed."""
     if (prompt is None) == (prompts_file is None):
         raise UserError("give either a PROMPT or --prompts-file FILE (not both)")
     if out is not None and prompts_file is None:
@@ -122,8 +128,21 @@ def run_generate(
         raise UserError("--probs-plot needs matplotlib: pip install 'gpt2-scratch[plot]'")
     if show_probs or probs_plot:
         config = config.replace(top_probs=show_probs or 5)
+    if format is not None and not chat:
+        raise UserError("--format names the prompt format of --chat; give --chat too")
     prompts = read_prompts(prompts_file) if prompts_file is not None else [prompt]
+    fmt = None
+    if chat:
+        from gpt2.generate.chat import load_chat_format
+
+        fmt = load_chat_format(resolve_model_dir(source), format=format)  # before the model loads: fail fast
     model, tok = load_model_and_tokenizer(source, tokenizer=tokenizer, dtype=dtype, device=device)
+    if fmt is not None:
+        from gpt2.generate.chat import encode_conversation
+
+        prompts = [encode_conversation([{"role": "user", "content": p}], tok, fmt, add_generation_prompt=True)[0]
+                   for p in prompts]
+        config = config.replace(stop=[*fmt.stop, *config.stop])
 
     with warnings_as_lines():
         events = stream(model, tok, prompts, config, batch_size=batch_size, pack=pack)
@@ -131,7 +150,7 @@ def run_generate(
             return _complete_file(events, prompts, config, out)
         results: dict[int, Generation] = {}
         streaming = not as_json and config.num_samples == 1
-        if streaming:
+        if streaming and not chat:
             sys.stdout.write(prompt or "")
             sys.stdout.flush()
         for event in events:
@@ -150,7 +169,7 @@ def run_generate(
         for g in gens:
             print(f"--- sample {g.sample_index + 1} of {config.num_samples} ({g.finish_reason}, "
                   f"{g.completion_tokens} tokens) ---")
-            print((prompt or "") + g.text)
+            print(("" if chat else prompt or "") + g.text)
     if show_probs and gens[0].steps:
         from gpt2.generate.show import render_probs
 
