@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gpt2.generate import generate
-from gpt2.generate.chat import FORMATS
+from gpt2.generate.chat import FORMATS, encode_conversation
 
 PROMPT = "The quick brown"
 
@@ -172,10 +172,9 @@ def test_chat_history_and_logprobs(client, tok) -> None:
                 {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Once upon"}]
     out = client.chat.completions.create(model="tiny", messages=messages, max_tokens=6, temperature=0, n=2,
                                          logprobs=True, top_logprobs=2)
-    fmt = FORMATS["plain"]
-    sep = tok.encode(fmt.separator)
-    expected = (tok.encode("Be brief.") + sep + fmt.encode(tok, "Hi") + tok.encode("Hello.") + sep
-                + fmt.encode(tok, "Once upon"))
+    # as gpt2 chat and transformers' apply_chat_template encode it: each past reply closed by <|endoftext|>
+    expected, _ = encode_conversation(messages, tok, FORMATS["plain"], add_generation_prompt=True)
+    assert expected.count(tok.eot_token) == 1
     assert out.usage.prompt_tokens == len(expected)
     assert out.choices[0].message.content == out.choices[1].message.content  # greedy: n copies agree
     content = out.choices[0].logprobs.content

@@ -450,7 +450,13 @@ async def _stream_completion(served: Served, run: _Run, body: CompletionRequest,
 
 # ------------------------------------------------------------------------------------------ chat
 def _chat_prompt(served: Served, body: ChatCompletionRequest) -> list[int]:
-    """The conversation in the model's prompt format: system text, then user turns and assistant replies."""
+    """The conversation in the model's prompt format, encoded as `gpt2 chat` and transformers'
+    apply_chat_template encode it (gpt2.generate.chat.encode_conversation): the system text first (system and
+    developer messages joined), then user turns and assistant replies, each reply closed by <|endoftext|>.
+    Consecutive messages of one role are joined by a blank line, as the format alternates the two."""
+    from gpt2.errors import UserError
+    from gpt2.generate.chat import encode_conversation
+
     fmt, tok = served.chat_format, served.tokenizer
     if fmt is None:
         raise ApiError(400, f"the model {served.name!r} has no prompt format (no chat.json), so it cannot chat: use "
@@ -458,15 +464,19 @@ def _chat_prompt(served: Served, body: ChatCompletionRequest) -> list[int]:
                        param="messages", code="chat_not_supported")
     if body.messages[-1].role != "user":
         raise ApiError(400, "the last message must be the user's (the model answers it)", param="messages")
-    sep = tok.encode(fmt.separator, allowed_special="all") if fmt.separator else []
     system = "\n\n".join(m.text() for m in body.messages if m.role in ("system", "developer"))
-    ids = tok.encode_ordinary(system) + sep if system else []
+    messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     for m in body.messages:
-        if m.role == "user":
-            ids += fmt.encode(tok, m.text())
-        elif m.role == "assistant":
-            ids += tok.encode_ordinary(m.text()) + sep
-    return ids
+        if m.role not in ("user", "assistant"):
+            continue
+        if len(messages) > (1 if system else 0) and messages[-1]["role"] == m.role:
+            messages[-1]["content"] += "\n\n" + m.text()
+        else:
+            messages.append({"role": m.role, "content": m.text()})
+    try:
+        return encode_conversation(messages, tok, fmt, add_generation_prompt=True)[0]
+    except UserError as e:  # e.g. an assistant message before any user message
+        raise ApiError(400, str(e), param="messages") from None
 
 
 async def _chat(served: Served, body: ChatCompletionRequest, request: Request) -> Response:
