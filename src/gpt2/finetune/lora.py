@@ -90,7 +90,10 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in) → (..., out)."""
-        return self.base_layer(x) + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+        # The scaling multiplies the (..., r) activations, not the (..., out) ones, and the update is added in
+        # place: a Linear's backward needs its input and weight, never its output, so autograd allows it.
+        update = self.lora_B(self.lora_A(self.lora_dropout(x)) * self.scaling)  # (..., out)
+        return self.base_layer(x).add_(update)
 
     def delta_weight(self) -> torch.Tensor:
         """B @ A · scaling, (out, in): what merging adds to base_layer.weight (computed in fp32)."""
