@@ -1,8 +1,11 @@
-"""Shared test fixtures: where ../shared/data is, and the skips for tests that need it or a GPU."""
+"""Shared test fixtures: where ../shared/data is, `gpt2` run in this process, and the skips for tests that
+need the data or a GPU."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,33 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"needs the shared data directory {SHARED_DATA} (set GPT2_SHARED_DATA to point elsewhere)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def gpt2_main(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+              ) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`gpt2 ARGS` in this process: gpt2.cli.main's exit status (argparse's SystemExit too) and what it printed.
+
+    For the tests of our own validation (exit 2 and one `error:` line), which need no process of their own:
+    a subprocess costs ~3 s of importing torch. `env` entries are set for the call's duration (monkeypatch).
+    The process boundary itself (signals, torchrun, kills, a fresh interpreter) keeps real subprocesses."""
+
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        from gpt2.cli import main
+
+        with monkeypatch.context() as m:
+            m.delenv("GPT2_DEBUG", raising=False)  # it turns the one `error:` line into a traceback
+            for key, value in (env or {}).items():
+                m.setenv(key, value)
+            capsys.readouterr()  # drop what came before the call
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse's usage errors
+                code = e.code if isinstance(e.code, int) else 1
+            out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out, err)
+
+    return run
 
 
 _PRIVATE_CACHE: list[str | None] = [None]

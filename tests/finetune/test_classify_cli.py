@@ -1,4 +1,5 @@
-"""Batched classification and `gpt2 classify` / `gpt2 eval --classify` through a real subprocess."""
+"""Batched classification and `gpt2 classify` / `gpt2 eval --classify` through a real subprocess; the
+refusals of bad input through gpt2.cli.main in this process."""
 
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ def test_eval_classify_reports_and_plots(clf_ckpt, classifier, tok, tmp_path) ->
 
 @pytest.mark.parametrize("case", ["missing file", "missing column", "unknown label", "lm to classify",
                                   "classifier to generate", "classifier to eval --data"])
-def test_bad_inputs_are_one_line_errors(case, clf_ckpt, lm_ckpt, tmp_path) -> None:
+def test_bad_inputs_are_one_line_errors(case, clf_ckpt, lm_ckpt, tmp_path, gpt2_main) -> None:
     tsv = tmp_path / "d.tsv"
     tsv.write_text("ham\thello there\nmaybe\tsee you\n", encoding="utf-8")
     csv_path = tmp_path / "d.csv"
@@ -109,7 +110,7 @@ def test_bad_inputs_are_one_line_errors(case, clf_ckpt, lm_ckpt, tmp_path) -> No
         "classifier to eval --data": (["eval", str(clf_ckpt), "--data", str(tsv), "--column", "1", "--no-header"],
                                       "is a sequence-classification checkpoint"),
     }[case]
-    r = gpt2(*args)
+    r = gpt2_main(*args)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
     assert message in r.stderr, r.stderr

@@ -149,7 +149,7 @@ def base_without_eot(tmp_path_factory, shared_data) -> Path:
 
 @pytest.mark.parametrize("case", ["no-text-column", "no-label-column", "label-only-in-test", "no-base",
                                   "no-eot-in-the-base"])
-def test_bad_inputs_are_one_line_with_exit_2(tmp_path, base, base_without_eot, sms, case) -> None:
+def test_bad_inputs_are_one_line_with_exit_2(tmp_path, base, base_without_eot, sms, case, gpt2_main) -> None:
     out = tmp_path / "run"
     if case == "no-text-column":
         argv = ["finetune", "classify", *args(base, sms, out, "finetune.text_field=body")]
@@ -168,7 +168,7 @@ def test_bad_inputs_are_one_line_with_exit_2(tmp_path, base, base_without_eot, s
     else:  # a language model given to `gpt2 classify` is tested in test_classify_cli.py
         argv = ["finetune", "classify", *args(base, sms, out), "model.init_from=null"]
         expect = "model.init_from"
-    r = gpt2(argv)
+    r = gpt2_main(*argv)
     assert r.returncode == 2, r.stderr[-3000:]
     assert r.stderr.startswith("error: ") and r.stderr.strip().count("\n") == 0, r.stderr
     assert expect in r.stderr

@@ -1,4 +1,5 @@
-"""`gpt2 generate` and `gpt2 chat` through a real subprocess (piped stdin and a pseudo-terminal)."""
+"""`gpt2 generate` and `gpt2 chat` through a real subprocess (piped stdin and a pseudo-terminal); the
+refusals of bad input through gpt2.cli.main in this process."""
 
 from __future__ import annotations
 
@@ -68,9 +69,9 @@ def test_prompts_file_to_results_file(ckpt, model, tok, tmp_path) -> None:
     ],
     ids=["missing-checkpoint", "top-p", "negative-temperature", "empty-prompt", "out-without-file"],
 )
-def test_bad_input_is_one_error_line_and_exit_2(ckpt, tmp_path, args, match) -> None:
+def test_bad_input_is_one_error_line_and_exit_2(ckpt, tmp_path, args, match, gpt2_main) -> None:
     args = [a.format(ckpt=ckpt, missing=tmp_path / "nope") for a in args]
-    r = gpt2("generate", *args)
+    r = gpt2_main("generate", *args)
     assert r.returncode == 2, r.stdout
     assert r.stderr.startswith("error: ") and r.stderr.strip().count("\n") == 0, r.stderr
     assert re.search(match, r.stderr), r.stderr
@@ -119,8 +120,8 @@ def test_chat_piped_stdin(chat_ckpt, chat_model, tok) -> None:
     assert "chat format: alpaca" in r.stderr and "(temperature = 0.7)" in r.stderr
 
 
-def test_chat_without_format_is_an_error(ckpt) -> None:
-    r = gpt2("chat", str(ckpt))
+def test_chat_without_format_is_an_error(ckpt, gpt2_main) -> None:
+    r = gpt2_main("chat", str(ckpt))
     assert r.returncode == 2 and "has no chat.json" in r.stderr and "--format" in r.stderr
 
 

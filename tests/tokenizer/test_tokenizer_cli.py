@@ -1,4 +1,5 @@
-"""`gpt2 tokenizer train|encode|decode|show` through a real subprocess, as a user runs them."""
+"""`gpt2 tokenizer train|encode|decode|show` through a real subprocess, as a user runs them; the refusals
+of bad input through gpt2.cli.main in this process."""
 
 from __future__ import annotations
 
@@ -72,11 +73,11 @@ def test_gpt2_through_the_cache(gpt2_cache: Path, cli_env: dict[str, str]) -> No
     (["tokenizer", "encode", "/nonexistent-dir", "x"], "not found"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(args: list[str], message: str, corpus: Path, tmp_path: Path,
-                                                 cli_env: dict[str, str], small_tok) -> None:
+                                                 cli_env: dict[str, str], small_tok, gpt2_main) -> None:
     tok_dir = small_tok.save(tmp_path / "tok")
     args = [str(corpus / "a.txt") if a == "CORPUS" else str(tok_dir) if a == "TOK" else
             str(tmp_path / "out") if a == "OUT" else a for a in args]
-    r = gpt2(*args, env=cli_env)
+    r = gpt2_main(*args, env=cli_env)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr

@@ -188,12 +188,12 @@ def train_losses(run_dir: Path) -> dict[int, float]:
     return out
 
 
-def test_bad_optimizer_values_are_one_line_errors_with_exit_2(tmp_path, corpus, env) -> None:
+def test_bad_optimizer_values_are_one_line_errors_with_exit_2(tmp_path, corpus, env, gpt2_main) -> None:
     for bad, words in (("optim.name=sgd", "optim.name='sgd': use adamw or muon"),
                        ("optim.muon_adjust_lr=rms", "use match_rms_adamw or original"),
                        ("train.distributed=fsdp", "optim.name=muon does not work under train.distributed=fsdp")):
         extra = [bad] if bad.startswith("optim.name") else ["optim.name=muon", bad]
-        r = run_cli(["train", TINY, *overrides(corpus, tmp_path / "bad", *extra)], env)
+        r = gpt2_main("train", TINY, *overrides(corpus, tmp_path / "bad", *extra), env=env)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert [x for x in r.stderr.splitlines() if x.startswith("error:")] == [r.stderr.strip().splitlines()[-1]]
         assert words in r.stderr, r.stderr

@@ -217,15 +217,16 @@ def test_nan_loss_is_skipped_and_reported_then_too_many_stop_the_run(tmp_path, c
         (["model.n_positions=16"], "train.seq_len=32 is longer than model.n_positions=16"),
     ],
 )
-def test_bad_configs_get_one_clear_line(args, message, tmp_path, corpus, env) -> None:
-    r = run_cli(["train", TINY, *overrides(corpus, tmp_path / "bad", *args)], env)
+def test_bad_configs_get_one_clear_line(args, message, tmp_path, corpus, env, gpt2_main) -> None:
+    r = gpt2_main("train", TINY, *overrides(corpus, tmp_path / "bad", *args), env=env)
     assert r.returncode == 2
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
 
 
-def test_missing_recipe_is_a_clear_error(env) -> None:
-    r = run_cli(["train", "no-such-recipe.yaml"], env)
+def test_missing_recipe_is_a_clear_error(env, gpt2_main) -> None:
+    r = gpt2_main("train", "no-such-recipe.yaml", env=env)
     assert r.returncode == 2 and "no config file 'no-such-recipe.yaml'" in r.stderr
 
 
