@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from train_helpers import REPO, overrides, run_cli, run_python
+from train_helpers import REPO, overrides, run_python
 
 from gpt2.config import load_config
 from gpt2.train.loop import SpikeGuard
@@ -105,10 +105,10 @@ def test_compile_gives_the_losses_of_eager(tmp_path, corpus, env, monkeypatch) -
     assert compiled.val_loss == pytest.approx(eager.val_loss, abs=1e-4)
 
 
-def test_eta_follows_the_time_budget(tmp_path, corpus, env) -> None:
+def test_eta_follows_the_time_budget(tmp_path, corpus, env, gpt2_main) -> None:
     out = tmp_path / "eta"
-    r = run_cli(["train", TINY, *overrides(corpus, out, "train.max_minutes=0.1", "train.max_steps=1000000",
-                                            "checkpoint.interval=0", "eval.interval=0", "sample.interval=0")], env)
+    r = gpt2_main("train", TINY, *overrides(corpus, out, "train.max_minutes=0.1", "train.max_steps=1000000",
+                                            "checkpoint.interval=0", "eval.interval=0", "sample.interval=0"), env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     etas = [float(m.replace(",", "")) for m in re.findall(r" eta ([\d,.]+)s", r.stderr)]
     assert len(etas) > 3
