@@ -1,8 +1,11 @@
-"""Shared test fixtures: where ../shared/data is, and the skips for tests that need it or a GPU."""
+"""Shared test fixtures: where ../shared/data is, `gpt2` run in this process, and the skips for tests that
+need the data or a GPU."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,33 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"needs the shared data directory {SHARED_DATA} (set GPT2_SHARED_DATA to point elsewhere)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def gpt2_main(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+              ) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`gpt2 ARGS` in this process: gpt2.cli.main's exit status (argparse's SystemExit too) and what it printed.
+
+    For the tests of our own validation (exit 2 and one `error:` line), which need no process of their own:
+    a subprocess costs ~3 s of importing torch. `env` entries are set for the call's duration (monkeypatch).
+    The process boundary itself (signals, torchrun, kills, a fresh interpreter) keeps real subprocesses."""
+
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        from gpt2.cli import main
+
+        with monkeypatch.context() as m:
+            m.delenv("GPT2_DEBUG", raising=False)  # it turns the one `error:` line into a traceback
+            for key, value in (env or {}).items():
+                m.setenv(key, value)
+            capsys.readouterr()  # drop what came before the call
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse's usage errors
+                code = e.code if isinstance(e.code, int) else 1
+            out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out, err)
+
+    return run
 
 
 _PRIVATE_CACHE: list[str | None] = [None]
@@ -50,10 +80,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # The longest test files (a minute or more of CPU each on 2 cores), run first: pytest-xdist hands out whole
 # files in collection order, so with these last one worker would still be busy long after the other.
+# Measured with --durations on 2 busy cores after the in-process CLI tests (2026-12): 70-140 s each.
 LONGEST_FIRST = (
-    "train/test_fsdp.py", "train/test_reproducible.py", "train/test_muon.py", "train/test_train.py",
-    "train/test_train_features.py", "finetune/test_finetune.py", "eval/test_hellaswag.py",
-    "generate/test_hf_generate.py", "serve/test_lm_eval_compat.py", "finetune/test_classify_cli.py",
+    "train/test_train.py", "train/test_reproducible.py", "train/test_fsdp.py", "generate/test_hf_generate.py",
+    "data/test_data_cli.py", "generate/test_generate_cli.py", "finetune/test_classify_cli.py",
+    "train/test_train_features.py", "finetune/test_finetune.py", "train/test_muon.py",
 )
 
 

@@ -1,4 +1,5 @@
-"""`gpt2 data prepare` and `gpt2 data info` through a real subprocess, as a user runs them."""
+"""`gpt2 data prepare` and `gpt2 data info` through a real subprocess, as a user runs them; the refusals of
+bad input through gpt2.cli.main in this process."""
 
 from __future__ import annotations
 
@@ -73,7 +74,7 @@ def test_must_show_1_full_imdb_train(shared_data: Path, tmp_path: Path, cli_env,
     ],
 )
 def test_bad_input_is_one_error_line_and_no_shard(tmp_path: Path, cli_env, setup: str | None, args: list[str],
-                                                  message: str) -> None:
+                                                  message: str, gpt2_main) -> None:
     import re
 
     if setup == "empty":
@@ -84,8 +85,8 @@ def test_bad_input_is_one_error_line_and_no_shard(tmp_path: Path, cli_env, setup
     elif setup == "csv":
         (tmp_path / "d.csv").write_text("label,review\n1,fine\n")
     out = tmp_path / "out"
-    proc = gpt2("data", "prepare", *[a.format(tmp=tmp_path) for a in args], "--out", str(out), "--workers", "1",
-                env=cli_env)
+    proc = gpt2_main("data", "prepare", *[a.format(tmp=tmp_path) for a in args], "--out", str(out), "--workers", "1",
+                     env=cli_env)
     assert proc.returncode == 2, proc.stderr
     lines = error_lines(proc)
     assert len(lines) == 1 and re.match(message, lines[0]), proc.stderr

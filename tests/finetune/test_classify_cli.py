@@ -1,4 +1,5 @@
-"""Batched classification and `gpt2 classify` / `gpt2 eval --classify` through a real subprocess."""
+"""Batched classification and `gpt2 classify` / `gpt2 eval --classify` through a real subprocess; their
+other output forms and the refusals of bad input through gpt2.cli.main in this process."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def test_classify_prints_label_tab_probability(clf_ckpt, classifier, tok) -> Non
         assert label == ["ham", "spam"][best] and prob == f"{p[best]:.4f}"
 
 
-def test_classify_file_and_json(clf_ckpt, classifier, tok, tmp_path) -> None:
+def test_classify_file_and_json(clf_ckpt, classifier, tok, tmp_path, gpt2_main) -> None:
     (tmp_path / "texts.txt").write_text("\n".join([TEXTS[0], "", TEXTS[1], "  "]) + "\n", encoding="utf-8")
     r = gpt2("classify", str(clf_ckpt), "--file", str(tmp_path / "texts.txt"), "--json", "--batch-size", "1")
     assert r.returncode == 0, r.stderr
@@ -64,12 +65,12 @@ def test_classify_file_and_json(clf_ckpt, classifier, tok, tmp_path) -> None:
         assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)
     # a headerless tsv, the text in column 1
     (tmp_path / "t.tsv").write_text("".join(f"x\t{t}\n" for t in TEXTS), encoding="utf-8")
-    r = gpt2("classify", str(clf_ckpt), "--file", str(tmp_path / "t.tsv"), "--text-field", "1", "--json")
+    r = gpt2_main("classify", str(clf_ckpt), "--file", str(tmp_path / "t.tsv"), "--text-field", "1", "--json")
     assert r.returncode == 0, r.stderr
     assert [json.loads(line)["text"] for line in r.stdout.splitlines()] == TEXTS
 
 
-def test_eval_classify_reports_and_plots(clf_ckpt, classifier, tok, tmp_path) -> None:
+def test_eval_classify_reports_and_plots(clf_ckpt, classifier, tok, tmp_path, gpt2_main) -> None:
     labels = ["spam", "ham", "ham", "spam", "ham"]
     (tmp_path / "test.tsv").write_text("".join(f"{y}\t{t}\n" for y, t in zip(labels, TEXTS)), encoding="utf-8")
     r = gpt2("eval", str(clf_ckpt), "--classify", str(tmp_path / "test.tsv"), "--text-field", "1",
@@ -82,15 +83,15 @@ def test_eval_classify_reports_and_plots(clf_ckpt, classifier, tok, tmp_path) ->
     assert sum(map(sum, out["confusion"])) == 5 and set(out["per_class"]) == {"ham", "spam"}
     assert out["max_length"] == 48 and out["truncation_side"] == "right"  # from the checkpoint's config.json
     assert (tmp_path / "confusion.png").read_bytes().startswith(b"\x89PNG")
-    r = gpt2("eval", str(clf_ckpt), "--classify", str(tmp_path / "test.tsv"), "--text-field", "1",
-             "--label-field", "0")
+    r = gpt2_main("eval", str(clf_ckpt), "--classify", str(tmp_path / "test.tsv"), "--text-field", "1",
+                  "--label-field", "0")
     assert r.returncode == 0, r.stderr
     assert "accuracy" in r.stdout and "macro-F1" in r.stdout and "confusion (rows = true" in r.stdout
 
 
 @pytest.mark.parametrize("case", ["missing file", "missing column", "unknown label", "lm to classify",
                                   "classifier to generate", "classifier to eval --data"])
-def test_bad_inputs_are_one_line_errors(case, clf_ckpt, lm_ckpt, tmp_path) -> None:
+def test_bad_inputs_are_one_line_errors(case, clf_ckpt, lm_ckpt, tmp_path, gpt2_main) -> None:
     tsv = tmp_path / "d.tsv"
     tsv.write_text("ham\thello there\nmaybe\tsee you\n", encoding="utf-8")
     csv_path = tmp_path / "d.csv"
@@ -109,7 +110,7 @@ def test_bad_inputs_are_one_line_errors(case, clf_ckpt, lm_ckpt, tmp_path) -> No
         "classifier to eval --data": (["eval", str(clf_ckpt), "--data", str(tsv), "--column", "1", "--no-header"],
                                       "is a sequence-classification checkpoint"),
     }[case]
-    r = gpt2(*args)
+    r = gpt2_main(*args)
     assert r.returncode == 2, (r.stdout, r.stderr)
     assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
     assert message in r.stderr, r.stderr

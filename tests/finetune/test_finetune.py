@@ -1,5 +1,6 @@
 """`gpt2 finetune classify` end to end on a tiny base: HF checkpoints, metrics, best checkpoint, exact
-resume after SIGKILL, and the bad inputs through the command line."""
+resume after SIGKILL, DDP, and the bad inputs through the command line (gpt2.cli.main, in this process
+except for the kill and torchrun)."""
 
 from __future__ import annotations
 
@@ -50,22 +51,16 @@ def args(base: Path, data: Path, out: Path, *extra: str) -> list[str]:
             "train.log_interval=1", "optim.warmup_steps=2", "optim.lr=3e-3", *extra]
 
 
-def gpt2(argv: list[str], *, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "gpt2", *argv], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=REPO)
-
-
 def records(run_dir: Path, kind: str) -> list[dict]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
-def test_finetune_writes_hf_checkpoints_metrics_and_the_best_one(tmp_path, base, sms) -> None:
+def test_finetune_writes_hf_checkpoints_metrics_and_the_best_one(tmp_path, base, sms, gpt2_main) -> None:
     import transformers
 
     out = tmp_path / "run"
-    r = gpt2(["finetune", "classify", *args(base, sms, out, "finetune.balance=downsample"), "--json"])
+    r = gpt2_main("finetune", "classify", *args(base, sms, out, "finetune.balance=downsample"), "--json")
     assert r.returncode == 0, r.stderr[-3000:]
     start = records(out, "start")[0]
     assert start["task"] == "classify" and start["labels"] == ["ham", "spam"]
@@ -114,11 +109,12 @@ sys.exit(main({argv!r}))
 """
 
 
-def test_resume_after_sigkill_is_bit_for_bit(tmp_path, base, sms) -> None:
+def test_resume_after_sigkill_is_bit_for_bit(tmp_path, base, sms, gpt2_main) -> None:
+    """The kill is a process of its own; the uninterrupted run and the resume run in this one."""
     # dropout on and two micro-steps per step, so the RNG state and the data position must both resume
     extra = ["model.dropout=0.1", "finetune.global_batch_size=16", "finetune.balance=class_weights"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    r = gpt2(["finetune", "classify", *args(base, sms, whole, *extra)])
+    r = gpt2_main("finetune", "classify", *args(base, sms, whole, *extra))
     assert r.returncode == 0, r.stderr[-3000:]
     argv = ["finetune", "classify", *args(base, sms, killed, *extra)]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
@@ -126,7 +122,7 @@ def test_resume_after_sigkill_is_bit_for_bit(tmp_path, base, sms) -> None:
                        env=env, timeout=300, cwd=REPO)
     assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
     assert (killed / "latest").read_text().strip() == "step-000008"
-    r = gpt2(["finetune", "classify", "--resume", str(killed)])
+    r = gpt2_main("finetune", "classify", "--resume", str(killed))
     assert r.returncode == 0, r.stderr[-3000:]
     a = {x["step"]: x["loss"] for x in records(whole, "train")}
     b = {x["step"]: x["loss"] for x in records(killed, "train")}
@@ -149,7 +145,7 @@ def base_without_eot(tmp_path_factory, shared_data) -> Path:
 
 @pytest.mark.parametrize("case", ["no-text-column", "no-label-column", "label-only-in-test", "no-base",
                                   "no-eot-in-the-base"])
-def test_bad_inputs_are_one_line_with_exit_2(tmp_path, base, base_without_eot, sms, case) -> None:
+def test_bad_inputs_are_one_line_with_exit_2(tmp_path, base, base_without_eot, sms, case, gpt2_main) -> None:
     out = tmp_path / "run"
     if case == "no-text-column":
         argv = ["finetune", "classify", *args(base, sms, out, "finetune.text_field=body")]
@@ -168,28 +164,28 @@ def test_bad_inputs_are_one_line_with_exit_2(tmp_path, base, base_without_eot, s
     else:  # a language model given to `gpt2 classify` is tested in test_classify_cli.py
         argv = ["finetune", "classify", *args(base, sms, out), "model.init_from=null"]
         expect = "model.init_from"
-    r = gpt2(argv)
+    r = gpt2_main(*argv)
     assert r.returncode == 2, r.stderr[-3000:]
     assert r.stderr.startswith("error: ") and r.stderr.strip().count("\n") == 0, r.stderr
     assert expect in r.stderr
     assert not (out / "latest").exists()
 
 
-def test_empty_texts_are_skipped_and_counted(tmp_path, base, sms) -> None:
+def test_empty_texts_are_skipped_and_counted(tmp_path, base, sms, gpt2_main) -> None:
     data = tmp_path / "with-empties.tsv"
     data.write_text(sms.read_text(encoding="utf-8") + "ham\t \nspam\t\n", encoding="utf-8")
     out = tmp_path / "run"
-    r = gpt2(["finetune", "classify", *args(base, data, out, "train.max_steps=2", "eval.interval=0")])
+    r = gpt2_main("finetune", "classify", *args(base, data, out, "train.max_steps=2", "eval.interval=0"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert records(out, "start")[0]["skipped_empty"] == 2
     assert "skipped 2 empty text(s)" in r.stderr
 
 
-def test_ddp_two_processes_match_one_process(tmp_path, base, sms) -> None:
+def test_ddp_two_processes_match_one_process(tmp_path, base, sms, gpt2_main) -> None:
     """torchrun: 2 processes × 1 micro-step of 8 give the losses of 1 process × 2 micro-steps of 8."""
     extra = ["finetune.global_batch_size=16", "train.max_steps=6", "eval.interval=3", "checkpoint.interval=0"]
     one, two = tmp_path / "one", tmp_path / "two"
-    r = gpt2(["finetune", "classify", *args(base, sms, one, *extra)])
+    r = gpt2_main("finetune", "classify", *args(base, sms, one, *extra))  # one process: this one
     assert r.returncode == 0, r.stderr[-3000:]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

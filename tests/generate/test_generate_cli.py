@@ -1,4 +1,5 @@
-"""`gpt2 generate` and `gpt2 chat` through a real subprocess (piped stdin and a pseudo-terminal)."""
+"""`gpt2 generate` and `gpt2 chat` through a real subprocess (plain and JSON output, piped stdin and a
+pseudo-terminal); the other options and the refusals of bad input through gpt2.cli.main in this process."""
 
 from __future__ import annotations
 
@@ -42,11 +43,11 @@ def test_generate_json_samples_and_probs(ckpt, model, tok) -> None:
     assert "top candidates" in r.stderr  # the table goes to stderr when stdout is JSON
 
 
-def test_prompts_file_to_results_file(ckpt, model, tok, tmp_path) -> None:
+def test_prompts_file_to_results_file(ckpt, model, tok, tmp_path, gpt2_main) -> None:
     prompts = ["The quick brown", "", "Once", "héllo wörld, naïve café and a longer prompt than the others"]
     (tmp_path / "in.txt").write_text("\n".join(prompts) + "\n", encoding="utf-8")
-    r = gpt2("generate", str(ckpt), "--prompts-file", str(tmp_path / "in.txt"), "--out", str(tmp_path / "out.jsonl"),
-             "--greedy", "--max-new-tokens", "10", "--batch-size", "2", "--stop", "\\n")
+    r = gpt2_main("generate", str(ckpt), "--prompts-file", str(tmp_path / "in.txt"), "--out",
+                  str(tmp_path / "out.jsonl"), "--greedy", "--max-new-tokens", "10", "--batch-size", "2", "--stop", "\\n")
     assert r.returncode == 0, r.stderr
     assert "wrote 3 completions of 3 prompts" in r.stderr
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -68,23 +69,23 @@ def test_prompts_file_to_results_file(ckpt, model, tok, tmp_path) -> None:
     ],
     ids=["missing-checkpoint", "top-p", "negative-temperature", "empty-prompt", "out-without-file"],
 )
-def test_bad_input_is_one_error_line_and_exit_2(ckpt, tmp_path, args, match) -> None:
+def test_bad_input_is_one_error_line_and_exit_2(ckpt, tmp_path, args, match, gpt2_main) -> None:
     args = [a.format(ckpt=ckpt, missing=tmp_path / "nope") for a in args]
-    r = gpt2("generate", *args)
+    r = gpt2_main("generate", *args)
     assert r.returncode == 2, r.stdout
     assert r.stderr.startswith("error: ") and r.stderr.strip().count("\n") == 0, r.stderr
     assert re.search(match, r.stderr), r.stderr
 
 
-def test_empty_prompt_with_bos_policy_works(ckpt) -> None:
-    r = gpt2("generate", str(ckpt), "", "--bos", "if-empty", "--max-new-tokens", "4", "--json", "--greedy")
+def test_empty_prompt_with_bos_policy_works(ckpt, gpt2_main) -> None:
+    r = gpt2_main("generate", str(ckpt), "", "--bos", "if-empty", "--max-new-tokens", "4", "--json", "--greedy")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["results"][0]["prompt_tokens"] == 1
 
 
-def test_probs_plot_writes_png(ckpt, tmp_path) -> None:
-    r = gpt2("generate", str(ckpt), "The", "--max-new-tokens", "5", "--greedy", "--show-probs", "4",
-             "--probs-plot", str(tmp_path / "p.png"))
+def test_probs_plot_writes_png(ckpt, tmp_path, gpt2_main) -> None:
+    r = gpt2_main("generate", str(ckpt), "The", "--max-new-tokens", "5", "--greedy", "--show-probs", "4",
+                  "--probs-plot", str(tmp_path / "p.png"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = r.stdout.splitlines()[1:]
@@ -119,8 +120,8 @@ def test_chat_piped_stdin(chat_ckpt, chat_model, tok) -> None:
     assert "chat format: alpaca" in r.stderr and "(temperature = 0.7)" in r.stderr
 
 
-def test_chat_without_format_is_an_error(ckpt) -> None:
-    r = gpt2("chat", str(ckpt))
+def test_chat_without_format_is_an_error(ckpt, gpt2_main) -> None:
+    r = gpt2_main("chat", str(ckpt))
     assert r.returncode == 2 and "has no chat.json" in r.stderr and "--format" in r.stderr
 
 

@@ -1,5 +1,6 @@
 """`gpt2 serve` as a real subprocess: it loads a checkpoint the way `gpt2 generate` does, binds loopback,
-reads GPT2_API_KEY, serves the chat format of the checkpoint's chat.json; bad input is one error line, exit 2."""
+reads GPT2_API_KEY, serves the chat format of the checkpoint's chat.json; bad input is one error line, exit 2
+(gpt2.cli.main in this process)."""
 
 from __future__ import annotations
 
@@ -47,10 +48,8 @@ def test_serve_a_checkpoint_from_the_command_line(ckpt) -> None:
     assert f"http://127.0.0.1:{port}/v1" in out and "loopback only" in out and "API key required" in out
 
 
-@pytest.mark.slow
-def test_serve_refuses_a_missing_model_with_one_line() -> None:
-    r = subprocess.run([sys.executable, "-m", "gpt2", "serve", "/nonexistent/model-dir"], capture_output=True,
-                       text=True, timeout=120)
+def test_serve_refuses_a_missing_model_with_one_line(gpt2_main) -> None:
+    r = gpt2_main("serve", "/nonexistent/model-dir")
     assert r.returncode == 2
     assert r.stderr.startswith("error: ") and r.stderr.strip().count("\n") == 0
     assert "nonexistent" in r.stderr

@@ -1,7 +1,10 @@
-"""`gpt2 tokenizer train|encode|decode|show` through a real subprocess, as a user runs them."""
+"""`gpt2 tokenizer train|encode|decode|show` as a user runs them: train, encode and decode through a real
+subprocess (arguments and piped stdin); decode from stdin again, show and the refusals of bad input
+through gpt2.cli.main in this process."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -23,7 +26,7 @@ def corpus(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_train_encode_decode(corpus: Path, tmp_path: Path, cli_env: dict[str, str]) -> None:
+def test_train_encode_decode(corpus: Path, tmp_path: Path, cli_env: dict[str, str], gpt2_main, monkeypatch) -> None:
     out = tmp_path / "tok"
     r = gpt2("tokenizer", "train", "--input", str(corpus / "*.txt"), str(corpus / "b.jsonl"), "--vocab-size", "300",
              "--out", str(out), "--special", "<|pad|>", "--quiet", env=cli_env)
@@ -40,15 +43,16 @@ def test_train_encode_decode(corpus: Path, tmp_path: Path, cli_env: dict[str, st
     r = gpt2("tokenizer", "encode", str(out), "--format", "json", "--allowed-special", "all", env=cli_env,
              stdin="a<|pad|>")
     assert r.returncode == 0 and json.loads(r.stdout)[-1] == 299
-    r = gpt2("tokenizer", "decode", str(out), env=cli_env, stdin=r.stdout)
-    assert r.stdout == "a<|pad|>\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(r.stdout))  # decode reads the ids from stdin (in this process)
+    r = gpt2_main("tokenizer", "decode", str(out), env=cli_env)
+    assert r.returncode == 0 and r.stdout == "a<|pad|>\n"
 
 
 
-def test_show(tmp_path: Path, cli_env: dict[str, str], small_tok) -> None:
+def test_show(tmp_path: Path, cli_env: dict[str, str], small_tok, gpt2_main) -> None:
     out = small_tok.save(tmp_path / "tok")
-    r = gpt2("tokenizer", "show", str(out), "--merges", "5", "--sample", "the cat 你好\n", "--html",
-             str(tmp_path / "t.html"), env=cli_env)
+    r = gpt2_main("tokenizer", "show", str(out), "--merges", "5", "--sample", "the cat 你好\n", "--html",
+                  str(tmp_path / "t.html"), env=cli_env)
     assert r.returncode == 0, r.stderr
     assert "vocabulary     400 ids: 256 bytes + 142 merges + 2 special" in r.stdout
     assert "merges 0..4 of 142" in r.stdout
@@ -72,11 +76,11 @@ def test_gpt2_through_the_cache(gpt2_cache: Path, cli_env: dict[str, str]) -> No
     (["tokenizer", "encode", "/nonexistent-dir", "x"], "not found"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(args: list[str], message: str, corpus: Path, tmp_path: Path,
-                                                 cli_env: dict[str, str], small_tok) -> None:
+                                                 cli_env: dict[str, str], small_tok, gpt2_main) -> None:
     tok_dir = small_tok.save(tmp_path / "tok")
     args = [str(corpus / "a.txt") if a == "CORPUS" else str(tok_dir) if a == "TOK" else
             str(tmp_path / "out") if a == "OUT" else a for a in args]
-    r = gpt2(*args, env=cli_env)
+    r = gpt2_main(*args, env=cli_env)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr

@@ -1,10 +1,10 @@
-"""FSDP2 under torchrun on CPU (gloo): the losses of one process, gathered and sharded checkpoints, exact
-resume after a kill, consolidation, and two nodes on loopback."""
+"""FSDP2 under torchrun on CPU (gloo): the losses of one process (FSDP on two nodes on loopback), gathered
+and sharded checkpoints, exact resume after a kill, consolidation."""
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from train_helpers import REPO, overrides, run_cli
+from train_helpers import REPO, overrides
 
 from gpt2 import GPT2LMHeadModel
 from gpt2.train.metrics import read_metrics
@@ -75,21 +75,44 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module, *, exact: bool) 
             torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=k)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_nodes_on_loopback(args: list[str], env: dict[str, str]) -> None:
+    """torchrun --nnodes=2 with the c10d rendezvous, both "nodes" on this machine (one process each)."""
+    port = _free_port()
+    rdzv = ["--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=gpt2-test"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *rdzv, "--nproc_per_node=1", *args]
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+             for _ in range(2)]
+    outs = [n.communicate(timeout=600) for n in nodes]
+    for n, (_, err) in zip(nodes, outs):
+        assert n.returncode == 0, err[-3000:]
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, corpus, train_cache, shared_data) -> tuple[Path, Path]:
-    """One process, and FSDP over two, uninterrupted, with HellaSwag scored at steps 3 and 6."""
+    """One process (this one: no interpreter to start), and FSDP over two processes, uninterrupted, with
+    HellaSwag scored at steps 3 and 6. The two FSDP processes are two torchrun "nodes" on loopback: one
+    launch is both the 2-process reference and the multi-node test."""
+    from gpt2.config import load_config
+    from gpt2.train import train
+
     env = dict(os.environ, GPT2_CACHE=str(train_cache), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     hs = ["eval.hellaswag=" + str(shared_data / "hellaswag_val_sample1000.jsonl"), "eval.hellaswag_limit=6"]
     tmp = tmp_path_factory.mktemp("fsdp-reference")
     one, fsdp = tmp / "one", tmp / "fsdp"
-    r = run_cli(["train", TINY, *overrides(corpus, one, *COMMON, *hs)], env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    r = torchrun(gpt2_train(fsdp, corpus, "train.distributed=fsdp", *hs), env)
-    assert r.returncode == 0, r.stderr[-3000:]
+    with pytest.MonkeyPatch.context() as m:  # this run also prepares the cache the FSDP processes read
+        m.setenv("GPT2_CACHE", str(train_cache))
+        train(load_config(TINY, overrides(corpus, one, *COMMON, *hs)), progress=False)
+    two_nodes_on_loopback(gpt2_train(fsdp, corpus, "train.distributed=fsdp", *hs), env)
     return one, fsdp
 
 
-def test_fsdp_matches_one_process_checkpoints_load_and_resume_is_exact(tmp_path, corpus, env, reference) -> None:
+def test_fsdp_on_two_nodes_matches_one_process_and_its_checkpoint_loads(reference) -> None:
     one, fsdp = reference
     # 1. the losses of one process with the same global batch
     a, b = losses(one), losses(fsdp)
@@ -113,39 +136,6 @@ def test_fsdp_matches_one_process_checkpoints_load_and_resume_is_exact(tmp_path,
         torch.testing.assert_close(hf(ids).logits, ours.eval()(ids).logits[..., : ours.config.vocab_size],
                                    atol=1e-4, rtol=1e-4)
 
-    # 3. killed after step 3, resumed under FSDP: steps 4-6 bit for bit
-    killed = tmp_path / "killed"
-    kill_after_step_3(tmp_path, killed, corpus, env, "train.distributed=fsdp")
-    r = torchrun(["-m", "gpt2", "train", "--resume", str(killed)], env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    resumed = losses(killed)
-    for s in (4, 5, 6):
-        assert resumed[s] == b[s], (s, resumed[s], b[s])
-    assert_same_weights(GPT2LMHeadModel.from_pretrained(killed / "step-000006"),
-                        GPT2LMHeadModel.from_pretrained(fsdp / "step-000006"), exact=True)
-
-    # 4. sharded checkpoints (DCP): the same run, killed and resumed from its shards, then consolidated
-    sharded = tmp_path / "sharded"
-    kill_after_step_3(tmp_path, sharded, corpus, env, "train.distributed=fsdp", "checkpoint.sharded=true")
-    assert (sharded / "step-000003" / "sharded" / ".metadata").is_file()
-    assert not (sharded / "step-000003" / "model.safetensors").exists()
-    r = torchrun(["-m", "gpt2", "train", "--resume", str(sharded)], env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    for s in (4, 5, 6):
-        assert losses(sharded)[s] == b[s], s
-    r = run_cli(["generate", str(sharded / "step-000003"), "Hi"], env)  # not loadable as it is: say how
-    assert r.returncode == 2 and "gpt2 checkpoint consolidate" in r.stderr, r.stderr[-2000:]
-    out = tmp_path / "consolidated"
-    r = run_cli(["checkpoint", "consolidate", str(sharded / "step-000003"), str(out)], env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert_same_weights(GPT2LMHeadModel.from_pretrained(out), GPT2LMHeadModel.from_pretrained(fsdp / "step-000003"),
-                        exact=True)
-    transformers.GPT2LMHeadModel.from_pretrained(out)
-    # a gathered checkpoint needs no consolidation: one clear line
-    r = run_cli(["checkpoint", "consolidate", str(fsdp / "step-000003"), str(tmp_path / "x")], env)
-    assert r.returncode == 2 and r.stderr.startswith("error: ") and "not a sharded checkpoint" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
-
 
 def test_fsdp_hellaswag_during_training_matches_one_process(reference) -> None:
     one, fsdp = reference  # rank 0 scores every example on the gathered weights
@@ -157,28 +147,45 @@ def test_fsdp_hellaswag_during_training_matches_one_process(reference) -> None:
         assert (r1["hellaswag_acc"], r1["hellaswag_acc_norm"]) == (r2["hellaswag_acc"], r2["hellaswag_acc_norm"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_resume_from_a_gathered_checkpoint_is_exact(tmp_path, env, reference) -> None:
+    """The reference run as a kill after step 3 leaves it (its step-3 checkpoint, `latest` naming it), resumed
+    under FSDP: steps 4-6 and the final weights bit for bit. (A real SIGKILL is the sharded test's.)"""
+    fsdp = reference[1]
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    shutil.copytree(fsdp / "step-000003", stopped / "step-000003")
+    (stopped / "latest").write_text("step-000003\n")
+    r = torchrun(["-m", "gpt2", "train", "--resume", str(stopped), f"train.out_dir={stopped}"], env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumed, b = losses(stopped), losses(fsdp)
+    assert sorted(resumed) == [4, 5, 6]
+    for s in (4, 5, 6):
+        assert resumed[s] == b[s], (s, resumed[s], b[s])
+    assert_same_weights(GPT2LMHeadModel.from_pretrained(stopped / "step-000006"),
+                        GPT2LMHeadModel.from_pretrained(fsdp / "step-000006"), exact=True)
 
 
-def test_two_nodes_on_loopback(tmp_path, corpus, env, reference) -> None:
-    """torchrun --nnodes=2 with the c10d rendezvous, both "nodes" on this machine (one process each)."""
-    one = reference[0]
-    run_dir = tmp_path / "two-nodes"
-    port = _free_port()
-    rdzv = ["--nnodes=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=gpt2-test"]
-    args = gpt2_train(run_dir, corpus, "train.distributed=fsdp", "checkpoint.interval=0")
-    cmd = [sys.executable, "-m", "torch.distributed.run", *rdzv, "--nproc_per_node=1", *args]
-    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
-             for _ in range(2)]
-    outs = [n.communicate(timeout=600) for n in nodes]
-    for n, (_, err) in zip(nodes, outs):
-        assert n.returncode == 0, err[-3000:]
-    start = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
-    assert start["world_size"] == 2
-    a, b = losses(one), losses(run_dir)
-    assert sorted(a) == sorted(b) == list(range(1, 7))
-    for s in a:
-        assert abs(a[s] - b[s]) <= 1e-5, (s, a[s], b[s])
+def test_sharded_checkpoint_killed_resumed_and_consolidated(tmp_path, corpus, env, reference, gpt2_main) -> None:
+    """Sharded checkpoints (DCP): killed after step 3, resumed from its shards, then consolidated."""
+    fsdp = reference[1]
+    b = losses(fsdp)
+    sharded = tmp_path / "sharded"
+    kill_after_step_3(tmp_path, sharded, corpus, env, "train.distributed=fsdp", "checkpoint.sharded=true")
+    assert (sharded / "step-000003" / "sharded" / ".metadata").is_file()
+    assert not (sharded / "step-000003" / "model.safetensors").exists()
+    r = torchrun(["-m", "gpt2", "train", "--resume", str(sharded)], env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for s in (4, 5, 6):
+        assert losses(sharded)[s] == b[s], s
+    r = gpt2_main("generate", str(sharded / "step-000003"), "Hi", env=env)  # not loadable as it is: say how
+    assert r.returncode == 2 and "gpt2 checkpoint consolidate" in r.stderr, r.stderr[-2000:]
+    out = tmp_path / "consolidated"
+    r = gpt2_main("checkpoint", "consolidate", str(sharded / "step-000003"), str(out), env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_weights(GPT2LMHeadModel.from_pretrained(out), GPT2LMHeadModel.from_pretrained(fsdp / "step-000003"),
+                        exact=True)
+    transformers.GPT2LMHeadModel.from_pretrained(out)
+    # a gathered checkpoint needs no consolidation: one clear line
+    r = gpt2_main("checkpoint", "consolidate", str(fsdp / "step-000003"), str(tmp_path / "x"), env=env)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "not a sharded checkpoint" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

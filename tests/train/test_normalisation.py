@@ -18,44 +18,59 @@ import pytest
 import torch
 from train_helpers import REPO
 
-# One script for every case: build the model and the 16 padded examples from fixed seeds, give this
-# process its share of them in `micro` micro-batches, run the trainer's accumulate, save the gradients.
+# One script for every task: build the model and the 16 padded examples from fixed seeds, give this
+# process its share of them in 2 micro-batches, run the trainer's accumulate under DDP, save the gradients.
+# Both tasks in one torchrun launch (a launch is three interpreters importing torch).
 WORKER = r"""
-import os, sys, torch
+import sys, torch
 sys.path.insert(0, {tests!r})
 from normalisation_cases import build, grads
 from gpt2.train.loop import accumulate
-task_name, micro, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-world = int(os.environ.get("WORLD_SIZE", "1"))
-rank = int(os.environ.get("RANK", "0"))
-if world > 1:
-    torch.distributed.init_process_group("gloo")
-task, model, batch = build(task_name)
-wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-n = batch[0].shape[0] // world
-mine = tuple(t[rank * n:(rank + 1) * n] for t in batch)
-step = accumulate(task, wrapped, model, [tuple(t.chunk(micro)[i] for t in mine) for i in range(micro)],
-                  mode="ddp" if world > 1 else "single", world_size=world, device=torch.device("cpu"))
+out, micro, tasks = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+torch.distributed.init_process_group("gloo")
+world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+results = {{}}
+for task_name in tasks:
+    task, model, batch = build(task_name)
+    wrapped = torch.nn.parallel.DistributedDataParallel(model)
+    n = batch[0].shape[0] // world
+    mine = tuple(t[rank * n:(rank + 1) * n] for t in batch)
+    step = accumulate(task, wrapped, model, [tuple(t.chunk(micro)[i] for t in mine) for i in range(micro)],
+                      mode="ddp", world_size=world, device=torch.device("cpu"))
+    results[task_name] = {{"grads": grads(model), "loss": step.loss, "count": step.count}}
 if rank == 0:
-    torch.save({{"grads": grads(model), "loss": step.loss, "count": step.count}}, out)
-if world > 1:
-    torch.distributed.destroy_process_group()
+    torch.save(results, out)
+torch.distributed.destroy_process_group()
 """
 
 TASKS = ["lm", "classify"]
 
 
-def run_case(tmp_path: Path, task: str, micro: int, nproc: int) -> dict:
-    script = tmp_path / "worker.py"
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> dict[str, dict]:
+    """task → the gradients of 2 processes × 2 micro-steps of B (DDP under torchrun), every task at once."""
+    tmp = tmp_path_factory.mktemp("normalisation")
+    script = tmp / "worker.py"
     script.write_text(WORKER.format(tests=str(Path(__file__).parent)))
-    out = tmp_path / f"{task}-{micro}-{nproc}.pt"
+    out = tmp / "ddp.pt"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-                if nproc > 1 else [sys.executable])
-    r = subprocess.run([*launcher, str(script), task, str(micro), str(out)], capture_output=True, text=True,
-                       env=env, timeout=300, cwd=REPO)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        str(script), str(out), "2", *TASKS], capture_output=True, text=True, env=env, timeout=300,
+                       cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     return torch.load(out)
+
+
+def run_here(task: str, micro: int) -> dict:
+    """What the worker script does in one process (world size 1), in this one: no interpreter to start."""
+    from normalisation_cases import build, grads
+
+    from gpt2.train.loop import accumulate
+
+    t, model, batch = build(task)
+    step = accumulate(t, model, model, [tuple(x.chunk(micro)[i] for x in batch) for i in range(micro)],
+                      mode="single", world_size=1, device=torch.device("cpu"))
+    return {"grads": grads(model), "loss": step.loss, "count": step.count}
 
 
 def assert_same(a: dict, b: dict) -> None:
@@ -66,14 +81,12 @@ def assert_same(a: dict, b: dict) -> None:
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_micro_steps_and_processes_give_the_gradient_of_one_batch(tmp_path, task) -> None:
+def test_micro_steps_and_processes_give_the_gradient_of_one_batch(task, two_processes) -> None:
     from normalisation_cases import build, grads
 
-    from gpt2.train.loop import accumulate
-
-    one = run_case(tmp_path, task, micro=1, nproc=1)  # 1 micro-step of 4B
-    assert_same(one, run_case(tmp_path, task, micro=4, nproc=1))  # 4 micro-steps of B
-    assert_same(one, run_case(tmp_path, task, micro=2, nproc=2))  # 2 processes × 2 micro-steps of B
+    one = run_here(task, micro=1)  # 1 micro-step of 4B
+    assert_same(one, run_here(task, micro=4))  # 4 micro-steps of B
+    assert_same(one, two_processes[task])  # 2 processes × 2 micro-steps of B
 
     # The test can fail: the mean of per-micro-batch means (what the loop did before) is another gradient here.
     t, model, batch = build(task)
@@ -81,7 +94,3 @@ def test_micro_steps_and_processes_give_the_gradient_of_one_batch(tmp_path, task
         (t.loss_sum(model, part) / t.count(part) / 4).backward()
     naive = grads(model)
     assert max((naive[k] - one["grads"][k]).abs().max().item() for k in naive) > 1e-4
-    # …and the same model through accumulate in this process agrees with the subprocesses
-    model.zero_grad(set_to_none=True)
-    accumulate(t, model, model, [batch], mode="single", world_size=1, device=torch.device("cpu"))
-    assert_same(one, {"grads": grads(model), "loss": one["loss"], "count": t.count(batch)})

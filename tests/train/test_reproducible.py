@@ -59,18 +59,20 @@ def test_cold_and_warm_cache_and_resume_on_an_empty_cache_are_bit_identical(tmp_
     assert losses(killed) == reference
 
 
-def test_bf16_resume_is_exact(tmp_path, corpus, env) -> None:
-    """bf16 autocast (emulated where the CPU lacks AVX-512 BF16: it must run anyway), killed and resumed."""
+def test_bf16_resume_is_exact(tmp_path, corpus, env, gpt2_main) -> None:
+    """bf16 autocast (emulated where the CPU lacks AVX-512 BF16: it must run anyway), killed and resumed.
+    The kill is a process of its own; the uninterrupted run and the resume run in this one (a run on
+    another process and cache is the test above)."""
     bf16 = [*COMMON, "train.dtype=bf16", "sample.interval=0"]
     full = tmp_path / "full"
-    r = run_cli(["train", TINY, *overrides(corpus, full, *bf16)], env)
+    r = gpt2_main("train", TINY, *overrides(corpus, full, *bf16), env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "dtype: bf16 as asked" in r.stderr
     assert read_metrics(full)[0]["dtype"] == "bfloat16"
     killed = tmp_path / "killed"
     r = run_python(KILL_AFTER_SAVE.format(step=3, recipe=TINY, overrides=overrides(corpus, killed, *bf16)), env)
     assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
-    r = run_cli(["train", "--resume", str(killed)], env)
+    r = gpt2_main("train", "--resume", str(killed), env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert losses(killed) == losses(full)
 
@@ -91,7 +93,7 @@ loop.train(load_config({recipe!r}, {overrides!r}), progress=False)
 """
 
 
-def test_resume_of_a_time_budgeted_run_keeps_its_clock(tmp_path, corpus, env) -> None:
+def test_resume_of_a_time_budgeted_run_keeps_its_clock(tmp_path, corpus, env, gpt2_main) -> None:
     """train.max_minutes: the time spent before a kill counts after the resume, so the run ends when the
     budget does (not a whole budget later) and the LR keeps decaying from where it was."""
     import torch
@@ -107,7 +109,7 @@ def test_resume_of_a_time_budgeted_run_keeps_its_clock(tmp_path, corpus, env) ->
     spent = state["loop_seconds"]
     assert spent >= budget_s / 2
     lr_before = next(x["lr"] for x in records(run_dir) if x["step"] == killed_at)
-    r = run_cli(["train", "--resume", str(run_dir)], env)
+    r = gpt2_main("train", "--resume", str(run_dir), env=env)  # in this process
     assert r.returncode == 0, r.stderr[-3000:]
     assert "train.max_minutes reached" in r.stderr
     after = [x for x in records(run_dir) if x["step"] > killed_at]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import REPO, copy_gpt2_vocab, overrides, run_cli, run_python
+from train_helpers import REPO, copy_gpt2_vocab, overrides, run_python
 
 from gpt2.config import load_config
 from gpt2.train.metrics import read_metrics
@@ -62,10 +62,11 @@ loop.train(load_config({recipe!r}, {overrides!r}), progress=False)
 TINY = str(REPO / "configs" / "tiny-test.yaml")
 
 
-def test_exact_resume_after_sigkill_and_kill_during_checkpoint(tmp_path, corpus, env) -> None:
+def test_exact_resume_after_sigkill_and_kill_during_checkpoint(tmp_path, corpus, env, gpt2_main) -> None:
+    """The kills are processes of their own; the uninterrupted run and the resumes run in this one."""
     common = ["train.max_steps=8", "checkpoint.interval=4", "eval.interval=4"]
     full = tmp_path / "full"
-    r = run_cli(["train", TINY, *overrides(corpus, full, *common)], env)
+    r = gpt2_main("train", TINY, *overrides(corpus, full, *common), env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     reference = train_losses(full)
     assert sorted(reference) == list(range(1, 9))
@@ -76,7 +77,7 @@ def test_exact_resume_after_sigkill_and_kill_during_checkpoint(tmp_path, corpus,
     r = run_python(KILL_AFTER_SAVE.format(step=4, recipe=TINY, overrides=ov), env)
     assert r.returncode == -signal.SIGKILL
     assert (killed / "latest").read_text().strip() == "step-000004"
-    r = run_cli(["train", "--resume", str(killed), f"train.out_dir={killed}"], env)
+    r = gpt2_main("train", "--resume", str(killed), f"train.out_dir={killed}", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     resumed = train_losses(killed)
     for s in range(5, 9):
@@ -92,7 +93,7 @@ def test_exact_resume_after_sigkill_and_kill_during_checkpoint(tmp_path, corpus,
     from gpt2 import GPT2LMHeadModel
 
     GPT2LMHeadModel.from_pretrained(torn / "step-000004")
-    r = run_cli(["train", "--resume", str(torn), f"train.out_dir={torn}"], env)
+    r = gpt2_main("train", "--resume", str(torn), f"train.out_dir={torn}", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert train_losses(torn)[8] == reference[8]
     assert not list(torn.glob(".step-*"))  # the torn temporary directory was cleaned up
@@ -105,13 +106,13 @@ def test_exact_resume_after_sigkill_and_kill_during_checkpoint(tmp_path, corpus,
         assert (ckpt / name).is_file(), name
 
 
-def test_ddp_two_processes_match_one_process(tmp_path, corpus, env, shared_data) -> None:
+def test_ddp_two_processes_match_one_process(tmp_path, corpus, env, shared_data, gpt2_main) -> None:
     hellaswag = shared_data / "hellaswag_val_sample1000.jsonl"
     common = ["train.max_steps=6", "checkpoint.interval=0", "eval.interval=0", "train.micro_batch_size=4",
               "train.global_batch_tokens=256",  # 4 × 32 × 2: two micro-steps in one process, one per rank in two
               f"eval.hellaswag={hellaswag}", "eval.hellaswag_interval=3", "eval.hellaswag_limit=9"]
     one = tmp_path / "one"
-    r = run_cli(["train", TINY, *overrides(corpus, one, *common)], env)
+    r = gpt2_main("train", TINY, *overrides(corpus, one, *common), env=env)  # one process: this one
     assert r.returncode == 0, r.stderr[-3000:]
     two = tmp_path / "two"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gpt2",
@@ -132,7 +133,7 @@ def test_ddp_two_processes_match_one_process(tmp_path, corpus, env, shared_data)
         assert (r1["hellaswag_acc"], r1["hellaswag_acc_norm"]) == (r2["hellaswag_acc"], r2["hellaswag_acc_norm"])
     # `gpt2 eval` on the run: its own val shards by default, the same HellaSwag numbers as the last
     # in-training pass, and an eval record appended to the run's metrics.jsonl.
-    r = run_cli(["eval", str(one), "--hellaswag", str(hellaswag), "--limit", "9", "--json"], env)
+    r = gpt2_main("eval", str(one), "--hellaswag", str(hellaswag), "--limit", "9", "--json", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     ev = json.loads(r.stdout)
     assert ev["data"] == json.loads((one / "metrics.jsonl").read_text().splitlines()[0])["shards"]
@@ -217,25 +218,27 @@ def test_nan_loss_is_skipped_and_reported_then_too_many_stop_the_run(tmp_path, c
         (["model.n_positions=16"], "train.seq_len=32 is longer than model.n_positions=16"),
     ],
 )
-def test_bad_configs_get_one_clear_line(args, message, tmp_path, corpus, env) -> None:
-    r = run_cli(["train", TINY, *overrides(corpus, tmp_path / "bad", *args)], env)
+def test_bad_configs_get_one_clear_line(args, message, tmp_path, corpus, env, gpt2_main) -> None:
+    r = gpt2_main("train", TINY, *overrides(corpus, tmp_path / "bad", *args), env=env)
     assert r.returncode == 2
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
 
 
-def test_missing_recipe_is_a_clear_error(env) -> None:
-    r = run_cli(["train", "no-such-recipe.yaml"], env)
+def test_missing_recipe_is_a_clear_error(env, gpt2_main) -> None:
+    r = gpt2_main("train", "no-such-recipe.yaml", env=env)
     assert r.returncode == 2 and "no config file 'no-such-recipe.yaml'" in r.stderr
 
 
-def test_fineweb_recipe_parses_and_starts_on_tiny_shapes(tmp_path, corpus, env, shared_data, train_cache) -> None:
+def test_fineweb_recipe_parses_and_starts_on_tiny_shapes(tmp_path, corpus, env, shared_data, train_cache,
+                                                          gpt2_main) -> None:
     copy_gpt2_vocab(shared_data, train_cache)
     out = tmp_path / "fw"
-    r = run_cli(["train", "gpt2-124m-fineweb", "model.preset=tiny", "train.seq_len=32", "train.micro_batch_size=2",
-                 "train.global_batch_tokens=128", "train.max_steps=2", "train.compile=false", "eval.steps=1",
-                 "checkpoint.interval=0", f"train.out_dir={out}", f"data.source={corpus}", "data.delimiter=blank",
-                 "data.val_fraction=0.1", "data.workers=1", "train.threads=1"], env)
+    r = gpt2_main("train", "gpt2-124m-fineweb", "model.preset=tiny", "train.seq_len=32", "train.micro_batch_size=2",
+                  "train.global_batch_tokens=128", "train.max_steps=2", "train.compile=false", "eval.steps=1",
+                  "checkpoint.interval=0", f"train.out_dir={out}", f"data.source={corpus}", "data.delimiter=blank",
+                  "data.val_fraction=0.1", "data.workers=1", "train.threads=1", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     start = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert start["grad_accum"] == 2 and start["dtype"] == "bfloat16"

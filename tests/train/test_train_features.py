@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from train_helpers import REPO, overrides, run_cli, run_python
+from train_helpers import REPO, overrides, run_python
 
 from gpt2.config import load_config
 from gpt2.train.loop import SpikeGuard
@@ -105,10 +105,10 @@ def test_compile_gives_the_losses_of_eager(tmp_path, corpus, env, monkeypatch) -
     assert compiled.val_loss == pytest.approx(eager.val_loss, abs=1e-4)
 
 
-def test_eta_follows_the_time_budget(tmp_path, corpus, env) -> None:
+def test_eta_follows_the_time_budget(tmp_path, corpus, env, gpt2_main) -> None:
     out = tmp_path / "eta"
-    r = run_cli(["train", TINY, *overrides(corpus, out, "train.max_minutes=0.1", "train.max_steps=1000000",
-                                            "checkpoint.interval=0", "eval.interval=0", "sample.interval=0")], env)
+    r = gpt2_main("train", TINY, *overrides(corpus, out, "train.max_minutes=0.1", "train.max_steps=1000000",
+                                            "checkpoint.interval=0", "eval.interval=0", "sample.interval=0"), env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     etas = [float(m.replace(",", "")) for m in re.findall(r" eta ([\d,.]+)s", r.stderr)]
     assert len(etas) > 3
@@ -128,33 +128,40 @@ from gpt2.cli import main
 sys.exit(main({args!r}))
 """
 
-BUG = """
-import sys
-import gpt2.train.loop as loop
-def broken(self, step, **kw):
-    raise KeyError(0)   # an internal bug, e.g. a lookup that should never miss
-loop.LRSchedule.__call__ = broken
-from gpt2.cli import main
-sys.exit(main({args!r}))
-"""
+def test_user_mistake_is_2_and_one_line_and_a_bug_keeps_its_traceback(tmp_path, corpus, env, gpt2_main,
+                                                                        capsys, monkeypatch) -> None:
+    """What gpt2.cli.main makes of each: in this process (the process boundary is test_exit_codes' part)."""
+    import gpt2.train.loop as loop
 
-
-def test_exit_codes(tmp_path, corpus, env) -> None:
-    quiet = ["checkpoint.interval=0", "eval.interval=0", "sample.interval=0"]
     # a user mistake: 2 and one line
-    r = run_cli(["train", TINY, *overrides(corpus, tmp_path / "bad", "train.nope=1")], env)
+    r = gpt2_main("train", TINY, *overrides(corpus, tmp_path / "bad", "train.nope=1"), env=env)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert [x for x in r.stderr.splitlines() if x.startswith("error:")] == [r.stderr.strip().splitlines()[-1]]
     assert "unknown config key 'train.nope'" in r.stderr
+    # a bug: the exception leaves main (so Python prints its traceback, exit status 1), after a line saying
+    # it is one and without an `error:` line
+    def broken(self, step, **kw):
+        raise KeyError(0)  # an internal bug, e.g. a lookup that should never miss
+
+    monkeypatch.setattr(loop.LRSchedule, "__call__", broken)
+    monkeypatch.setenv("GPT2_CACHE", env["GPT2_CACHE"])
+    from gpt2.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(KeyError, match="0"):
+        main(["train", TINY, *overrides(corpus, tmp_path / "bug", "checkpoint.interval=0", "eval.interval=0",
+                                        "sample.interval=0")])
+    err = capsys.readouterr().err
+    assert "this is a bug" in err and "error: 0" not in err, err[-2000:]
+
+
+def test_exit_codes(tmp_path, corpus, env) -> None:
+    """Through a real process: 1 for a run that stopped itself, 130 for Ctrl-C."""
+    quiet = ["checkpoint.interval=0", "eval.interval=0", "sample.interval=0"]
     # a run that stops itself (too many skipped updates): 1
     args = ["train", TINY, *overrides(corpus, tmp_path / "stopped", "train.max_skipped_in_row=2", *quiet)]
     r = run_python(STOPPED_RUN.format(args=args), env)
     assert r.returncode == 1 and "error: stopped at step 2: 2 updates in a row were skipped" in r.stderr, r.stderr
-    # a bug: the traceback is kept, with a line saying it is one (Python's own exit status, 1)
-    args = ["train", TINY, *overrides(corpus, tmp_path / "bug", *quiet)]
-    r = run_python(BUG.format(args=args), env)
-    assert r.returncode == 1 and "Traceback" in r.stderr and "KeyError: 0" in r.stderr, r.stderr[-2000:]
-    assert "this is a bug" in r.stderr and "error: 0" not in r.stderr
     # interrupted with Ctrl-C: a checkpoint, then 130
     out = tmp_path / "interrupted"
     cmd = [sys.executable, "-m", "gpt2", "train", TINY,
