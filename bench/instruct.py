@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.base:
         steps.append({"step": "pretrain the base on IMDB's training reviews", **timed(["train", "imdb-lm"])})
     runs = {"full": "runs/sft-alpaca"}
-    steps.append({"step": "instruction-tune (1,000 entries, 3 epochs)",
+    steps.append({"step": "instruction-tune (1,000 entries, 6 epochs)",
                   **timed(["finetune", "instruct", "sft-alpaca", f"model.init_from={base}"])})
     if args.lora:
         runs["lora"] = "runs/sft-alpaca-lora"
