@@ -3,6 +3,7 @@
     python bench/finetune_classify.py sms                  # gpt2 train (the default run) → finetune-sms-spam
     python bench/finetune_classify.py sms --base runs/shakespeare-cpu     # reuse a base, time the rest
     python bench/finetune_classify.py imdb                 # gpt2 train imdb-lm → finetune-imdb (25,000 test reviews)
+    python bench/finetune_classify.py sms-lora --base runs/imdb-lm   # the SMS protocol with LoRA adapters (rank 16/32/64)
 
 Each step is a `gpt2` command run as a subprocess from the repository root (so the recipes' ../shared/data
 paths resolve), timed by wall clock and by the CPU time of its processes (user + sys, both cores). The
@@ -62,7 +63,7 @@ def test_record(run_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("task", choices=["sms", "imdb"])
+    p.add_argument("task", choices=["sms", "imdb", "sms-lora"])
     p.add_argument("--base", help="an existing base (run directory); skips its pretraining")
     args = p.parse_args(argv)
 
@@ -81,6 +82,19 @@ def main(argv: list[str] | None = None) -> int:
                                "finetune.balance=none", "finetune.metric=macro_f1", "train.max_steps=500",
                                "eval.interval=50", f"train.out_dir={natural_out}"])})
         results = {"balanced": balanced, "natural": test_record(Path(natural_out))}
+    elif args.task == "sms-lora":  # LoRA instead of every weight; the best checkpoint by validation loss
+        base = args.base or "runs/imdb-lm"
+        if not args.base:
+            steps.append({"step": "pretrain the base on the training reviews", **timed(["train", "imdb-lm"])})
+        results = {}
+        for rank, alpha, lr, max_steps in ((16, 32, "2e-3", 330), (32, 64, "2e-3", 500), (64, 128, "1e-3", 330)):
+            out = f"runs/finetune-sms-spam-lora{rank}"
+            steps.append({"step": f"fine-tune LoRA rank {rank} (747 + 747, 70/10/20)",
+                          **timed(["finetune", "classify", "finetune-sms-spam", f"model.init_from={base}",
+                                   f"finetune.lora.rank={rank}", f"finetune.lora.alpha={alpha}", f"optim.lr={lr}",
+                                   f"train.max_steps={max_steps}", "finetune.metric=val_loss",
+                                   f"train.out_dir={out}"])})
+            results[f"lora-rank-{rank}"] = test_record(Path(out))
     else:
         base = args.base or "runs/imdb-lm"
         if not args.base:
