@@ -32,7 +32,7 @@ import torch
 
 from gpt2.config import RunConfig
 from gpt2.errors import UserError
-from gpt2.train.task import Task
+from gpt2.train.task import Geometry, Task
 
 BASE_DIR = "base"
 
@@ -79,6 +79,21 @@ class FinetuneTask(Task):
 
     def ready(self, *, master: bool) -> None:
         self.master = master
+
+    def geometry(self, world_size: int) -> Geometry:
+        """A micro-batch is train.micro_batch_size examples; a step is finetune.global_batch_size of them."""
+        B = self.cfg.train.micro_batch_size
+        per_step = self.cfg.finetune.global_batch_size or B * world_size
+        if per_step % (B * world_size) != 0:
+            n = B * world_size
+            raise UserError(f"finetune.global_batch_size={per_step} is not a multiple of train.micro_batch_size × "
+                            f"processes = {B} × {world_size} = {n}; pick a multiple, e.g. {n * max(1, round(per_step / n))}")
+        return Geometry(per_micro=B, per_step=per_step, unit="examples", tokens_per_micro=B * self.cfg.train.seq_len)
+
+    def flops_per_token(self, model: torch.nn.Module) -> float:
+        from gpt2.model.info import flops_per_token
+
+        return flops_per_token(model.config, self.cfg.train.seq_len, training=True)
 
     # ---------------------------------------------------------------------------------- LoRA
     def adapt(self, model: torch.nn.Module, checkpoint: Path | None, *, write_base: bool) -> torch.nn.Module:

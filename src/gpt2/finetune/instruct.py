@@ -32,7 +32,7 @@ import torch
 from gpt2.config import RunConfig
 from gpt2.errors import UserError
 from gpt2.finetune.base import FinetuneTask, set_dropout
-from gpt2.train.task import Batch, EvalContext, Geometry, Loader
+from gpt2.train.task import Batch, EvalContext, Loader
 
 HELD_OUT_FILE = "heldout.jsonl"
 Example = tuple[list[int], list[bool]]  # token ids and which of them are targets
@@ -171,20 +171,6 @@ class InstructTask(FinetuneTask):
             run_dir.mkdir(parents=True, exist_ok=True)
             lines = "".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in held_out)
             atomic_write_text(run_dir / HELD_OUT_FILE, lines)
-
-    def geometry(self, world_size: int) -> Geometry:
-        B = self.cfg.train.micro_batch_size
-        per_step = self.cfg.finetune.global_batch_size or B * world_size
-        if per_step % (B * world_size) != 0:
-            n = B * world_size
-            raise UserError(f"finetune.global_batch_size={per_step} is not a multiple of train.micro_batch_size × "
-                            f"processes = {B} × {world_size} = {n}; pick a multiple, e.g. {n * max(1, round(per_step / n))}")
-        return Geometry(per_micro=B, per_step=per_step, unit="examples", tokens_per_micro=B * self.cfg.train.seq_len)
-
-    def flops_per_token(self, model: torch.nn.Module) -> float:
-        from gpt2.model.info import flops_per_token
-
-        return flops_per_token(model.config, self.cfg.train.seq_len, training=True)
 
     # ---------------------------------------------------------------------------------- model
     def build_model(self, checkpoint: Path | None) -> torch.nn.Module:
