@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from finetune_helpers import save_model_dir, sms_texts
+from finetune_helpers import save_model_dir, sms_texts, tiny_base
 
 from gpt2 import GPT2Config, GPT2LMHeadModel
 
@@ -25,14 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, shared_data) -> Path:
     """A tiny random GPT-2 with a BPE trained on the SMS texts, saved like any model directory."""
-    from gpt2.tokenizer import train_bpe
-
-    tok = train_bpe(sms_texts(shared_data), vocab_size=512, special_tokens=["<|endoftext|>"], progress=False)
-    torch.manual_seed(0)
-    eot = tok.eot_token
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=tok.n_vocab, n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                                       bos_token_id=eot, eos_token_id=eot))
-    return save_model_dir(tmp_path_factory, "base", model, tok)
+    return tiny_base(tmp_path_factory, sms_texts(shared_data), vocab_size=512)
 
 
 @pytest.fixture(scope="module")

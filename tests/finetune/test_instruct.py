@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from finetune_helpers import save_model_dir
+from finetune_helpers import save_model_dir, tiny_base
 
 from gpt2 import GPT2Config, GPT2LMHeadModel
 from gpt2.cli import main
@@ -26,15 +26,8 @@ def instruction_texts(shared_data: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, shared_data) -> Path:
     """A tiny random GPT-2 with a BPE trained on the instruction texts."""
-    from gpt2.tokenizer import train_bpe
-
     texts = [" ".join(e.values()) for e in instruction_texts(shared_data)]
-    tok = train_bpe(texts, vocab_size=600, special_tokens=["<|endoftext|>"], progress=False)
-    torch.manual_seed(0)
-    eot = tok.eot_token
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=tok.n_vocab, n_positions=160, n_embd=32, n_layer=2, n_head=2,
-                                       bos_token_id=eot, eos_token_id=eot))
-    return save_model_dir(tmp_path_factory, "base", model, tok)
+    return tiny_base(tmp_path_factory, texts, vocab_size=600, n_positions=160)
 
 
 @pytest.fixture(scope="module")
