@@ -428,15 +428,19 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--format", default=None, help="prompt format (alpaca, plain) for a model without chat.json")
     i.add_argument("--no-generate", action="store_true", help="with --instruct: the response loss only")
 
+    def _alone(args: argparse.Namespace, what: str) -> None:
+        """--classify and --instruct are evaluations of their own: refuse the language-model ones beside them."""
+        others = [f for f, v in (("--data", args.data), ("--hellaswag", args.hellaswag),
+                                 ("--completions", args.completions)) if v is not None]
+        if others:
+            raise UserError(f"{what}; it does not combine with {', '.join(others)}")
+
     def run(args: argparse.Namespace) -> int:
         from gpt2.data.sources import parse_delimiter
         from gpt2.eval.commands import run_eval
 
         if args.classify is not None:
-            others = [f for f, v in (("--data", args.data), ("--hellaswag", args.hellaswag),
-                                     ("--completions", args.completions)) if v is not None]
-            if others:
-                raise UserError(f"--classify scores a sequence classifier; it does not combine with {', '.join(others)}")
+            _alone(args, "--classify scores a sequence classifier")
             from gpt2.finetune.classify import run_eval_classify
 
             run_eval_classify(args.source, args.classify, text_field=args.text_field, label_field=args.label_field,
@@ -446,10 +450,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         if args.plot is not None:
             raise UserError("--plot draws the confusion matrix of --classify FILE; give --classify too")
         if args.instruct is not None:
-            others = [f for f, v in (("--data", args.data), ("--hellaswag", args.hellaswag),
-                                     ("--completions", args.completions)) if v is not None]
-            if others:
-                raise UserError(f"--instruct scores instruction following; it does not combine with {', '.join(others)}")
+            _alone(args, "--instruct scores instruction following")
             from gpt2.finetune.instruct_eval import run_eval_instruct
 
             run_eval_instruct(args.source, args.instruct, format=args.format, batch_size=args.batch_size,

@@ -77,6 +77,15 @@ class FinetuneTask(Task):
         self._base = base.model
         return base
 
+    def prepare(self, *, progress: bool) -> None:
+        """Load the base and its tokenizer (end-of-text pads: padding is never read or trained), then the data."""
+        base = self.load_base()
+        self.tokenizer, self.pad_id = base.tokenizer, base.tokenizer.eot_token
+        self._read_splits()
+
+    def _read_splits(self) -> None:
+        raise NotImplementedError
+
     def ready(self, *, master: bool) -> None:
         self.master = master
 

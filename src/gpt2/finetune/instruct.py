@@ -123,11 +123,6 @@ class InstructTask(FinetuneTask):
         self.summary: dict[str, Any] = {}
 
     # ----------------------------------------------------------------------------------- data
-    def prepare(self, *, progress: bool) -> None:
-        base = self.load_base()
-        self.tokenizer, self.pad_id = base.tokenizer, base.tokenizer.eot_token
-        self._read_splits()
-
     def _read_splits(self) -> None:
         from gpt2.finetune.data import split_indices
         from gpt2.finetune.instruct_data import read_instruct

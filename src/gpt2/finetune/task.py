@@ -147,12 +147,6 @@ class ClassificationTask(FinetuneTask):
         self.summary: dict[str, Any] = {}
 
     # ----------------------------------------------------------------------------------- data
-    def prepare(self, *, progress: bool) -> None:
-        base = self.load_base()
-        # the pad id: the classifier reads the last real token, padding is never read
-        self.tokenizer, self.pad_id = base.tokenizer, base.tokenizer.eot_token
-        self._read_splits()
-
     def _read_splits(self) -> None:
         from gpt2.finetune import data as D
 
