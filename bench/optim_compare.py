@@ -3,14 +3,16 @@
     python bench/optim_compare.py                              # the recipe's own budget (8.75 min) per optimizer
     python bench/optim_compare.py --minutes 2                  # a short check
     python bench/optim_compare.py --minutes 4 optim.muon_lr=4e-3 train.threads=2   # overrides go to both runs
+    python bench/optim_compare.py --adamw-lr 2e-3      # AdamW at its own tuned lr, Muon at the recipe's
 
 Each optimizer trains `configs/shakespeare-cpu.yaml` (what `gpt2 train` runs with no arguments) in a
 process of its own, one after the other, into its own run directory under a temporary directory, with
 the same seed, data, tokenizer and shards (the cache is shared: $GPT2_CACHE or ~/.cache/gpt2-scratch)
 and the same `train.max_minutes`, so the learning rate decays to the recipe's floor on the same clock in
-both. What differs is `optim.name` alone: AdamW everywhere, or Muon on the blocks' matrices with AdamW on
-the rest (gpt2/train/optim.py). The runs are sequential, not interleaved, so a machine shared with other
-work can favour either; the load averages before and after are printed with the table.
+both. What differs is `optim.name` (and, with `--adamw-lr`, the AdamW run's `optim.lr`): AdamW
+everywhere, or Muon on the blocks' matrices with AdamW on the rest (gpt2/train/optim.py). The runs are
+sequential, not interleaved, so a machine shared with other work can favour either; the load averages
+before and after are printed with the table.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=None,
                    help="train.max_minutes for each run (default: the recipe's own budget)")
     p.add_argument("--out", type=Path, default=None, help="keep the run directories here (default: a temp dir)")
+    p.add_argument("--adamw-lr", default=None,
+                   help="optim.lr for the AdamW run only (default: the recipe's; 2e-3 is AdamW's tuned value "
+                        "from the AdamW recipe before Muon, where 3e-3 was worse)")
     p.add_argument("overrides", nargs="*", help="key=value overrides passed to both runs")
     args = p.parse_args(argv)
     minutes = args.minutes or yaml.safe_load(RECIPE.read_text())["train"]["max_minutes"]
@@ -80,11 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         root.mkdir(parents=True, exist_ok=True)
         for optimizer in ("adamw", "muon"):
             print(f"training with {optimizer} for {minutes:g} min ...", file=sys.stderr, flush=True)
-            results[optimizer] = run(optimizer, root / optimizer, minutes, args.overrides)
+            own = [f"optim.lr={args.adamw_lr}"] if optimizer == "adamw" and args.adamw_lr else []
+            results[optimizer] = run(optimizer, root / optimizer, minutes, [*args.overrides, *own])
     load_after = os.getloadavg()
 
     dtype = results["adamw"]["start"]["dtype"]
-    print(f"recipe {RECIPE.name}, train.max_minutes={minutes:g} each, overrides: {' '.join(args.overrides) or 'none'}")
+    print(f"recipe {RECIPE.name}, train.max_minutes={minutes:g} each, overrides: {' '.join(args.overrides) or 'none'}"
+          + (f"; AdamW's optim.lr={args.adamw_lr}" if args.adamw_lr else ""))
     print(f"CPU: {name}, {os.cpu_count()} CPUs, avx512_bf16: {'yes' if bf16 else 'no'}; dtype {dtype} "
           f"({results['adamw']['start']['dtype_reason']}); torch {torch.__version__}")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)")
