@@ -19,7 +19,7 @@ BENCH = REPO / "bench" / "default_run.py"
 @pytest.mark.slow  # a gpt2 train subprocess (torch import, tokenizer training on 1 MB, 3 steps)
 def test_tiny_run_from_an_empty_cache_prints_a_row_and_writes_the_record(tmp_path: Path, shared_data: Path) -> None:
     results = tmp_path / "record.json"
-    tiny = [f"data.source={shared_data / 'tinyshakespeare.txt'}", "data.val_fraction=0.1",
+    tiny = [f"data.source={shared_data / 'douban_movie_reviews_zh.jsonl'}", "data.val_fraction=0.1",  # 1,223 documents
             "data.tokenizer.vocab_size=300", "model.n_layer=1", "model.n_head=2", "model.n_embd=32",
             "train.seq_len=16", "train.micro_batch_size=2", "train.max_steps=3", "train.max_minutes=null",
             "train.threads=1", "train.dtype=fp32", "eval.steps=2", "checkpoint.interval=0",
