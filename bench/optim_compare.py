@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -32,14 +31,11 @@ RECIPE = REPO / "configs" / "shakespeare-cpu.yaml"
 
 
 def cpu_model() -> tuple[str, bool]:
-    """The CPU's model name and whether it has AVX-512 BF16 (native bf16 matmuls), from /proc/cpuinfo."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown", False
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                platform.processor() or "unknown")
-    return name, "avx512_bf16" in info
+    """The CPU's model name and whether it has AVX-512 BF16 (native bf16 matmuls)."""
+    from default_run import cpu_info  # bench/ is on sys.path when this script runs
+
+    name, flags = cpu_info()
+    return name, "avx512_bf16" in flags
 
 
 def run(optimizer: str, out: Path, minutes: float, overrides: list[str]) -> dict:
