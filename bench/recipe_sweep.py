@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, overrides in variants.items():  # alone, one after the other: the speeds
             tok_s = speed(root / f"speed-{name}", overrides.split())
             batch = tokens_per_step(overrides.split())
-            rows[name] = {"overrides": overrides, "tok_per_s": tok_s, "steps": int(args.seconds * tok_s / batch)}
+            steps = max(1, int(args.seconds * tok_s / batch))
+            rows[name] = {"overrides": overrides, "tok_per_s": tok_s, "steps": steps}
             print(f"{name}: {tok_s:,.0f} tokens/s alone → {rows[name]['steps']} steps", file=sys.stderr, flush=True)
         with ThreadPoolExecutor(args.parallel) as pool:  # side by side, on steps: what each learns
             done = {name: pool.submit(learn, root / name, row["overrides"].split(), row["steps"])
