@@ -67,3 +67,36 @@ def test_a_shard_directory_without_meta_json_is_used_as_it_is(tmp_path: Path) ->
     cfg = DataConfig(source=str(tmp_path / "no-such-corpus"), dir=str(d))  # the source is never read
     assert ensure_shards(cfg, object(), progress=False) == d
     assert sorted(p.name for p in d.iterdir()) == ["train_000000.bin"]  # nothing prepared or written
+
+
+def test_a_changed_source_prepares_the_cached_shards_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """`gpt2 train` caches the shards under the source's path; when the file changes (or is merely written
+    again: a new mtime), the cache is stale. It is prepared again, with a line saying so, instead of the
+    `--overwrite` error meant for a user's own output directory; and bits/byte follows the new shards."""
+    import os
+
+    from gpt2.data.loader import shard_files
+    from gpt2.data.shards import read_shard
+    from gpt2.train.setup import bytes_per_token, ensure_shards
+
+    monkeypatch.setenv("GPT2_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "corpus.jsonl"
+    short = [f"a short one {i}" for i in range(40)]
+    source.write_text("".join(json.dumps({"text": d}) + "\n" for d in short), encoding="utf-8")
+    cfg = DataConfig(source=str(source), val_fraction=0.5, tokenizer=TokenizerConfig(vocab_size=300, min_frequency=2))
+    tok = ensure_tokenizer(cfg, progress=False)
+    out = ensure_shards(cfg, tok, progress=False)
+    first = sum(len(read_shard(p)) for p in shard_files(out, split="train"))
+    bpt_first = bytes_per_token(out, tok)
+
+    long = [f"a much, much longer document than any before it, number {i}" * 3 for i in range(40)]
+    source.write_text("".join(json.dumps({"text": d}) + "\n" for d in long), encoding="utf-8")
+    os.utime(source, ns=(os.stat(source).st_atime_ns, os.stat(source).st_mtime_ns + 10**9))  # a later mtime
+    capsys.readouterr()
+    assert ensure_shards(cfg, tok, progress=False) == out  # same cache directory (keyed on the path)
+    assert "prepared with another configuration (differs in: sources); preparing it again" in capsys.readouterr().err
+    assert sum(len(read_shard(p)) for p in shard_files(out, split="train")) > 2 * first
+    bpt_second = bytes_per_token(out, tok)
+    assert bpt_second != bpt_first
+    assert bpt_second == bytes_per_token(out, tok)  # and cached again

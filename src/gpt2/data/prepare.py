@@ -487,6 +487,7 @@ def prepare(
     data_files: Sequence[str] | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     overwrite: bool = False,
+    replace_changed: bool = False,
     progress: bool = False,
     on_shard: Callable[[Path], None] | None = None,
 ) -> PrepareResult:
@@ -494,7 +495,9 @@ def prepare(
 
     `workers` processes tokenize (None: one per CPU; 1: in this process). `field`, `column`,
     `delimiter`, `header`, `split` and `data_files` say how to read each source (gpt2.data.sources).
-    A finished `out` with the same configuration is left as is; a different one needs `overwrite`.
+    A finished `out` with the same configuration is left as is; a different one needs `overwrite`, or
+    `replace_changed` (for caches, where a changed source or tokenizer means the shards are stale): then a
+    finished or interrupted run whose configuration differs is replaced, with a line saying why.
     `on_shard(path)` is called after each shard is written.
     """
     if isinstance(sources, (str, os.PathLike, Source)):
@@ -531,6 +534,15 @@ def prepare(
     if overwrite:
         _remove_outputs(out)
     state: dict[str, Any] | None = None
+    if replace_changed and not overwrite:
+        for name in (META_FILE, STATE_FILE):
+            if (out / name).is_file():
+                found = json.loads((out / name).read_text())
+                if found.get("fingerprint") != fingerprint:
+                    print(f"{out}: prepared with another configuration (differs in: "
+                          f"{_config_diff(found.get('config', {}), config)}); preparing it again", file=sys.stderr)
+                    _remove_outputs(out)
+                break
     if (out / META_FILE).is_file():
         meta = json.loads((out / META_FILE).read_text())
         if meta.get("fingerprint") != fingerprint:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -81,7 +82,7 @@ def ensure_shards(cfg: DataConfig, tokenizer: Any, *, progress: bool = True) -> 
         key = json.dumps([source_id, cfg.field, cfg.delimiter, cfg.val_fraction, tokenizer.hash])
         out = cache_dir() / "data" / f"{_slug(source_id)}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     result = prepare(cfg.source, out=out, tokenizer=tokenizer, workers=cfg.workers or None, field=cfg.field, delimiter=cfg.delimiter,
-                     val_fraction=cfg.val_fraction, progress=progress)
+                     val_fraction=cfg.val_fraction, replace_changed=cfg.dir is None, progress=progress)
     if not result.already_done:
         print(result.summary(), file=sys.stderr)
     return out
@@ -99,15 +100,21 @@ def bytes_per_token(shard_dir: str | Path, tokenizer: Any, split: str = "val") -
     from gpt2.data.loader import TokenStream, shard_files
 
     cache = Path(shard_dir) / f".bytes_per_token.{split}.json"
+    # The count is only valid for the shards it was made from: prepared again (a changed source), they differ.
+    files = shard_files(shard_dir, split=split)
+    signature = [[Path(f).name, os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files]
     if cache.is_file():
-        return float(json.loads(cache.read_text())["bytes_per_token"])
-    tokens = np.concatenate([a.astype(np.int64) for a in TokenStream(shard_files(shard_dir, split=split)).arrays])
+        cached = json.loads(cache.read_text())
+        if cached.get("shards") == signature:
+            return float(cached["bytes_per_token"])
+    tokens = np.concatenate([a.astype(np.int64) for a in TokenStream(files).arrays])
     special = list(tokenizer.special_tokens.values())
     n_bytes = len(tokenizer.decode_bytes(tokens[~np.isin(tokens, special)].tolist()))
     value = n_bytes / len(tokens)
     from gpt2.common import atomic_write_text
 
-    atomic_write_text(cache, json.dumps({"bytes": n_bytes, "tokens": len(tokens), "bytes_per_token": value}))
+    atomic_write_text(cache, json.dumps({"bytes": n_bytes, "tokens": len(tokens), "bytes_per_token": value,
+                                            "shards": signature}))
     return value
 
 
