@@ -118,16 +118,19 @@ def _read_table(path: Path, fmt: str, text_field: str, label_field: str | None,
     return texts, labels, skipped
 
 
-def _json_records(path: Path) -> list[tuple[str, Any]]:
-    """(where, record) for each record of a JSON-lines file or a .json list of objects."""
+def json_records(path: Path) -> list[tuple[str, Any]]:
+    """(where, record) for each record of a JSON-lines file or a .json list; invalid JSON names its line.
+
+    `where` is `path: entry i` for a list and `path:n` for line n, for the callers' own error messages.
+    """
     text, _ = decode_utf8(path.read_bytes())
     text = text.removeprefix(_BOM)
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
         except json.JSONDecodeError as e:
-            raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        return [(f"{path}[{i}]", obj) for i, obj in enumerate(items)]
+            raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+        return [(f"{path}: entry {i}", obj) for i, obj in enumerate(items)]
     out = []
     for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -135,14 +138,15 @@ def _json_records(path: Path) -> list[tuple[str, Any]]:
         try:
             out.append((f"{path}:{n}", json.loads(line)))
         except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+            raise UserError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); each line must be one "
+                            "JSON object") from None
     return out
 
 
 def _read_json(path: Path, text_field: str, label_field: str | None) -> tuple[list[str], list[str], int]:
     texts, labels, skipped = [], [], 0
     fields = [text_field] if label_field is None else [text_field, label_field]
-    for where, obj in _json_records(path):
+    for where, obj in json_records(path):
         if not isinstance(obj, dict):
             raise UserError(f"{where}: expected a JSON object with the field(s) {', '.join(map(repr, fields))}, "
                             f"got {type(obj).__name__}")

@@ -29,7 +29,6 @@ random. Rank r takes every world_size-th micro-batch.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,30 +52,15 @@ Example = tuple[list[int], list[bool]]  # (ids, target mask), as encode_conversa
 def _records(path: Path) -> list[tuple[str, Any]]:
     """(where, record) for each record of a JSON list or a JSON-lines file; invalid JSON names its line."""
     from gpt2.data.sources import decode_utf8
+    from gpt2.finetune.data import json_records
 
-    text, _ = decode_utf8(path.read_bytes())
-    text = text.removeprefix("\ufeff")
-    if not text.strip():
+    if not decode_utf8(path.read_bytes())[0].removeprefix("\ufeff").strip():
         raise UserError(f"{path} is empty: give Alpaca entries ({{\"instruction\", \"input\", \"output\"}}) or chat "
                         "lines ({\"messages\": [...]})")
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-        if not items:
-            raise UserError(f"{path} holds an empty list: no examples to read")
-        return [(f"{path}: entry {i}", item) for i, item in enumerate(items)]
-    out = []
-    for n, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append((f"{path}:{n}", json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); each line must be one "
-                            "JSON object") from None
-    return out
+    records = json_records(path)
+    if not records:  # text that is not blank and holds no records can only be an empty list
+        raise UserError(f"{path} holds an empty list: no examples to read")
+    return records
 
 
 def _alpaca(where: str, entry: Any) -> list[Message]:
