@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import REPO, copy_gpt2_vocab, overrides, run_python
+from train_helpers import KILL_AFTER_SAVE, REPO, copy_gpt2_vocab, overrides, run_python
 
 from gpt2.config import load_config
 from gpt2.train.metrics import read_metrics
@@ -27,22 +27,6 @@ def train_losses(run_dir: Path) -> dict[int, float]:
             out[r["step"]] = r["loss"]
     return out
 
-
-# A training process that SIGKILLs itself at a chosen point, as a crash or an OOM killer would.
-KILL_AFTER_SAVE = """
-import os, signal, sys
-import gpt2.train.loop as loop
-from gpt2.config import load_config
-from gpt2.train.metrics import read_metrics
-orig = loop.save_checkpoint
-def save_then_die(run_dir, step, **kw):
-    path = orig(run_dir, step, **kw)
-    if step == {step}:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return path
-loop.save_checkpoint = save_then_die
-loop.train(load_config({recipe!r}, {overrides!r}), progress=False)
-"""
 
 KILL_DURING_SAVE = """
 import os, signal, torch
