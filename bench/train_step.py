@@ -3,6 +3,7 @@
     python bench/train_step.py                       # tiny and gpt2 (124M) at T=256, fp32 and bf16
     python bench/train_step.py --models gpt2 --dtypes fp32 --steps 5 --optimizer
     python bench/train_step.py --attention             # SDPA against the math path, bf16, by sequence length
+    python bench/train_step.py --models gpt2 --dtypes fp32 --optimizer --profile 20   # where our step's time goes
     python bench/train_step.py --device cuda --models gpt2 --dtypes bf16 --seq-len 1024 --batch 16 --optimizer \
         --tf32 --compile --no-hf --json /tmp/step.jsonl      # on a GPU: MFU against the datasheet peak
 
@@ -153,6 +154,49 @@ def run(preset: str, *, seq_len: int, batch: int, steps: int, dtype_name: str, o
     }
 
 
+MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"}
+
+
+def profile_table(preset: str, *, seq_len: int, batch: int, dtype_name: str, optimizer: bool, top: int) -> None:
+    """Where our step's time goes: torch.profiler over one step (after a warm-up), the top ops by self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    config, ours, _ = build_pair(preset, seq_len, with_hf=False)
+    opt = None
+    if optimizer:
+        from gpt2.config import OptimConfig
+        from gpt2.train.optim import build_optimizer
+
+        opt = build_optimizer(ours, OptimConfig(), device=torch.device("cpu"))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, config.vocab_size, (batch, seq_len), generator=g)
+    targets = torch.cat([x[:, 1:], torch.full((batch, 1), -100)], dim=1)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype_name == "bf16"):
+            loss = ours(x, targets=targets, return_logits=False).loss
+        loss.backward()
+        if opt is not None:
+            torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
+            opt.step()
+        for p in ours.parameters():
+            p.grad = None
+
+    step()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    wall = time.perf_counter() - t0
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
+    print(f"{preset} {dtype_name}, batch {batch} × T {seq_len}, one profiled step: {wall:.2f} s wall; "
+          f"self time in matmul ops {100 * matmul / total:.1f}%, elsewhere {100 * (total - matmul) / total:.1f}%\n")
+    print("| op | calls | self time | share |\n|---|---:|---:|---:|")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]:
+        print(f"| {e.key} | {e.count} | {e.self_cpu_time_total / 1e6:.3f} s | {100 * e.self_cpu_time_total / total:.1f}% |")
+
+
 def attention_table(steps: int) -> None:
     """Causal attention forward + backward in bf16: F.scaled_dot_product_attention against the math path
     (q kᵀ, mask, softmax, @ v as batched matmuls), which the model takes on a CPU for up to 512 keys."""
@@ -199,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tf32", action="store_true", help="let fp32 matmuls use TF32 on CUDA (as gpt2 train does)")
     p.add_argument("--no-hf", dest="hf", action="store_false", help="time ours only (no transformers model)")
     p.add_argument("--json", default=None, metavar="PATH", help="also append each result as a JSON line here")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="instead of timing, profile one step of ours (CPU) and print its top N ops by self time")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -212,6 +258,12 @@ def main(argv: list[str] | None = None) -> None:
         keep_freed_memory()
     if args.attention:
         attention_table(args.steps)
+        return
+    if args.profile:
+        for preset in args.models.split(","):
+            for d in args.dtypes.split(","):
+                profile_table(preset, seq_len=args.seq_len, batch=args.batch, dtype_name=d,
+                              optimizer=args.optimizer, top=args.profile)
         return
     dtypes = args.dtypes.split(",")
     peaks = {d: matmul_peak(DTYPES[d], device) for d in dtypes}
