@@ -3,6 +3,7 @@
     python bench/train_step.py                       # tiny and gpt2 (124M) at T=256, fp32 and bf16
     python bench/train_step.py --models gpt2 --dtypes fp32 --steps 5 --optimizer
     python bench/train_step.py --attention             # SDPA against the math path, bf16, by sequence length
+    python bench/train_step.py --attention --dtypes fp32   # the same in fp32
     python bench/train_step.py --models gpt2 --dtypes fp32 --optimizer --profile 20   # where our step's time goes
     python bench/train_step.py --device cuda --models gpt2 --dtypes bf16 --seq-len 1024 --batch 16 --optimizer \
         --tf32 --compile --no-hf --json /tmp/step.jsonl      # on a GPU: MFU against the datasheet peak
@@ -42,6 +43,7 @@ from gpt2.model.info import flops_per_token
 from gpt2.train.metrics import measure_matmul_peak, peak_flops
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DEFAULT_DTYPES = "fp32,bf16"
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device) -> float:
@@ -197,9 +199,9 @@ def profile_table(preset: str, *, seq_len: int, batch: int, dtype_name: str, opt
         print(f"| {e.key} | {e.count} | {e.self_cpu_time_total / 1e6:.3f} s | {100 * e.self_cpu_time_total / total:.1f}% |")
 
 
-def attention_table(steps: int) -> None:
-    """Causal attention forward + backward in bf16: F.scaled_dot_product_attention against the math path
-    (q kᵀ, mask, softmax, @ v as batched matmuls), which the model takes on a CPU for up to 512 keys."""
+def attention_table(steps: int, dtype_name: str = "bf16") -> None:
+    """Causal attention forward + backward: F.scaled_dot_product_attention against the math path (q kᵀ,
+    mask, softmax, @ v as batched matmuls), which the model takes on a CPU in bf16 for up to 512 keys."""
     import torch.nn.functional as F
 
     def sdpa(q, k, v):
@@ -210,11 +212,12 @@ def attention_table(steps: int) -> None:
         att = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5
         return att.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf")).softmax(-1) @ v
 
-    print("| batch × heads × T × 64, bf16 | SDPA ms | math ms | SDPA / math |")
+    dtype = DTYPES[dtype_name]
+    print(f"| batch × heads × T × 64, {dtype_name} | SDPA ms | math ms | SDPA / math |")
     print("|---|---:|---:|---:|")
     for B, H, T in ((16, 4, 256), (4, 12, 256), (4, 12, 512), (2, 12, 768), (4, 12, 1024)):
-        q, k, v = (torch.randn(B, H, T, 64, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-        grad = torch.randn(B, H, T, 64, dtype=torch.bfloat16)
+        q, k, v = (torch.randn(B, H, T, 64, dtype=dtype, requires_grad=True) for _ in range(3))
+        grad = torch.randn(B, H, T, 64, dtype=dtype)
         times: dict[str, list[float]] = {"sdpa": [], "math": []}
         for i in range(steps + 1):
             for name, fn in (("sdpa", sdpa), ("math", math_path)):
@@ -229,7 +232,7 @@ def attention_table(steps: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="tiny,gpt2", help="comma-separated presets")
-    p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    p.add_argument("--dtypes", default=DEFAULT_DTYPES, help="comma-separated: fp32, bf16")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--steps", type=int, default=5, help="timed steps per model (after one warm-up)")
@@ -256,8 +259,9 @@ def main(argv: list[str] | None = None) -> None:
         from gpt2.common import keep_freed_memory
 
         keep_freed_memory()
-    if args.attention:
-        attention_table(args.steps)
+    if args.attention:  # bf16 unless --dtypes names others
+        for d in (args.dtypes.split(",") if args.dtypes != DEFAULT_DTYPES else ["bf16"]):
+            attention_table(args.steps, d)
         return
     if args.profile:
         for preset in args.models.split(","):
