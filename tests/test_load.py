@@ -46,6 +46,13 @@ def test_directory_checkpoint_and_run_directory(tmp_path, tok) -> None:
     for a, b in zip(loaded.model.state_dict().values(), ref.state_dict().values()):
         assert torch.equal(a, b)
     assert load(run / "step-000004", device="cpu", dtype="bf16").model.transformer.wte.weight.dtype == torch.bfloat16
+    # A run's pointer files name checkpoints too: `RUN/best` is how a fine-tune's best one is reached.
+    (run / "best").write_text("step-000004")
+    assert resolve_model_dir(run / "best") == run / "step-000004"
+    assert resolve_model_dir(run / "latest") == run / "step-000002"
+    (run / "best").write_text("step-000009")
+    with pytest.raises(FileNotFoundError, match=r"best names step-000009, which is not in .*give a step-NNNNNN"):
+        resolve_model_dir(run / "best")
 
 
 def test_chat_format_comes_with_the_checkpoint(tmp_path, tok) -> None:

@@ -48,9 +48,17 @@ class Loaded:
 
 def resolve_model_dir(source: str | Path) -> Path:
     """A model directory from a checkpoint or model directory, a training run directory (its newest
-    checkpoint, as `latest` names it), or a hub id; a LoRA adapter directory is returned as it is."""
+    checkpoint, as `latest` names it), a run's `latest` or `best` file (the checkpoint it names: `RUN/best`
+    is a fine-tune's best by validation), or a hub id; a LoRA adapter directory is returned as it is."""
     from gpt2.model.hf import resolve_source
 
+    pointer = Path(source)
+    if pointer.name in ("latest", "best") and pointer.is_file():
+        named = pointer.parent / pointer.read_text().strip()
+        if not named.is_dir():
+            raise UserFileNotFoundError(f"{pointer} names {named.name}, which is not in {pointer.parent}: "
+                                        "the run directory is incomplete; give a step-NNNNNN directory instead")
+        source = named
     directory = resolve_source(source)
     if (directory / "config.json").is_file() or _adapter_dir(directory) is not None:
         return directory
