@@ -100,3 +100,34 @@ def test_a_changed_source_prepares_the_cached_shards_again(tmp_path: Path, monke
     bpt_second = bytes_per_token(out, tok)
     assert bpt_second != bpt_first
     assert bpt_second == bytes_per_token(out, tok)  # and cached again
+
+
+def test_the_cached_bpe_is_trained_again_only_when_its_source_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """The BPE cache is named by the source's path; a changed file (size or mtime) trains it again, so a run
+    never depends on which version of the file the cache happened to see first."""
+    import os
+
+    monkeypatch.setenv("GPT2_CACHE", str(tmp_path / "cache"))
+    calls: list[int] = []
+    real = gpt2.tokenizer.train_bpe
+
+    def counting(documents, **kwargs):
+        calls.append(1)
+        return real(documents, **kwargs)
+
+    monkeypatch.setattr(gpt2.tokenizer, "train_bpe", counting)
+    source = tmp_path / "corpus.jsonl"
+    source.write_text("".join(json.dumps({"text": f"the cat sat on the mat {i}"}) + "\n" for i in range(60)))
+    cfg = DataConfig(source=str(source), val_fraction=0.1, tokenizer=TokenizerConfig(vocab_size=300, min_frequency=2))
+    first = ensure_tokenizer(cfg, progress=False)
+    assert ensure_tokenizer(cfg, progress=False).hash == first.hash and len(calls) == 1  # cached
+
+    source.write_text("".join(json.dumps({"text": f"zebras quietly graze zebras {i}"}) + "\n" for i in range(60)))
+    os.utime(source, ns=(os.stat(source).st_atime_ns, os.stat(source).st_mtime_ns + 10**9))
+    capsys.readouterr()
+    second = ensure_tokenizer(cfg, progress=False)
+    assert len(calls) == 2 and "the source changed since it was trained" in capsys.readouterr().err
+    assert second.hash != first.hash
+    assert len(second.encode_ordinary(" zebras")) < len(first.encode_ordinary(" zebras"))  # learnt from the new text
+    assert ensure_tokenizer(cfg, progress=False).hash == second.hash and len(calls) == 2  # and cached again

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gpt2.common import cache_dir
+from gpt2.common import atomic_write_text, cache_dir
 from gpt2.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from gpt2.errors import UserError
 from gpt2.model import GPT2Config, GPT2LMHeadModel
@@ -55,14 +55,26 @@ def ensure_tokenizer(cfg: DataConfig, *, progress: bool = True):
     key = json.dumps([source_id, cfg.field, cfg.delimiter, cfg.val_fraction, t.vocab_size, t.min_frequency, t.pattern])
     name = f"{_slug(source_id)}-bpe{t.vocab_size}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     directory = cache_dir() / "tokenizers" / name
+    # The cache is named by the source's path; what it was trained on (sizes and mtimes of the files, as
+    # the shards' fingerprint records them) is kept beside it, so a changed file trains it again instead
+    # of the run depending on what the cache happened to hold. Written last: a half-saved one retrains.
+    from gpt2.data.sources import resolve_source
+
+    trained_on = json.dumps(resolve_source(cfg.source, field=cfg.field, delimiter=cfg.delimiter)
+                            .describe(with_mtime=True), sort_keys=True)
+    record = directory / "trained_on.json"
     try:
-        return load_tokenizer(directory)
+        if record.is_file() and record.read_text() == trained_on:
+            return load_tokenizer(directory)
     except (FileNotFoundError, ValueError):
         pass
-    print(f"training a {t.vocab_size}-token byte-level BPE on {cfg.source} (train split) → {directory}", file=sys.stderr)
+    why = "the source changed since it was trained; " if record.is_file() else ""
+    print(f"{why}training a {t.vocab_size}-token byte-level BPE on {cfg.source} (train split) → {directory}",
+          file=sys.stderr)
     tok = train_bpe(_train_documents(cfg), vocab_size=t.vocab_size, min_frequency=t.min_frequency,
                     pattern=t.pattern, progress=progress)
     tok.save(directory)
+    atomic_write_text(record, trained_on)
     return tok
 
 
@@ -111,8 +123,6 @@ def bytes_per_token(shard_dir: str | Path, tokenizer: Any, split: str = "val") -
     special = list(tokenizer.special_tokens.values())
     n_bytes = len(tokenizer.decode_bytes(tokens[~np.isin(tokens, special)].tolist()))
     value = n_bytes / len(tokens)
-    from gpt2.common import atomic_write_text
-
     atomic_write_text(cache, json.dumps({"bytes": n_bytes, "tokens": len(tokens), "bytes_per_token": value,
                                             "shards": signature}))
     return value
