@@ -79,6 +79,23 @@ def build_pair(preset: str, seq_len: int, *, with_hf: bool = True):
     return config, ours, hf
 
 
+def training_step(model, forward, opt, x: torch.Tensor, targets: torch.Tensor, dtype_name: str, *, hf: bool):
+    """One step as training takes it: forward (autocast in bf16), backward, clip + optimizer when given."""
+
+    def step() -> float:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=dtype_name == "bf16"):
+            loss = forward(x, labels=x).loss if hf else forward(x, targets=targets, return_logits=False).loss
+        loss.backward()
+        if opt is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        for p in model.parameters():
+            p.grad = None
+        return loss.item()
+
+    return step
+
+
 def run(preset: str, *, seq_len: int, batch: int, steps: int, dtype_name: str, optimizer: bool,
         device: torch.device | None = None, compile: bool = False, with_hf: bool = True) -> dict:
     device = device or torch.device("cpu")
@@ -97,36 +114,13 @@ def run(preset: str, *, seq_len: int, batch: int, steps: int, dtype_name: str, o
                                        fused=device.type == "cuda" or None)
     fwd_ours = torch.compile(ours) if compile else ours
     fwd_hf = torch.compile(hf) if compile and hf is not None else hf
-    dtype = DTYPES[dtype_name]
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, config.vocab_size, (batch, seq_len), generator=g)
     targets = torch.cat([x[:, 1:], torch.full((batch, 1), -100)], dim=1)
     x, targets = x.to(device), targets.to(device)
 
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
-
-    def step_ours() -> float:
-        with autocast():
-            loss = fwd_ours(x, targets=targets, return_logits=False).loss
-        loss.backward()
-        if opt_ours is not None:
-            torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
-            opt_ours.step()
-        for p in ours.parameters():
-            p.grad = None
-        return loss.item()
-
-    def step_hf() -> float:
-        with autocast():
-            loss = fwd_hf(x, labels=x).loss
-        loss.backward()
-        if opt_hf is not None:
-            torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
-            opt_hf.step()
-        for p in hf.parameters():
-            p.grad = None
-        return loss.item()
+    step_ours = training_step(ours, fwd_ours, opt_ours, x, targets, dtype_name, hf=False)
+    step_hf = training_step(hf, fwd_hf, opt_hf, x, targets, dtype_name, hf=True) if hf is not None else None
 
     # warm-up (allocator, oneDNN primitives, compilation); twice when compiled (the first backward compiles too)
     sides = [("ours", step_ours)] + ([("hf", step_hf)] if hf is not None else [])
@@ -174,16 +168,7 @@ def profile_table(preset: str, *, seq_len: int, batch: int, dtype_name: str, opt
     x = torch.randint(0, config.vocab_size, (batch, seq_len), generator=g)
     targets = torch.cat([x[:, 1:], torch.full((batch, 1), -100)], dim=1)
 
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype_name == "bf16"):
-            loss = ours(x, targets=targets, return_logits=False).loss
-        loss.backward()
-        if opt is not None:
-            torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
-            opt.step()
-        for p in ours.parameters():
-            p.grad = None
-
+    step = training_step(ours, ours, opt, x, targets, dtype_name, hf=False)
     step()
     t0 = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
