@@ -455,6 +455,18 @@ def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
     return ", ".join(keys) or "unknown"
 
 
+def _remove_if_changed(out: Path, fingerprint: str, config: dict[str, Any]) -> None:
+    """A cache's shards (finished or interrupted) made with another configuration are removed, with a line."""
+    for name in (META_FILE, STATE_FILE):
+        if (out / name).is_file():
+            found = json.loads((out / name).read_text())
+            if found.get("fingerprint") != fingerprint:
+                print(f"{out}: prepared with another configuration (differs in: "
+                      f"{_config_diff(found.get('config', {}), config)}); preparing it again", file=sys.stderr)
+                _remove_outputs(out)
+            return
+
+
 def _check_done(out: Path, meta: dict[str, Any]) -> str | None:
     """None if every shard meta.json lists is there with the right token count, else what is wrong."""
     for split in SPLITS:
@@ -535,14 +547,7 @@ def prepare(
         _remove_outputs(out)
     state: dict[str, Any] | None = None
     if replace_changed and not overwrite:
-        for name in (META_FILE, STATE_FILE):
-            if (out / name).is_file():
-                found = json.loads((out / name).read_text())
-                if found.get("fingerprint") != fingerprint:
-                    print(f"{out}: prepared with another configuration (differs in: "
-                          f"{_config_diff(found.get('config', {}), config)}); preparing it again", file=sys.stderr)
-                    _remove_outputs(out)
-                break
+        _remove_if_changed(out, fingerprint, config)
     if (out / META_FILE).is_file():
         meta = json.loads((out / META_FILE).read_text())
         if meta.get("fingerprint") != fingerprint:

@@ -51,15 +51,12 @@ Example = tuple[list[int], list[bool]]  # (ids, target mask), as encode_conversa
 # ----------------------------------------------------------------------------------------- reading
 def _records(path: Path) -> list[tuple[str, Any]]:
     """(where, record) for each record of a JSON list or a JSON-lines file; invalid JSON names its line."""
-    from gpt2.data.sources import decode_utf8
     from gpt2.finetune.data import json_records
 
-    if not decode_utf8(path.read_bytes())[0].removeprefix("\ufeff").strip():
-        raise UserError(f"{path} is empty: give Alpaca entries ({{\"instruction\", \"input\", \"output\"}}) or chat "
-                        "lines ({\"messages\": [...]})")
     records = json_records(path)
-    if not records:  # text that is not blank and holds no records can only be an empty list
-        raise UserError(f"{path} holds an empty list: no examples to read")
+    if not records:
+        raise UserError(f"{path} holds no examples (an empty file or an empty list): give Alpaca entries "
+                        "({\"instruction\", \"input\", \"output\"}) or chat lines ({\"messages\": [...]})")
     return records
 
 
