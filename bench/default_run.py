@@ -16,7 +16,6 @@ The whole record also goes to bench/results/default-run-<dtype>.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -25,22 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-
-
-def cpu_info() -> tuple[str, list[str]]:
-    """The CPU's model name and which of FLAGS it has, from /proc/cpuinfo (Linux)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        import platform
-
-        return platform.processor() or "unknown", []
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-                "unknown")
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return name, [f for f in FLAGS if f in flags]
+from common import FLAGS, REPO, cpu_info, markdown_table, parser, write_results
 
 
 def before_first_step(wall: float, start: dict, end: dict, train: list[dict]) -> float:
@@ -57,8 +41,7 @@ def before_first_step(wall: float, start: dict, end: dict, train: list[dict]) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--cache", type=Path, default=None,
                    help="use this $GPT2_CACHE instead of an empty one (the row then says 'warm cache')")
     p.add_argument("--out", type=Path, default=None, help="keep the run directory here (default: a temp dir)")
@@ -100,17 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     dtype = str(start["dtype"]).replace("torch.", "")
     path = args.results or REPO / "bench" / "results" / f"default-run-{dtype}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_results(path, record)
 
     print(r.stdout[-1500:])
     print(f"CPU: {name} ({os.cpu_count()} CPUs; flags: {', '.join(flags) or 'none of ' + ', '.join(FLAGS)})")
     print(f"overrides: {' '.join(args.overrides) or 'none'}; {record['cache']} cache; {start['optimizer']}\n")
-    print("| CPU | dtype | wall, all included | before the first step | steps | tokens | tokens/s | val bits/byte |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    print(f"| {name} ({', '.join(flags) or 'no AVX2'}) | {dtype} | {int(wall // 60)} min {wall % 60:.0f} s | "
-          f"{setup_s:.0f} s | {end['step']} | {end['tokens'] / 1e6:.2f}M | {tok_per_s:,.0f} | "
-          f"**{end['val_bpb']:.3f}** |")
+    row = [f"{name} ({', '.join(flags) or 'no AVX2'})", dtype, f"{int(wall // 60)} min {wall % 60:.0f} s",
+           f"{setup_s:.0f} s", end["step"], f"{end['tokens'] / 1e6:.2f}M", f"{tok_per_s:,.0f}",
+           f"**{end['val_bpb']:.3f}**"]
+    print(markdown_table(["CPU", "dtype", "wall, all included", "before the first step", "steps", "tokens",
+                          "tokens/s", "val bits/byte"], [row], "llrrrrrr"))
     print(f"\nwritten: {path}")
     return 0
 

@@ -14,17 +14,11 @@ and are printed as a table. `sms` also fine-tunes on the natural, imbalanced spl
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
+from common import REPO, cpu_name, markdown_table, parser, steps_table, timed, write_results
 
 # The SMS LoRA comparison: five LoRA settings at seed 0 (rank, alpha, lr, steps: 330 steps are 5 epochs),
 # then the chosen one (lora-r16-a16) and full fine-tuning of the same base at seeds 0-3. train.seed moves
@@ -43,33 +37,6 @@ SMS_LORA_RUNS: list[tuple[str, int, list[str]]] = [
 ]
 
 
-def cpu_name() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                name = line.split(":", 1)[1].strip()
-                import torch
-
-                return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def timed(argv: list[str]) -> dict:
-    """Run `gpt2 ARGV`; wall seconds and the CPU seconds of the child processes."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "gpt2", *argv], cwd=REPO, text=True, stdout=subprocess.PIPE)
-    wall = time.time() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if r.returncode != 0:
-        raise SystemExit(f"gpt2 {' '.join(argv)} failed with exit status {r.returncode}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    print(f"gpt2 {' '.join(argv)}: {wall:,.0f} s wall, {cpu:,.0f} s CPU", file=sys.stderr)
-    return {"command": "gpt2 " + " ".join(argv), "wall_s": wall, "cpu_s": cpu, "stdout_tail": r.stdout[-2000:]}
-
-
 def test_record(run_dir: Path) -> dict:
     rows = [json.loads(x) for x in (REPO / run_dir / "metrics.jsonl").read_text().splitlines()]
     test = [r for r in rows if r["kind"] == "test"][-1]
@@ -79,7 +46,7 @@ def test_record(run_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("task", choices=["sms", "imdb", "sms-lora"])
     p.add_argument("--base", help="an existing base (run directory); skips its pretraining")
     args = p.parse_args(argv)
@@ -122,22 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     record = {"task": args.task, "cpu": cpu_name(), "base": base, "steps": steps, "results": results,
               "total_wall_s": sum(s["wall_s"] for s in steps), "total_cpu_s": sum(s["cpu_s"] for s in steps)}
     out_path = REPO / "bench" / "results" / f"finetune-{args.task}.json"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(record, indent=2) + "\n")
+    write_results(out_path, record)
     print(f"\n{record['cpu']}\n")
-    print("| step | command | wall | CPU time |\n|---|---|---:|---:|")
-    for s in steps:
-        print(f"| {s['step']} | `{s['command']}` | {s['wall_s'] / 60:.1f} min | {s['cpu_s'] / 60:.1f} min |")
-    print(f"| total | | {record['total_wall_s'] / 60:.1f} min | {record['total_cpu_s'] / 60:.1f} min |\n")
+    print(steps_table(steps) + "\n")
     for name, r in results.items():
         print(f"{name}: test accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f} "
               f"({r['test_examples']} test examples)")
     if args.task == "sms-lora":  # each setting over its seeds
-        print("\n| setting | seeds | test accuracy, each | mean | min |\n|---|---:|---|---:|---:|")
+        rows = []
         for name in dict.fromkeys(n for n, _, _ in SMS_LORA_RUNS):
             accs = [r["accuracy"] for k, r in results.items() if k.rsplit("-seed", 1)[0] == name]
-            print(f"| {name} | {len(accs)} | {', '.join(f'{a:.4f}' for a in accs)} | {sum(accs) / len(accs):.4f} "
-                  f"| {min(accs):.4f} |")
+            rows.append([name, len(accs), ", ".join(f"{a:.4f}" for a in accs), f"{sum(accs) / len(accs):.4f}",
+                         f"{min(accs):.4f}"])
+        print("\n" + markdown_table(["setting", "seeds", "test accuracy, each", "mean", "min"], rows, "lrlrr"))
     print(f"\nwritten: {out_path.relative_to(REPO)}")
     return 0
 

@@ -17,13 +17,12 @@ Results and timings (wall and CPU, the CPU's name) go to bench/results/instruct.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from finetune_classify import REPO, cpu_name, timed
+from common import REPO, cpu_name, markdown_table, parser, steps_table, timed, write_results
 
 
 def evaluate(model: str, held_out: Path, *extra: str) -> dict:
@@ -41,7 +40,7 @@ def evaluate(model: str, held_out: Path, *extra: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__)
     p.add_argument("--base", help="an existing base (run directory); skips its pretraining")
     p.add_argument("--lora", action="store_true", help="also fine-tune with LoRA (rank 16) and score it")
     args = p.parse_args(argv)
@@ -67,18 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     record = {"cpu": cpu_name(), "base": base, "held_out": str(held_out.relative_to(REPO)), "steps": steps,
               "results": results}
     out_path = REPO / "bench" / "results" / "instruct.json"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(record, indent=2) + "\n")
+    write_results(out_path, record)
     print(f"\n{record['cpu']}\n")
-    print("| step | command | wall | CPU time |\n|---|---|---:|---:|")
-    for s in steps:
-        print(f"| {s['step']} | `{s['command']}` | {s['wall_s'] / 60:.1f} min | {s['cpu_s'] / 60:.1f} min |")
+    print(steps_table(steps))
     print(f"\n100 held-out instructions ({record['held_out']}), greedy, up to 256 new tokens:\n")
-    print("| model | response loss | ended with <\\|endoftext\\|> | wrote a header | clean | cut by the context |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, r in results.items():
-        print(f"| {name} | {r['response_loss']:.3f} | {r['ended_rate']:.0%} | {r['header_rate']:.0%} | "
-              f"{r['clean_rate']:.0%} | {r['cut_by_context']} |")
+    rows = [[name, f"{r['response_loss']:.3f}", f"{r['ended_rate']:.0%}", f"{r['header_rate']:.0%}",
+             f"{r['clean_rate']:.0%}", r["cut_by_context"]] for name, r in results.items()]
+    print(markdown_table(["model", "response loss", "ended with <\\|endoftext\\|>", "wrote a header", "clean",
+                          "cut by the context"], rows))
     print(f"\nwritten: {out_path.relative_to(REPO)}")
     return 0
 

@@ -223,7 +223,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 def cpu_record() -> dict[str, Any]:
     """The CPU (lscpu's model name and torch's capability, as bench/finetune_classify.py reports it) and
     the flags CPU matmul speed depends on."""
-    from finetune_classify import cpu_name  # bench/ is sys.path[0] when this file runs as a script
+    from common import cpu_name  # bench/ is sys.path[0] when this file runs as a script
 
     from gpt2.common import cpu_has_fast_bf16
 

@@ -17,7 +17,6 @@ before and after are printed with the table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -26,14 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, cpu_info, markdown_table, parser
+
 RECIPE = REPO / "configs" / "shakespeare-cpu.yaml"
 
 
 def cpu_model() -> tuple[str, bool]:
     """The CPU's model name and whether it has AVX-512 BF16 (native bf16 matmuls)."""
-    from default_run import cpu_info  # bench/ is on sys.path when this script runs
-
     name, flags = cpu_info()
     return name, "avx512_bf16" in flags
 
@@ -59,8 +57,7 @@ def run(optimizer: str, out: Path, minutes: float, overrides: list[str]) -> dict
 def main(argv: list[str] | None = None) -> int:
     import yaml
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--minutes", type=float, default=None,
                    help="train.max_minutes for each run (default: the recipe's own budget)")
     p.add_argument("--out", type=Path, default=None, help="keep the run directories here (default: a temp dir)")
@@ -94,12 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     for optimizer, r in results.items():
         print(f"{optimizer}: {r['start']['optimizer']}")
     print()
-    print("| optimizer | steps | tokens | run wall s | process wall s | val loss | val bits/byte |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for optimizer, r in results.items():
-        e = r["end"]
-        print(f"| {optimizer} | {e['step']} | {e['tokens']:,} | {e['seconds']:.0f} | {r['wall']:.0f} | "
-              f"{e['val_loss']:.4f} | {e['val_bpb']:.4f} |")
+    rows = [[optimizer, r["end"]["step"], f"{r['end']['tokens']:,}", f"{r['end']['seconds']:.0f}", f"{r['wall']:.0f}",
+             f"{r['end']['val_loss']:.4f}", f"{r['end']['val_bpb']:.4f}"] for optimizer, r in results.items()]
+    print(markdown_table(["optimizer", "steps", "tokens", "run wall s", "process wall s", "val loss", "val bits/byte"],
+                         rows))
     return 0
 
 

@@ -19,7 +19,6 @@ a Markdown table and writes bench/results/recipe-sweep.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -29,7 +28,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, cpu_info, markdown_table, parser, write_results
+
 # The sweep that chose the recipe (README, "The default run"): the AdamW recipe before it, Muon on it, a
 # narrower model that fits more tokens into the budget, then the learning rate.
 VARIANTS = {
@@ -79,8 +79,7 @@ def learn(out: Path, overrides: list[str], steps: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--variant", action="append", default=None, metavar="NAME:OVERRIDES",
                    help="a variant: a name, a colon, then space-separated key=value overrides (repeatable)")
     p.add_argument("--seconds", type=float, default=510.0, help="the training time each variant gets")
@@ -89,9 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=REPO / "bench" / "results" / "recipe-sweep.json")
     args = p.parse_args(argv)
     variants = dict(v.split(":", 1) for v in args.variant) if args.variant else VARIANTS
-    sys.path.insert(0, str(Path(__file__).parent))
-    from default_run import cpu_info
-
     with tempfile.TemporaryDirectory(prefix="recipe-sweep-") as tmp:
         root = args.out or Path(tmp)
         rows = {}
@@ -109,14 +105,12 @@ def main(argv: list[str] | None = None) -> int:
 
     cpu, flags = cpu_info()
     record = {"cpu": cpu, "cpu_flags": flags, "seconds": args.seconds, "variants": rows}
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(record, indent=2) + "\n")
+    write_results(args.results, record)
     print(f"CPU: {cpu} ({', '.join(flags) or 'no AVX2'}); {args.seconds:g} s of training each\n")
-    print("| variant | overrides | parameters | tokens/s alone | steps | tokens | val bits/byte |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for name, r in rows.items():
-        print(f"| {name} | `{r['overrides']}` | {r['parameters'] / 1e6:.2f}M | {r['tok_per_s']:,.0f} | {r['steps']} | "
-              f"{r['tokens'] / 1e6:.2f}M | {r['val_bpb']:.3f} |")
+    table = [[name, f"`{r['overrides']}`", f"{r['parameters'] / 1e6:.2f}M", f"{r['tok_per_s']:,.0f}", r["steps"],
+              f"{r['tokens'] / 1e6:.2f}M", f"{r['val_bpb']:.3f}"] for name, r in rows.items()]
+    print(markdown_table(["variant", "overrides", "parameters", "tokens/s alone", "steps", "tokens", "val bits/byte"],
+                         table, "llrrrrr"))
     print(f"\nwritten: {args.results}")
     return 0
 
