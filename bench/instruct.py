@@ -3,7 +3,7 @@
     python bench/instruct.py                          # base: runs/imdb-lm (trained first if absent) → sft-alpaca
     python bench/instruct.py --base runs/imdb-lm --lora     # also a LoRA fine-tune, side by side
 
-The base is a language model pretrained here (`gpt2 train imdb-lm`: 4 layers, 192 wide, Muon, 25 minutes on
+The base is a language model pretrained here (`gpt2 train imdb-lm`: 4 layers, 192 wide, Muon, 30 minutes on
 IMDB's training reviews with its own 4,096-token BPE). `gpt2 finetune instruct sft-alpaca` tunes it on 1,000 of
 the 1,100 entries of ../shared/data/instruction-data.json (seed 123) and writes the other 100 to
 RUN/heldout.jsonl. Then `gpt2 eval MODEL --instruct RUN/heldout.jsonl` scores, on those same 100, the base

@@ -84,3 +84,11 @@ def test_cli_train_resume_alone_uses_the_runs_config(tmp_path: Path, monkeypatch
     with pytest.raises(Stop):
         cli.main(["train", "tiny-test", "train.max_steps=5"])
     assert seen["cfg"] == load_config("tiny-test", ["train.max_steps=5"])
+
+
+def test_a_negative_every_token_weight_is_a_one_line_error() -> None:
+    from gpt2.config import validate
+
+    validate(load_config("finetune-imdb"))  # the recipe's 1.0 passes
+    with pytest.raises(UserError, match=r"finetune.every_token_weight=-0.5 must be 0 \(off\) or positive"):
+        validate(load_config("finetune-imdb", ["finetune.every_token_weight=-0.5"]))

@@ -256,6 +256,10 @@ class FinetuneConfig:
     """How many of the last blocks train with trainable=last_blocks."""
     global_batch_size: int | None = None
     """Examples per optimizer step over all processes and micro-steps; default: one micro-batch per process."""
+    every_token_weight: float = 0.0
+    """Classification: weight of an auxiliary loss asking the head for the label at every real token (each
+    example's mean over its tokens), beside the last token's loss; 0 = off. Training only: inference and
+    the checkpoint's format are unchanged."""
     metric: str = "accuracy"
     """Validation metric that picks the checkpoint named `best`: accuracy, macro_f1 or val_loss."""
     eval_batch_size: int = 64
@@ -425,6 +429,7 @@ def _finetune_checks(f: FinetuneConfig, cfg_optim_name: str) -> list[tuple[bool,
          f"finetune.split={list(f.split)} must be three fractions train/val/test that sum to 1, e.g. [0.7,0.1,0.2]"),
         (f.global_batch_size is None or f.global_batch_size >= 1, "finetune.global_batch_size must be positive"),
         (f.eval_batch_size >= 1, "finetune.eval_batch_size must be at least 1"),
+        (f.every_token_weight >= 0, f"finetune.every_token_weight={f.every_token_weight} must be 0 (off) or positive"),
         (f.lora.rank is None or f.lora.rank >= 1,
          f"finetune.lora.rank={f.lora.rank} must be at least 1 (or null for full fine-tuning)"),
         (f.lora.alpha > 0, f"finetune.lora.alpha={f.lora.alpha} must be positive"),

@@ -56,6 +56,23 @@ def test_logits_pool_the_last_real_token_and_match_unpadded_rows() -> None:
         torch.testing.assert_close(out.loss, expected_loss)
 
 
+def test_every_position_is_the_head_on_each_prefix() -> None:
+    """every_position=True (finetune.every_token_weight's loss): position t's logits are the classifier's
+    on the first t + 1 tokens alone, and the last real one is what the plain forward returns."""
+    torch.manual_seed(0)
+    model = GPT2ForSequenceClassification(_config()).eval()
+    _sharpen(model)
+    ids, mask = _batch()
+    with torch.no_grad():
+        every = model(ids, attention_mask=mask, every_position=True)
+        assert every.logits.shape == (4, 12, 3) and every.loss is None
+        last = last_token_index(ids, attention_mask=mask, pad_token_id=None)
+        torch.testing.assert_close(every.logits[torch.arange(4), last], model(ids, attention_mask=mask).logits)
+        for t in (0, 4, 6):
+            prefix = model(ids[:1, : t + 1]).logits  # row 0 has 7 real tokens
+            torch.testing.assert_close(every.logits[0, t:t + 1], prefix, atol=1e-5, rtol=1e-5)
+
+
 def test_last_token_index_rules() -> None:
     ids = torch.tensor([[5, 6, 9, 9], [9, 9, 9, 9], [1, 2, 3, 4]])
     assert last_token_index(ids, attention_mask=None, pad_token_id=9).tolist() == [1, 3, 3]

@@ -48,14 +48,15 @@ def build(task: str) -> tuple[object, torch.nn.Module, tuple[torch.Tensor, ...]]
                         embd_pdrop=0.0, attn_pdrop=0.0)
     if task == "lm":
         return LanguageModelTask(load_config(None, [])), GPT2LMHeadModel(config), lm_batch()
-    if task == "classify":
+    if task in ("classify", "classify-every"):
         import dataclasses
 
         from gpt2.finetune.task import ClassificationTask
         from gpt2.model.classify import GPT2ForSequenceClassification
 
         config = dataclasses.replace(config, id2label={0: "a", 1: "b", 2: "c"}, pad_token_id=VOCAB - 1)
-        cfg = load_config(None, ["model.init_from=unused", "finetune.train_file=unused"])
+        every = ["finetune.every_token_weight=0.5"] if task == "classify-every" else []  # + the per-token loss
+        cfg = load_config(None, ["model.init_from=unused", "finetune.train_file=unused", *every])
         return ClassificationTask(cfg), GPT2ForSequenceClassification(config), classify_batch()
     raise ValueError(task)
 

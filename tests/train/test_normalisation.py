@@ -2,7 +2,8 @@
 divided by its count, however the batch is split into micro-steps and processes.
 
 Variable-length examples are right-padded (for the language model, padding and a masked prefix are not
-targets; for classification, examples carry class weights), so every micro-batch counts a different
+targets; for classification, examples carry class weights, and with finetune.every_token_weight each example's
+per-token loss is a mean over its own tokens), so every micro-batch counts a different
 number of targets: a mean of per-micro-batch means would weigh them
 differently, and the test checks that it would fail here. fp32 throughout, ≤ 1e-6.
 """
@@ -43,7 +44,7 @@ if rank == 0:
 torch.distributed.destroy_process_group()
 """
 
-TASKS = ["lm", "classify"]
+TASKS = ["lm", "classify", "classify-every"]
 
 
 @pytest.fixture(scope="module")

@@ -234,8 +234,20 @@ class ClassificationTask(FinetuneTask):
 
     def loss_sum(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         x, mask, y, w = batch
-        logits = model(x, attention_mask=mask).logits.float()  # (B, num_labels)
-        return (F.cross_entropy(logits, y, reduction="none") * w).sum()
+        aux = self.cfg.finetune.every_token_weight
+        if not aux:
+            logits = model(x, attention_mask=mask).logits.float()  # (B, num_labels)
+            return (F.cross_entropy(logits, y, reduction="none") * w).sum()
+        from gpt2.model.classify import last_token_index
+
+        every = model(x, attention_mask=mask, every_position=True).logits.float()  # (B, T, num_labels)
+        B, T, n = every.shape
+        last = last_token_index(x, attention_mask=mask, pad_token_id=None)  # (B,)
+        ce = F.cross_entropy(every.reshape(B * T, n), y.repeat_interleave(T), reduction="none").view(B, T)
+        m = mask.to(ce.dtype)
+        # each example weighs the same whatever its length: the mean over its real tokens
+        per_example = ce[torch.arange(B), last] + aux * (ce * m).sum(1) / m.sum(1).clamp(min=1)
+        return (per_example * w).sum()
 
     # ----------------------------------------------------------------------------- evaluation
     def evaluate(self, ctx: EvalContext, split: str = "val") -> dict[str, Any]:

@@ -72,10 +72,16 @@ class GPT2ForSequenceClassification(GPT2Sizes, nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        every_position: bool = False,
     ) -> ClassifierOutput:
-        """input_ids (B, T), right-padded; attention_mask (B, T) 1 = real token, 0 = padding; labels (B,)."""
+        """input_ids (B, T), right-padded; attention_mask (B, T) 1 = real token, 0 = padding; labels (B,).
+
+        every_position=True returns the head at every position instead, logits (B, T, num_labels) and no
+        loss: what finetune.every_token_weight trains on (position t has seen tokens 0..t)."""
         B = input_ids.shape[0]
         x = self.transformer(input_ids, attention_mask=attention_mask)  # (B, T, C)
+        if every_position:
+            return ClassifierOutput(self.score(x), None)  # (B, T, num_labels)
         last = last_token_index(input_ids, attention_mask=attention_mask, pad_token_id=self.config.pad_token_id)
         pooled = x[torch.arange(B, device=x.device), last]  # (B, C)
         logits = self.score(pooled)  # (B, num_labels)
