@@ -5,7 +5,8 @@
 
 A batch is (input_ids, attention_mask, labels, weights): the examples right-padded to the longest of
 the micro-batch, the head reading the last real token. The loss of a batch is the sum over its
-examples of weight × cross-entropy, and its count is the sum of the weights (1 each, or the class
+examples of weight × cross-entropy (plus, with finetune.every_token_weight, that weight times the mean of
+the head's cross-entropy at each of the example's tokens), and its count is the sum of the weights (1 each, or the class
 weights of finetune.balance=class_weights), so the trainer's global normalisation gives every example
 its weight whatever the micro-batching. Evaluation scores the validation split on every rank's share
 and all-reduces the loss and the confusion matrix, so every rank gets the same accuracy, macro-F1,
