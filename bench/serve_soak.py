@@ -3,8 +3,7 @@
     python bench/serve_soak.py /work/models/shakespeare-cpu                      # 10 minutes, 16 clients
     python bench/serve_soak.py MODEL --duration 30 --concurrency 4 --out /tmp/soak.json
 
-It starts `python -m gpt2 serve MODEL` itself (a subprocess on a free 127.0.0.1 port; the server's log goes
-to OUT's folder as serve-soak.log) and runs --concurrency clients for --duration seconds. Each client sends
+It starts `python -m gpt2 serve MODEL` itself (a subprocess on a free 127.0.0.1 port; its log goes to --log) and runs --concurrency clients for --duration seconds. Each client sends
 one request after another, drawn from a seeded mix: streamed and plain completions and chat completions
 (n of 1 to 3, stop strings, seeds, temperature 0 or sampled), streams it abandons after a few chunks (the
 connection is closed mid-stream), and bodies that must be refused: not JSON, of the wrong types, over the
@@ -35,6 +34,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -360,11 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grace", type=float, default=180, help="seconds past --duration before giving up")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serve-soak.json")
+    p.add_argument("--log", type=Path, default=Path(tempfile.gettempdir()) / "gpt2-serve-soak.log",
+                   help="the server's log (tracebacks of any 5xx are there)")
     args = p.parse_args(argv)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    proc, card = start_server(args, port, args.out.with_suffix(".log"))
+    proc, card = start_server(args, port, args.log)
     try:
         tally, rss, wall = asyncio.run(load(args, url, proc.pid, card["max_model_len"]))
         health = wait_idle(url, timeout=30)

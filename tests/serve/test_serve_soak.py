@@ -19,7 +19,7 @@ def test_a_short_soak_covers_the_mix_and_frees_every_row(ckpt, tmp_path) -> None
     out = tmp_path / "soak.json"
     r = subprocess.run([sys.executable, str(REPO / "bench" / "serve_soak.py"), str(ckpt), "--duration", "4",
                         "--concurrency", "3", "--max-batch", "4", "--max-queue", "4", "--burst-every", "2",
-                        "--mark", "2", "--grace", "60", "--out", str(out)],
+                        "--mark", "2", "--grace", "60", "--out", str(out), "--log", str(tmp_path / "serve.log")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     rec = json.loads(out.read_text())
