@@ -31,11 +31,22 @@ def openai_error_shape(ctx, response, case) -> None:
 
 
 @pytest.fixture(scope="module")
-def fuzzed_server(start_server):
-    """A server of its own (a batch of 4, a queue of 8), so the fuzzing never waits behind other tests."""
-    return start_server(max_batch=4, max_queue=8)
+def fuzzed_server(tok):
+    """A server of its own (a batch of 4, a queue of 8) of a tiny model with a 32-token context, so that no
+    fuzzed request generates more than 32 tokens a choice and the test keeps its time bound."""
+    from serve_helpers import LiveServer, sharp_model
+
+    from gpt2.generate.chat import FORMATS
+    from gpt2.serve.app import create_app
+
+    server = LiveServer(create_app(sharp_model(tok.n_vocab, n_positions=32), tok, name="tiny",
+                                   chat_format=FORMATS["plain"], max_batch=4, max_queue=8))
+    yield server
+    server.stop()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(120)  # the bound: 5 routes × 30 examples, ~10 s on 2 loaded cores
 @pytest.mark.parametrize("mode", ["positive", "negative"])
 def test_every_route_from_the_schema(fuzzed_server, mode) -> None:
     """Each route the schema lists, MAX_EXAMPLES requests drawn from it (positive: bodies that fit the schema;
