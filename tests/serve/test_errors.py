@@ -40,6 +40,8 @@ def http(server):
 BAD_COMPLETIONS = [
     # (body, status, param, code, words in the message)
     ({**GOOD, "max_tokens": "16"}, 400, "max_tokens", None, "integer"),
+    ({**GOOD, "max_tokens": 4.5}, 400, "max_tokens", None, "integer"),
+    ({**GOOD, "prompt": [1.5, 2]}, 400, "prompt", None, "token ids"),
     ({**GOOD, "prompt": [True, 2]}, 400, "prompt", None, "token ids"),
     ({**GOOD, "prompt": 42}, 400, "prompt", None, "prompt must be"),
     ({**GOOD, "temperature": "hot"}, 400, "temperature", None, "number"),
@@ -93,6 +95,9 @@ def test_bad_chat_requests(http) -> None:
     assert_error(http.post("/v1/chat/completions", json={**chat, "top_logprobs": 2}), 400, param="top_logprobs")
     assert_error(http.post("/v1/chat/completions", json={**chat, "max_tokens": 500}), 400,
                  code="context_length_exceeded")
+    # no max_tokens and a conversation longer than the context: a 400, not a crashed prefill (found by Schemathesis)
+    long = {"model": "tiny", "messages": [{"role": "user", "content": "hi there " * 200}]}
+    assert_error(http.post("/v1/chat/completions", json=long), 400, param="max_tokens", code="context_length_exceeded")
 
 
 def test_unknown_route_and_method(http) -> None:
@@ -196,3 +201,13 @@ def test_an_internal_error_is_a_500_and_serving_goes_on(start_server, monkeypatc
     r = httpx.post(s.url + "/v1/completions", json=GOOD)
     assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
     assert httpx.post(s.url + "/v1/completions", json=GOOD).status_code == 200
+
+
+def test_a_whole_float_is_an_integer(http) -> None:
+    """JSON Schema's "integer" (the published schema's type) includes 4.0: accepted as 4, where the prompt's
+    token ids and every integer field are concerned (Schemathesis sent such bodies and got 400s)."""
+    r = http.post("/v1/completions", json={**GOOD, "max_tokens": 4.0, "n": 2.0, "seed": 3.0, "prompt": [5.0, 6]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["choices"]) == 2 and body["usage"]["prompt_tokens"] == 2
+    assert body["usage"]["completion_tokens"] <= 8

@@ -1,11 +1,11 @@
 """lm-evaluation-harness compatibility: HellaSwag scored through the server the way `lm_eval --model
 local-completions` asks (token-id prompts, echo, logprobs 1, max_tokens 1 or 0, temperature 0), giving the
-per-ending log-likelihoods of `gpt2 eval --hellaswag` (gpt2.eval.hellaswag.score_endings) to 1e-4; and, where
-lm-eval is installed, its own local-completions model on a local task file."""
+per-ending log-likelihoods of `gpt2 eval --hellaswag` (gpt2.eval.hellaswag.score_endings) to 1e-4; and lm-eval's
+own local-completions model (lm-eval is in the dev extra) on a local task file, whose per-ending log-likelihoods
+and accuracy equal our scorer's on the same examples."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,7 +15,7 @@ import httpx
 import pytest
 from serve_helpers import LiveServer, sharp_model
 
-from gpt2.eval.hellaswag import load_examples, render, score_endings
+from gpt2.eval.hellaswag import evaluate_hellaswag, load_examples, render, score_endings
 
 
 @pytest.fixture(scope="module")
@@ -100,16 +100,19 @@ from lm_eval import simple_evaluate
 from lm_eval.tasks import TaskManager
 tasks = TaskManager(include_path={tasks!r}, include_defaults=False)
 out = simple_evaluate(model="local-completions", model_args={model_args!r}, tasks=["serve_hellaswag_local"],
-                      task_manager=tasks)
-open({out!r}, "w").write(json.dumps(out["results"], default=str))
+                      task_manager=tasks, log_samples=True)
+open({out!r}, "w").write(json.dumps({{"results": out["results"], "samples": out["samples"]}}, default=str))
 """
 
 
 @pytest.mark.slow
-def test_lm_eval_local_completions_runs_against_the_server(shared_data, gpt2_tok, hs_server, tmp_path) -> None:
-    if importlib.util.find_spec("lm_eval") is None:
-        pytest.skip("lm-eval is not installed (pip install lm-eval): its own client is not run here")
-    rows = [json.loads(line) for line in (shared_data / "hellaswag_val_sample1000.jsonl").open()][:6]
+def test_lm_eval_local_completions_scores_as_gpt2_eval(shared_data, gpt2_tok, gpt2_vocab_model, hs_server,
+                                                      tmp_path) -> None:
+    """lm-eval's own client through the server: every ending's log-likelihood is our scorer's (1e-4), and its
+    acc is exactly the acc of `gpt2 eval --hellaswag` (gpt2.eval.hellaswag.evaluate_hellaswag) on the same six
+    examples."""
+    source = shared_data / "hellaswag_val_sample1000.jsonl"
+    rows = [json.loads(line) for line in source.open()][:6]
     data = tmp_path / "hs.jsonl"
     data.write_text("".join(json.dumps({"ctx": r["ctx"], "endings": r["endings"], "label": int(r["label"])}) + "\n"
                             for r in rows))
@@ -121,11 +124,22 @@ def test_lm_eval_local_completions_runs_against_the_server(shared_data, gpt2_tok
     out = tmp_path / "results.json"
     model_args = (f"model=hs,base_url={hs_server.url}/v1/completions,tokenizer_backend=huggingface,"
                   f"tokenizer={tok_dir},num_concurrent=1,max_retries=1,tokenized_requests=True")
+    prefills = hs_server.scheduler.stats["prefills"]
     r = subprocess.run([sys.executable, "-c", LM_EVAL.format(tasks=str(tasks), model_args=model_args, out=str(out))],
                        capture_output=True, text=True, timeout=600,
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
-    acc = json.loads(out.read_text())["serve_hellaswag_local"]["acc,none"]
-    assert 0.0 <= acc <= 1.0
+    got = json.loads(out.read_text())
+    examples = load_examples(source, limit=6)
+    expected = score_endings(gpt2_vocab_model, gpt2_tok, examples)  # per example, per ending: (sum, n tokens)
+    samples = sorted(got["samples"]["serve_hellaswag_local"], key=lambda s: s["doc_id"])
+    assert [s["doc_id"] for s in samples] == list(range(6))
+    for sample, ours in zip(samples, expected):
+        theirs = [float(resp[0]) for resp in sample["filtered_resps"]]  # (loglikelihood, is_greedy) per ending
+        assert len(theirs) == 4
+        for t, (o, _) in zip(theirs, ours):
+            assert abs(t - o) <= 1e-4, (sample["doc_id"], t, o)
+    acc = evaluate_hellaswag(gpt2_vocab_model, gpt2_tok, examples).acc
+    assert got["results"]["serve_hellaswag_local"]["acc,none"] == acc
     # every one of the 6 × 4 endings was scored through the server
-    assert hs_server.scheduler.stats["prefills"] >= 24
+    assert hs_server.scheduler.stats["prefills"] - prefills >= 24

@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 import torch
@@ -76,30 +77,34 @@ def test_streamed_n_samples_interleave_by_index(client) -> None:
     assert [parts[0], parts[1]] == [c.text for c in whole.choices]
 
 
-def _boundary_stop(tok, text: str, tokens: list[int]) -> str:
-    """A stop string of two characters: the last of one generated token and the first of the next,
-    whose first occurrence in the text is at that boundary."""
-    for i in range(len(tokens) - 1):
-        a, b = tok.decode(tokens[: i + 1]), tok.decode([tokens[i + 1]])
-        if "\ufffd" in a + b or not b or not text.startswith(a):
-            continue
-        stop = a[-1] + b[0]
-        if text.find(stop) == len(a) - 1:
-            return stop
-    pytest.skip("no token boundary between two whole characters in the greedy text")
+def _whole_word_token(tok) -> str:
+    """A token that is a space and at least two ASCII letters (' jum'), so it is whole characters."""
+    for t in range(256, tok.n_vocab):
+        b = tok.decode_single_token_bytes(t)
+        if len(b) >= 3 and b[:1] == b" " and b[1:].isascii() and b[1:].isalpha():
+            return b.decode()
+    raise AssertionError("the tiny tokenizer has no ' word' token")
 
 
-def test_stop_string_spanning_a_token_boundary_is_cut_exactly(client, model, tok) -> None:
-    prompt = "a"  # the tiny model's greedy continuation starts " jum jum": a boundary between whole characters
-    ref = generate(model, tok, prompt, max_new_tokens=40, temperature=0)[0]
-    stop = _boundary_stop(tok, ref.text, ref.tokens)
-    assert not any(stop in tok.decode([t]) for t in ref.tokens), "the stop string must span two tokens"
-    expected = ref.text[: ref.text.find(stop)]
-    out = client.completions.create(model="tiny", prompt=prompt, max_tokens=40, temperature=0, stop=[stop, "zzz"])
+def test_stop_string_spanning_a_token_boundary_is_cut_exactly(client, tok) -> None:
+    """A boundary built on purpose: logit_bias makes every generated token the same word token A (' jum'), and
+    the stop string is A's last character then A's first ('m '), found first across the first two tokens, in
+    neither alone; the text ends one character before that boundary."""
+    word = _whole_word_token(tok)
+    token = tok.encode(word)
+    assert len(token) == 1
+    stop = word[-1] + word[0]
+    assert stop not in word
+    text = word * 8
+    expected = text[: text.find(stop)]
+    assert expected == word[:-1]
+    body = {"model": "tiny", "prompt": "a", "max_tokens": 8, "temperature": 0, "logit_bias": {str(token[0]): 100}}
+    unstopped = client.completions.create(**body)
+    assert unstopped.choices[0].text == text  # the bias alone: the word 8 times
+    out = client.completions.create(**body, stop=[stop, "zzz"])
     assert out.choices[0].text == expected
     assert out.choices[0].finish_reason == "stop"
-    chunks = [c.choices[0].text for c in client.completions.create(
-        model="tiny", prompt=prompt, max_tokens=40, temperature=0, stop=stop, stream=True) if c.choices]
+    chunks = [c.choices[0].text for c in client.completions.create(**body, stop=stop, stream=True) if c.choices]
     assert "".join(chunks) == expected
     assert not any(stop in c for c in chunks)
 
@@ -133,20 +138,65 @@ def test_token_id_prompts_and_lists_of_prompts(client, tok) -> None:
     assert by_ids.usage.prompt_tokens == len(a) + len(b)
 
 
-def test_controls_change_the_output(client, tok) -> None:
-    greedy = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=10, temperature=0)
-    top1 = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=10, temperature=1.5, seed=1,
-                                     extra_body={"top_k": 1})
-    assert top1.choices[0].text == greedy.choices[0].text  # top_k=1 is greedy whatever the temperature
+def _token_str(tok, t: int) -> str:
+    """A token as OpenAI's logprobs name it: its text, or `bytes:\\xNN...` when it is not whole UTF-8."""
+    data = tok.decode_single_token_bytes(t)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in data)
+
+
+def _penalised_greedy(model, tok, prompt: str, n: int, *, frequency: float = 0.0, presence: float = 0.0) -> list[int]:
+    """Greedy decoding with OpenAI's penalties, recomputing the whole prefix each step: every token already
+    generated c times has its logit lowered by c * frequency + presence."""
+    ids, out, counts = tok.encode(prompt), [], Counter()
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(torch.tensor([ids + out])).logits[0, -1, : tok.n_vocab].double()  # (V,)
+            for t, c in counts.items():
+                logits[t] -= c * frequency + presence
+            out.append(int(logits.argmax()))
+            counts[out[-1]] += 1
+            if out[-1] == tok.eot_token:
+                break
+    return out
+
+
+def _tokens(client, **body) -> list[str]:
+    out = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=20, logprobs=0, **body)
+    return out.choices[0].logprobs.tokens
+
+
+def test_controls_change_the_output(client, model, tok) -> None:
+    """Each control, on a case built so that it must matter, changes the tokens, and to what its reference
+    gives: OpenAI's penalty formula, `gpt2 generate`'s repetition_penalty and min_p (same seed, same noise)."""
+    greedy = _tokens(client, temperature=0)
+    sampled = _tokens(client, temperature=1.5, seed=1)
+    assert sampled != greedy
+    assert _tokens(client, temperature=1.5, seed=1, extra_body={"top_k": 1}) == greedy  # top_k=1 is greedy
+
     target = tok.encode(" fox")[0]
-    biased = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=5, temperature=0,
-                                       logit_bias={str(target): 100})
-    assert biased.choices[0].text == tok.decode([target] * 5)
-    penalised = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=20, temperature=0,
-                                          frequency_penalty=2.0, presence_penalty=2.0)
-    assert penalised.choices[0].text != greedy.choices[0].text or greedy.usage.completion_tokens < 3
+    assert greedy[:5] != [_token_str(tok, target)] * 5
+    assert _tokens(client, temperature=0, logit_bias={str(target): 100})[:5] == [_token_str(tok, target)] * 5
+
+    assert len(set(greedy)) < len(greedy), "greedy repeats tokens here, so the penalties have something to lower"
+    for frequency, presence in [(2.0, 0.0), (0.0, 2.0), (0.5, 0.0)]:
+        expected = _penalised_greedy(model, tok, PROMPT, 20, frequency=frequency, presence=presence)
+        got = _tokens(client, temperature=0, frequency_penalty=frequency, presence_penalty=presence)
+        assert got == [_token_str(tok, t) for t in expected], (frequency, presence)
+        assert got != greedy, (frequency, presence)
+
+    rep = generate(model, tok, PROMPT, max_new_tokens=20, temperature=0, repetition_penalty=1.3)[0]
+    got = _tokens(client, temperature=0, extra_body={"repetition_penalty": 1.3})
+    assert got == [_token_str(tok, t) for t in rep.tokens] and got != greedy
+
+    cut = generate(model, tok, PROMPT, max_new_tokens=20, temperature=1.5, seed=1, min_p=0.3)[0]
+    got = _tokens(client, temperature=1.5, seed=1, extra_body={"min_p": 0.3})
+    assert got == [_token_str(tok, t) for t in cut.tokens] and got != sampled
+
     long = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=60, temperature=0,
-                                     extra_body={"ignore_eos": True, "repetition_penalty": 1.3, "min_p": 0.05})
+                                     extra_body={"ignore_eos": True})
     assert long.usage.completion_tokens == 60 and long.choices[0].finish_reason == "length"
 
 

@@ -451,9 +451,9 @@ class Source:
         """The streamed `datasets.IterableDataset` behind an `hf:` source."""
         try:
             import datasets
-        except ImportError:
-            raise UserError(f"{self.spec}: hf: sources need the `datasets` package: "
-                             "pip install 'gpt2-scratch[hf]'") from None
+        except ImportError as e:  # datasets itself, or a package it imports (pyarrow)
+            what = "the `datasets` package" if e.name in (None, "datasets") else f"`datasets` and {e.name}"
+            raise UserError(f"{self.spec}: hf: sources need {what}: pip install 'gpt2-scratch[hf]'") from None
         kwargs: dict[str, Any] = {"split": self.split, "streaming": True}
         if self.data_files:
             kwargs["data_files"] = list(self.data_files)

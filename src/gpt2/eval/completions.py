@@ -273,7 +273,7 @@ def _quiet_transformers_loading() -> Iterator[None]:
 def _load_encoder(path: str, device: str) -> tuple[Any, Any]:
     """(tokenizer, model in eval mode) from a local encoder directory; cached, as loading takes seconds."""
     if importlib.util.find_spec("transformers") is None:
-        raise ImportError(NO_TRANSFORMERS)
+        raise UserError(NO_TRANSFORMERS)  # a missing install, not a bug: one `error:` line from the CLI
     from transformers import AutoModel, AutoTokenizer
 
     with _quiet_transformers_loading():

@@ -4,7 +4,7 @@
 
 app.py holds the routes and OpenAI's shapes, protocol.py the request models and the error type,
 scheduler.py the continuous-batching scheduler that owns the model, static/ the playground page.
-FastAPI and uvicorn come with the `serve` extra: pip install 'gpt2-scratch[serve]'.
+FastAPI and uvicorn are core dependencies, so the main install serves.
 """
 
 from gpt2.serve.scheduler import Job, QueueFull, Scheduler, SeqParams
@@ -13,7 +13,7 @@ __all__ = ["Job", "QueueFull", "Scheduler", "SeqParams", "create_app", "run_serv
 
 
 def __getattr__(name: str):
-    # app.py imports FastAPI: load it only when asked, so the scheduler works without the serve extra.
+    # app.py imports FastAPI: load it only when asked (the scheduler alone needs only torch).
     if name in ("create_app", "run_serve"):
         from gpt2.serve import app
 

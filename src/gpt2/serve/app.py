@@ -76,7 +76,8 @@ def create_app(model: Any, tokenizer: Any, *, name: str = "gpt2", chat_format: A
         yield
         sched.close()
 
-    app = FastAPI(title="gpt2 serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # The OpenAPI schema is published (GET /openapi.json): clients and API testers (Schemathesis) read it.
+    app = FastAPI(title="gpt2 serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.served = served
     _add_error_handlers(app)
     app.add_middleware(_Guard, api_key=api_key, max_body_bytes=max_body_bytes)
@@ -483,7 +484,9 @@ async def _chat(served: Served, body: ChatCompletionRequest, request: Request) -
     _check_common(served, body)
     prompt = _chat_prompt(served, body)
     room = served.n_positions - len(prompt)
-    max_tokens = body.max_completion_tokens or body.max_tokens or room
+    # By default the reply may fill the context; a prompt that fills it already leaves room for no token at all
+    # (max(room, 1) makes _check_room refuse it: found by Schemathesis, a negative room crashed the prefill).
+    max_tokens = body.max_completion_tokens or body.max_tokens or max(room, 1)
     _check_room(served, [prompt], max_tokens)
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")

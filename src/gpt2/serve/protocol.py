@@ -3,8 +3,9 @@
     python -c "from gpt2.serve.protocol import CompletionRequest; print(CompletionRequest(prompt='Hi', max_tokens=5))"
 
 Requests are strict where a typo would otherwise pass unnoticed: an unknown field is a 400 that names it,
-and a number sent as a string ("16") is refused instead of coerced. Besides OpenAI's fields, the extras
-vLLM users send are accepted: top_k, min_p, repetition_penalty, ignore_eos.
+and a number sent as a string ("16") is refused instead of coerced (a whole float, 16.0, is the integer 16,
+as JSON Schema counts it). Besides OpenAI's fields, the extras vLLM users send are accepted: top_k, min_p,
+repetition_penalty, ignore_eos.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 MAX_N = 16
 """Most choices per request (`n`)."""
@@ -22,7 +23,20 @@ MAX_TOP_LOGPROBS = 20
 """Most alternatives per token for chat's `top_logprobs` (OpenAI's limit)."""
 MAX_STOP = 4
 
-TokenIds = list[Annotated[int, Field(ge=0)]]
+
+
+def _whole(value: Any) -> Any:
+    """A whole number written as a float (16.0) is that integer, as JSON Schema's "integer" says; 16.5, "16"
+    and true are still refused (strict mode)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_whole)]
+"""An integer field: strict, except that 16.0 is 16 (Schemathesis found 400s for schema-valid 1.0)."""
+
+TokenIds = list[Annotated[Int, Field(ge=0)]]
 
 
 class ApiError(Exception):
@@ -53,17 +67,17 @@ class _Sampling(_Strict):
     """The served model's name (GET /v1/models); may be left out."""
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=MAX_N)
+    n: Int = Field(1, ge=1, le=MAX_N)
     stop: str | list[str] | None = Field(None, validate_default=True)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = Field(None, ge=0)
+    seed: Int | None = Field(None, ge=0)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     user: str | None = None
     # vLLM's extras
-    top_k: int = Field(0, ge=-1)
+    top_k: Int = Field(0, ge=-1)
     """Sample among the k most likely tokens; 0 or -1: off."""
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     repetition_penalty: float = Field(1.0, gt=0.0)
@@ -91,11 +105,11 @@ class CompletionRequest(_Sampling):
     """POST /v1/completions."""
 
     prompt: str | list[str] | TokenIds | list[TokenIds]
-    max_tokens: int | None = Field(16, ge=0)
+    max_tokens: Int | None = Field(16, ge=0)
     """Tokens to generate per choice; 0 only scores the prompt (with echo and logprobs)."""
-    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    logprobs: Int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False
-    best_of: int | None = Field(None, ge=1)
+    best_of: Int | None = Field(None, ge=1)
     suffix: str | None = None
 
 
@@ -125,10 +139,10 @@ class ChatCompletionRequest(_Sampling):
     """POST /v1/chat/completions."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: Int | None = Field(None, ge=1)
+    max_completion_tokens: Int | None = Field(None, ge=1)
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    top_logprobs: Int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     response_format: ResponseFormat | None = None
 
 

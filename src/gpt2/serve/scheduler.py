@@ -298,7 +298,11 @@ class Scheduler:
         self.waiting: collections.deque[tuple[Job, int]] = collections.deque()  # (job, prompt index)
         self.inflight = 0  # sequences running or waiting
         self._admitting: list[Job] = []
-        self.stats = {"steps": 0, "tokens": 0, "prefills": 0, "cancelled": 0, "requests": 0}
+        # Counters since start (GET /health shows them): decode steps, tokens generated, prompts prefilled, rows
+        # dropped for a cancelled job, requests accepted, requests refused as the queue was full, and jobs
+        # cancelled (a client that went away before its job finished).
+        self.stats = {"steps": 0, "tokens": 0, "prefills": 0, "cancelled": 0, "requests": 0, "rejected": 0,
+                      "cancelled_jobs": 0}
         self._lock = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="gpt2-serve-scheduler", daemon=True)
@@ -312,6 +316,7 @@ class Scheduler:
             raise ValueError(f"n={job.n} samples exceed the server's batch of {self.max_batch} rows")
         with self._lock:
             if self.inflight + job.n_sequences > self.max_batch + self.max_queue:
+                self.stats["rejected"] += 1
                 raise QueueFull(f"{self.inflight} sequences are running or waiting and this request adds "
                                 f"{job.n_sequences} (room for {self.max_batch} running + {self.max_queue} waiting)")
             self.inflight += job.n_sequences
@@ -321,14 +326,19 @@ class Scheduler:
 
     def cancel(self, job: Job) -> None:
         """Stop a job (its client went away): its rows leave before the next decode step."""
-        job.cancel()
         with self._lock:
+            if not job.cancelled:
+                self.stats["cancelled_jobs"] += 1
+            job.cancel()
             self._lock.notify()
 
     def load(self) -> dict[str, int]:
+        """Sequences running (admitted, or being admitted) and waiting, the rows held in the KV cache, its
+        capacity in positions, and the counters in `stats`."""
         with self._lock:
             waiting = sum(job.n for job, _ in self.waiting)
-            return {"running": self.inflight - waiting, "waiting": waiting, **self.stats}
+            return {"running": self.inflight - waiting, "waiting": waiting, "cache_rows": self.cache.rows,
+                    "cache_capacity": self.cache.max_len, **self.stats}
 
     def close(self) -> None:
         with self._lock:
