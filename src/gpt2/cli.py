@@ -79,7 +79,7 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     def run_train(args: argparse.Namespace) -> int:
         from pathlib import Path
 
-        from gpt2.data.sources import parse_delimiter
+        from gpt2.sources import parse_delimiter
         from gpt2.tokenizer import train_bpe
 
         tok = train_bpe(files=args.input, field=args.field, column=args.column,
@@ -209,7 +209,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
     def run_prepare(args: argparse.Namespace) -> int:
         from gpt2.data.prepare import prepare
-        from gpt2.data.sources import parse_delimiter
+        from gpt2.sources import parse_delimiter
 
         result = prepare(args.source or ["shakespeare"], out=args.out, tokenizer=args.tokenizer,
                          workers=args.workers, shard_size=args.shard_size, val_fraction=args.val_fraction,
@@ -436,8 +436,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
             raise UserError(f"{what}; it does not combine with {', '.join(others)}")
 
     def run(args: argparse.Namespace) -> int:
-        from gpt2.data.sources import parse_delimiter
         from gpt2.eval.commands import run_eval
+        from gpt2.sources import parse_delimiter
 
         if args.classify is not None:
             _alone(args, "--classify scores a sequence classifier")
@@ -541,7 +541,7 @@ def _add_checkpoint(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("run_dir", help="a run directory (train.out_dir)")
 
     def run_list(args: argparse.Namespace) -> int:
-        from gpt2.train.checkpoint import list_checkpoints
+        from gpt2.common import list_checkpoints
 
         for ckpt in list_checkpoints(args.run_dir):
             print(ckpt)
@@ -553,7 +553,7 @@ def _add_checkpoint(sub: argparse._SubParsersAction) -> None:
     cons.add_argument("out", help="the HF directory to write (config.json, model.safetensors, tokenizer)")
 
     def run_consolidate(args: argparse.Namespace) -> int:
-        from gpt2.train.checkpoint import resolve_checkpoint
+        from gpt2.common import resolve_checkpoint
         from gpt2.train.distributed import consolidate
 
         out = consolidate(resolve_checkpoint(args.checkpoint), args.out)
@@ -573,7 +573,7 @@ def _add_lora(sub: argparse._SubParsersAction) -> None:
     merge.add_argument("out", help="the checkpoint directory to write (config.json, model.safetensors, tokenizer)")
 
     def run_merge(args: argparse.Namespace) -> int:
-        from gpt2.finetune.lora import merge_adapter_dir
+        from gpt2.finetune.merge import merge_adapter_dir
 
         out = merge_adapter_dir(args.adapter, args.out)
         print(f"wrote {out} (a plain checkpoint: transformers' from_pretrained loads it)")
@@ -584,9 +584,32 @@ def _add_lora(sub: argparse._SubParsersAction) -> None:
 
 # ------------------------------------------------------------------------------------------ finetune
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
-    from gpt2.finetune.commands import add_finetune
+    p = sub.add_parser("finetune", help="fine-tune a pretrained GPT-2: classification or instruction tuning")
 
-    add_finetune(sub)
+    def run_classify(args: argparse.Namespace) -> int:
+        from gpt2.finetune.commands import run_classify
+
+        return run_classify(args)
+
+    def run_instruct(args: argparse.Namespace) -> int:
+        from gpt2.finetune.commands import run_instruct
+
+        return run_instruct(args)
+
+    fsub = p.add_subparsers(dest="finetune_verb", required=True, metavar="{classify,instruct}")
+    c = fsub.add_parser("classify", help="a classifier on labelled texts (GPT2ForSequenceClassification checkpoints)")
+    c.add_argument("args", nargs="*", metavar="[RECIPE] [key=value ...]",
+                   help="a recipe (finetune-sms-spam, finetune-imdb or a YAML file) and dotted overrides")
+    c.set_defaults(func=run_classify, example_recipe="finetune-sms-spam")
+    i = fsub.add_parser("instruct", help="instruction tuning on Alpaca or chat data (the prompt format is saved "
+                                          "with every checkpoint)")
+    i.add_argument("args", nargs="*", metavar="[RECIPE] [key=value ...]",
+                   help="a recipe (sft-alpaca or a YAML file) and dotted overrides, e.g. finetune.lora.rank=16")
+    i.set_defaults(func=run_instruct, example_recipe="sft-alpaca")
+    for verb in (c, i):
+        verb.add_argument("--resume", metavar="RUN_DIR", help="continue a fine-tune (or a checkpoint) exactly where "
+                                                                "it stopped")
+        verb.add_argument("--json", action="store_true", help="also print the final metrics as one JSON line")
 
 
 def build_parser() -> argparse.ArgumentParser:

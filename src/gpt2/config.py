@@ -212,7 +212,7 @@ class SampleConfig:
 
 @dataclass
 class LoRASection:
-    """LoRA adapters instead of full fine-tuning (gpt2.finetune.lora): set `rank` to turn them on."""
+    """LoRA adapters instead of full fine-tuning (gpt2.model.lora): set `rank` to turn them on."""
 
     rank: int | None = None
     """Adapter rank r; None trains the whole model (or what finetune.trainable says)."""
@@ -323,7 +323,7 @@ def recipe_path(recipe: str | Path | None = None) -> Path:
 
 def run_config_path(run: str | Path) -> Path:
     """The run.yaml a run directory (its latest checkpoint, else its top level) or a checkpoint was started with."""
-    from gpt2.train.checkpoint import resolve_checkpoint  # lazy: it imports torch
+    from gpt2.common import resolve_checkpoint
 
     try:
         path = resolve_checkpoint(run) / RUN_CONFIG

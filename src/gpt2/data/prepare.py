@@ -61,8 +61,8 @@ from gpt2.data.shards import (
     token_dtype,
     write_shard,
 )
-from gpt2.data.sources import DEFAULT_CHUNK_BYTES, Chunk, Source, pack_parts, read_chunk, resolve_source
 from gpt2.errors import UserError, UserFileNotFoundError
+from gpt2.sources import DEFAULT_CHUNK_BYTES, Chunk, Source, pack_parts, read_chunk, resolve_source
 
 SPLITS = ("train", "val")
 META_FILE = "meta.json"
@@ -506,7 +506,7 @@ def prepare(
     """Tokenize `sources` into train/val shards in `out` (see the module docstring); resume if interrupted.
 
     `workers` processes tokenize (None: one per CPU; 1: in this process). `field`, `column`,
-    `delimiter`, `header`, `split` and `data_files` say how to read each source (gpt2.data.sources).
+    `delimiter`, `header`, `split` and `data_files` say how to read each source (gpt2.sources).
     A finished `out` with the same configuration is left as is; a different one needs `overwrite`, or
     `replace_changed` (for caches, where a changed source or tokenizer means the shards are stale): then a
     finished or interrupted run whose configuration differs is replaced, with a line saying why.

@@ -28,7 +28,7 @@ def run_dir_of(checkpoint: Path) -> Path | None:
 
 
 def _run_shards(run_dir: Path) -> Path:
-    from gpt2.train.metrics import read_metrics
+    from gpt2.common import read_metrics
 
     starts = [r for r in read_metrics(run_dir) if r.get("kind") == "start" and r.get("shards")]
     if not starts:
@@ -84,7 +84,7 @@ def run_eval(
         data = str(_run_shards(run_dir))
     if data is None and hellaswag is None and completions is None:
         raise UserError(f"nothing to evaluate for {source}: pass --data, --hellaswag or --completions")
-    from gpt2.data.sources import CORPORA
+    from gpt2.sources import CORPORA
 
     for name, path in (("--data", data), ("--completions", completions)):
         # Checked before the model loads, so a typo fails at once.

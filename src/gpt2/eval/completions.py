@@ -117,13 +117,13 @@ def load_completion_pairs(
     """Read (prompt, reference) pairs from a source of texts.
 
     The texts are the documents `gpt2 data prepare` would read from the same source with the same
-    options (`gpt2.data.sources`: .jsonl/.json/.parquet `field`, .csv/.tsv `column` or `field`, .txt one
+    options (`gpt2.sources`: .jsonl/.json/.parquet `field`, .csv/.tsv `column` or `field`, .txt one
     document per file unless `delimiter`, e.g. "\n" for one per line), and each is split in two. With
     `reference_field`, `field` holds the prompts and `reference_field` the references, used as given.
     Texts (or prompt + reference) shorter than `min_chars` characters, or pairs with a blank side, are
     skipped, with one warning giving the count. `limit`: stop after the first N pairs.
     """
-    from gpt2.data.sources import read_documents
+    from gpt2.sources import read_documents
 
     if not 0.0 < prompt_fraction < 1.0:
         raise UserError(f"prompt_fraction must be in (0, 1), got {prompt_fraction!r}")

@@ -201,7 +201,7 @@ def evaluate_source(
         ids = shard_stream(path, tokenizer, split=split)
         n_bytes = None
     else:
-        from gpt2.data.sources import read_documents
+        from gpt2.sources import read_documents
 
         docs = read_documents(str(source), field=field, column=column, delimiter=delimiter, header=header)
         ids, n_bytes = text_stream(tokenizer, docs)

@@ -4,7 +4,7 @@
     python -m gpt2.finetune.data ../shared/data/imdb_train.jsonl
 
 A row gives a (text, label) pair from two fields of the same record, so this reads records itself
-rather than through gpt2.data.sources (which yields one text field per record and refuses non-text
+rather than through gpt2.sources (which yields one text field per record and refuses non-text
 values such as IMDB's integer labels); it shares that module's conventions: UTF-8 with undecodable
 bytes replaced, a BOM dropped, .csv parsed as RFC 4180 and .tsv as IANA TSV (one row per line, no
 quoting: sms_spam.tsv has stray quote characters that a quoting reader would merge rows over).
@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from gpt2.data.sources import FORMATS, decode_utf8
 from gpt2.errors import UserError, UserFileNotFoundError
+from gpt2.sources import FORMATS, decode_utf8
 
 _BOM = "\ufeff"
 
@@ -167,7 +167,7 @@ def _read_json(path: Path, text_field: str, label_field: str | None) -> tuple[li
 
 
 def _read_parquet(path: Path, text_field: str, label_field: str | None) -> tuple[list[str], list[str], int]:
-    from gpt2.data.sources import _pyarrow_parquet  # one place says how to install pyarrow
+    from gpt2.sources import _pyarrow_parquet  # one place says how to install pyarrow
 
     pq = _pyarrow_parquet()
     names = pq.read_schema(path).names

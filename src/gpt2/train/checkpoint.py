@@ -17,7 +17,6 @@ seen, data position, RNG states of every rank).
 
 from __future__ import annotations
 
-import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -26,24 +25,12 @@ from typing import Any
 
 import torch
 
-from gpt2.common import atomic_directory, atomic_write_text
-from gpt2.errors import UserError, UserFileNotFoundError
-
-_STEP_DIR = re.compile(r"^step-(\d{6,})$")
-TRAINER_STATE = "trainer_state.pt"
+from gpt2.common import TRAINER_STATE, atomic_directory, atomic_write_text, list_checkpoints
+from gpt2.errors import UserError
 
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:06d}"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (temporary, half-written ones are not listed)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return []
-    found = [p for p in run_dir.iterdir() if p.is_dir() and _STEP_DIR.match(p.name) and (p / TRAINER_STATE).is_file()]
-    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))  # type: ignore[union-attr]
 
 
 def save_checkpoint(
@@ -121,24 +108,6 @@ def clean_stale(run_dir: str | Path) -> None:
     if run_dir.is_dir():
         for p in run_dir.glob(".step-*.tmp"):
             shutil.rmtree(p, ignore_errors=True)
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from a run directory (via `latest`, else the newest) or a checkpoint itself."""
-    path = Path(path)
-    if (path / TRAINER_STATE).is_file():
-        return path
-    if not path.is_dir():
-        raise UserFileNotFoundError(f"no run or checkpoint directory at {path}")
-    latest = path / "latest"
-    if latest.is_file():
-        candidate = path / latest.read_text().strip()
-        if (candidate / TRAINER_STATE).is_file():
-            return candidate
-    found = list_checkpoints(path)
-    if not found:
-        raise UserFileNotFoundError(f"{path} holds no complete checkpoint (step-NNNNNN/ with {TRAINER_STATE})")
-    return found[-1]
 
 
 def load_trainer_state(checkpoint: str | Path) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from gpt2.common import (
     init_distributed,
     keep_freed_memory,
     pick_device,
+    resolve_checkpoint,
     resolve_dtype,
     seed_everything,
 )
@@ -55,7 +56,6 @@ from gpt2.train.checkpoint import (
     checkpoint_name,
     clean_stale,
     load_trainer_state,
-    resolve_checkpoint,
     save_checkpoint,
 )
 from gpt2.train.metrics import MetricsLogger, peak_flops

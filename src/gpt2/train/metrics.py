@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from gpt2.common import atomic_write_text, cache_dir
+from gpt2.common import atomic_write_text, cache_dir, read_metrics
 
 # Dense bf16 tensor-core peaks from NVIDIA's datasheets (FLOP/s), matched against the device name.
 GPU_BF16_PEAK = {
@@ -138,13 +138,6 @@ class MetricsLogger:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def plot_losses(run_dir: str | Path) -> Path | None:

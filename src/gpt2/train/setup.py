@@ -31,7 +31,7 @@ def _slug(text: str) -> str:
 def _train_documents(cfg: DataConfig):
     """The documents of the training split only, so the tokenizer never sees validation text."""
     from gpt2.data.prepare import DEFAULT_VAL_FRACTION, is_val_document
-    from gpt2.data.sources import resolve_source
+    from gpt2.sources import resolve_source
 
     src = resolve_source(cfg.source, field=cfg.field, delimiter=cfg.delimiter)
     if src.val_files and cfg.val_fraction is None:
@@ -58,7 +58,7 @@ def ensure_tokenizer(cfg: DataConfig, *, progress: bool = True):
     # The cache is named by the source's path; what it was trained on (sizes and mtimes of the files, as
     # the shards' fingerprint records them) is kept beside it, so a changed file trains it again instead
     # of the run depending on what the cache happened to hold. Written last: a half-saved one retrains.
-    from gpt2.data.sources import resolve_source
+    from gpt2.sources import resolve_source
 
     trained_on = json.dumps(resolve_source(cfg.source, field=cfg.field, delimiter=cfg.delimiter)
                             .describe(with_mtime=True), sort_keys=True)

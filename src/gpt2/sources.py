@@ -1,7 +1,7 @@
 """Where documents come from: local files, directories and globs, Hugging Face datasets, named corpora.
 
-    python -m gpt2.data.sources ../shared/data/imdb_train.jsonl --field text     # count documents
-    python -m gpt2.data.sources shakespeare                                        # fetch once, then count
+    python -m gpt2.sources ../shared/data/imdb_train.jsonl --field text     # count documents
+    python -m gpt2.sources shakespeare                                        # fetch once, then count
 
 This is the one reader of documents: `gpt2 data prepare`, tokenizer training (`gpt2 tokenizer train`
 and a run's own BPE) and `gpt2 eval --data/--completions` all read files through it, so one file with
