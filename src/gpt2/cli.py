@@ -59,6 +59,13 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tokenizer", help="train, inspect and apply byte-level BPE tokenizers")
     tsub = p.add_subparsers(dest="tokenizer_cmd", required=True, metavar="COMMAND")
 
+    _add_tokenizer_train(tsub)
+    _add_tokenizer_encode(tsub)
+    _add_tokenizer_decode(tsub)
+    _add_tokenizer_show(tsub)
+
+
+def _add_tokenizer_train(tsub: argparse._SubParsersAction) -> None:
     train = tsub.add_parser("train", help="train a byte-level BPE tokenizer on text files")
     train.add_argument("--input", nargs="+", required=True, metavar="PATH",
                        help="files, directories or globs, read as `gpt2 data prepare` reads them: .txt whole "
@@ -93,6 +100,8 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
 
     train.set_defaults(func=run_train)
 
+
+def _add_tokenizer_encode(tsub: argparse._SubParsersAction) -> None:
     encode = tsub.add_parser("encode", help="text → token ids")
     encode.add_argument("tokenizer", help="gpt2, a tokenizer directory or a .tiktoken file")
     encode.add_argument("text", nargs="?", default=None, help="the text (default: --file, else stdin)")
@@ -126,6 +135,8 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
 
     encode.set_defaults(func=run_encode)
 
+
+def _add_tokenizer_decode(tsub: argparse._SubParsersAction) -> None:
     decode = tsub.add_parser("decode", help="token ids → text")
     decode.add_argument("tokenizer", help="gpt2, a tokenizer directory or a .tiktoken file")
     decode.add_argument("ids", nargs="*", help="ids, as '1 2 3', '1,2,3' or '[1, 2, 3]' (default: stdin)")
@@ -141,6 +152,8 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
 
     decode.set_defaults(func=run_decode)
 
+
+def _add_tokenizer_show(tsub: argparse._SubParsersAction) -> None:
     show = tsub.add_parser("show", help="vocabulary statistics, merges, and token boundaries of a sample")
     show.add_argument("tokenizer", help="gpt2, a tokenizer directory or a .tiktoken file")
     show.add_argument("--merges", type=int, default=20, metavar="N", help="print N merges (default: 20)")
@@ -428,49 +441,50 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--format", default=None, help="prompt format (alpaca, plain) for a model without chat.json")
     i.add_argument("--no-generate", action="store_true", help="with --instruct: the response loss only")
 
-    def _alone(args: argparse.Namespace, what: str) -> None:
-        """--classify and --instruct are evaluations of their own: refuse the language-model ones beside them."""
-        others = [f for f, v in (("--data", args.data), ("--hellaswag", args.hellaswag),
-                                 ("--completions", args.completions)) if v is not None]
-        if others:
-            raise UserError(f"{what}; it does not combine with {', '.join(others)}")
+    p.set_defaults(func=_run_eval)
 
-    def run(args: argparse.Namespace) -> int:
-        from gpt2.eval.commands import run_eval
-        from gpt2.sources import parse_delimiter
 
-        if args.classify is not None:
-            _alone(args, "--classify scores a sequence classifier")
-            from gpt2.finetune.classify import run_eval_classify
+def _eval_alone(args: argparse.Namespace, what: str) -> None:
+    """--classify and --instruct are evaluations of their own: refuse the language-model ones beside them."""
+    others = [f for f, v in (("--data", args.data), ("--hellaswag", args.hellaswag),
+                             ("--completions", args.completions)) if v is not None]
+    if others:
+        raise UserError(f"{what}; it does not combine with {', '.join(others)}")
 
-            run_eval_classify(args.source, args.classify, text_field=args.text_field, label_field=args.label_field,
-                              batch_size=args.batch_size, plot=args.plot, tokenizer=args.tokenizer,
-                              dtype=args.dtype, device=args.device, as_json=args.json)
-            return 0
-        if args.plot is not None:
-            raise UserError("--plot draws the confusion matrix of --classify FILE; give --classify too")
-        if args.instruct is not None:
-            _alone(args, "--instruct scores instruction following")
-            from gpt2.finetune.instruct_eval import run_eval_instruct
+def _run_eval(args: argparse.Namespace) -> int:
+    from gpt2.eval.commands import run_eval
+    from gpt2.sources import parse_delimiter
 
-            run_eval_instruct(args.source, args.instruct, format=args.format, batch_size=args.batch_size,
-                              max_new_tokens=args.max_new_tokens or 256, limit=args.limit,
-                              generate_answers=not args.no_generate, tokenizer=args.tokenizer, dtype=args.dtype,
-                              device=args.device, as_json=args.json)
-            return 0
-        if args.format is not None or args.no_generate:
-            raise UserError("--format and --no-generate go with --instruct FILE")
+    if args.classify is not None:
+        _eval_alone(args, "--classify scores a sequence classifier")
+        from gpt2.finetune.classify import run_eval_classify
 
-        run_eval(args.source, data=args.data, split=args.split, field=args.field, column=args.column,
-                 delimiter=parse_delimiter(args.delimiter), header=args.header,
-                 reference_field=args.reference_field, context=args.context,
-                 stride=args.stride, max_tokens=args.max_tokens, hellaswag=args.hellaswag,
-                 completions=args.completions, encoder=args.encoder, max_new_tokens=args.max_new_tokens or 64,
-                 limit=args.limit, batch_size=args.batch_size, seed=args.seed, tokenizer=args.tokenizer,
-                 dtype=args.dtype, device=args.device, as_json=args.json, record=not args.no_record)
+        run_eval_classify(args.source, args.classify, text_field=args.text_field, label_field=args.label_field,
+                          batch_size=args.batch_size, plot=args.plot, tokenizer=args.tokenizer,
+                          dtype=args.dtype, device=args.device, as_json=args.json)
         return 0
+    if args.plot is not None:
+        raise UserError("--plot draws the confusion matrix of --classify FILE; give --classify too")
+    if args.instruct is not None:
+        _eval_alone(args, "--instruct scores instruction following")
+        from gpt2.finetune.instruct_eval import run_eval_instruct
 
-    p.set_defaults(func=run)
+        run_eval_instruct(args.source, args.instruct, format=args.format, batch_size=args.batch_size,
+                          max_new_tokens=args.max_new_tokens or 256, limit=args.limit,
+                          generate_answers=not args.no_generate, tokenizer=args.tokenizer, dtype=args.dtype,
+                          device=args.device, as_json=args.json)
+        return 0
+    if args.format is not None or args.no_generate:
+        raise UserError("--format and --no-generate go with --instruct FILE")
+
+    run_eval(args.source, data=args.data, split=args.split, field=args.field, column=args.column,
+             delimiter=parse_delimiter(args.delimiter), header=args.header,
+             reference_field=args.reference_field, context=args.context,
+             stride=args.stride, max_tokens=args.max_tokens, hellaswag=args.hellaswag,
+             completions=args.completions, encoder=args.encoder, max_new_tokens=args.max_new_tokens or 64,
+             limit=args.limit, batch_size=args.batch_size, seed=args.seed, tokenizer=args.tokenizer,
+             dtype=args.dtype, device=args.device, as_json=args.json, record=not args.no_record)
+    return 0
 
 
 # ------------------------------------------------------------------------------------------ classify
