@@ -260,9 +260,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]",
                    help="a recipe (a file, or a name from configs/) and dotted overrides, e.g. train.max_steps=100")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run (or a checkpoint) exactly where it stopped")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (recipe, overrides, or the run's run.yaml) as YAML, and stop")
 
     def run(args: argparse.Namespace) -> int:
-        from gpt2.config import DEFAULT_RECIPE, load_config, load_run_config
+        from gpt2.config import DEFAULT_RECIPE, load_config, load_run_config, to_yaml
         from gpt2.train import TrainingStopped, train
 
         recipe = args.args[0] if args.args and "=" not in args.args[0] else None
@@ -272,6 +274,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             cfg = load_run_config(args.resume, overrides)
         else:
             cfg = load_config(recipe or DEFAULT_RECIPE, overrides)
+        if args.print_config:
+            print(to_yaml(cfg), end="")
+            return 0
         try:
             result = train(cfg, resume=args.resume)
         except TrainingStopped as e:
@@ -579,8 +584,18 @@ def _add_checkpoint(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------------------------------- lora
 def _add_lora(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("lora", help="LoRA adapters in PEFT's format: fold one into its base")
+    p = sub.add_parser("lora", help="LoRA adapters in PEFT's format: what one holds; fold one into its base")
     lsub = p.add_subparsers(dest="lora_cmd", required=True, metavar="COMMAND")
+    show = lsub.add_parser("show", help="an adapter's task, base, rank, alpha and target layers")
+    show.add_argument("adapter", help="a LoRA adapter directory (adapter_config.json, ours or PEFT's)")
+
+    def run_show(args: argparse.Namespace) -> int:
+        from gpt2.model.lora import describe
+
+        print(describe(args.adapter))
+        return 0
+
+    show.set_defaults(func=run_show)
     merge = lsub.add_parser("merge", help="adapter + its base → one plain HF checkpoint (transformers loads it)")
     merge.add_argument("adapter", help="a LoRA adapter directory (adapter_config.json + adapter_model.safetensors, "
                        "ours or PEFT's); its base is the one adapter_config.json names")

@@ -1,8 +1,7 @@
 """One loader: a run directory, a checkpoint, a model directory, a hub id or a preset → model + tokenizer.
 
-    python -m gpt2.load runs/shakespeare-cpu          # what a name resolves to, and what it holds
-    python -m gpt2.load openai-community/gpt2
-    python -m gpt2.load preset:tiny                   # random weights in a preset's shapes, GPT-2's tokenizer
+    python -c "from gpt2.load import load; print(load('runs/shakespeare-cpu').directory)"
+    python -c "from gpt2.load import load; print(load('preset:tiny').model)"   # random weights in a preset's shapes
 
 Every verb that takes a model (eval, generate, chat, finetune, serve) goes through `load()`, so a name
 means the same thing everywhere:
@@ -19,7 +18,6 @@ kind and finding the other is a one-line error naming the verb that fits the che
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -222,24 +220,3 @@ def load_model_and_tokenizer(
     loaded = load(source, tokenizer=tokenizer, dtype=dtype, device=device)
     assert isinstance(loaded.model, GPT2LMHeadModel)
     return loaded.model, loaded.tokenizer
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m gpt2.load MODEL", file=sys.stderr)
-        return 2
-    task = task_of(argv[0])
-    loaded = load(argv[0], device="cpu", task=task)
-    print(f"directory  {loaded.directory}")
-    print(f"model      {loaded.model.num_parameters():,} parameters, {loaded.model.config.n_layer} layers, "
-          f"{loaded.model.config.n_embd} wide, context {loaded.model.config.n_positions}")
-    print(f"tokenizer  {loaded.tokenizer!r}")
-    print(f"chat       {loaded.chat_format.name if loaded.chat_format else '-'}")
-    if task == "classify":
-        print(f"labels     {', '.join(loaded.model.config.id2label.values())}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

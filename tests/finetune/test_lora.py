@@ -413,3 +413,15 @@ def test_cli_lora_merge(tok, clf_base, tmp_path) -> None:
     r = gpt2("lora", "merge", str(tmp_path / "missing"), str(tmp_path / "out"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: no adapter directory")
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_lora_show(lm_base, tmp_path, capsys) -> None:
+    from gpt2.cli import main
+
+    model = inject_lora(GPT2LMHeadModel.from_pretrained(lm_base), LoRAConfig(rank=2, alpha=4, targets=("c_attn",)))
+    adapter = save_adapter(model, tmp_path / "a", base_model_name_or_path=str(lm_base))
+    assert main(["lora", "show", str(adapter)]) == 0
+    out = capsys.readouterr().out
+    assert f"task       CAUSAL_LM\nbase       {lm_base}\n" in out and "rank 2, alpha 4, dropout 0, targets c_attn" in out
+    assert main(["lora", "show", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.startswith("error: no adapter directory")

@@ -1,7 +1,6 @@
 """Labelled texts for classification: read (csv, tsv, jsonl/json, parquet), map labels, split, balance.
 
-    python -m gpt2.finetune.data ../shared/data/sms_spam.tsv --text-field 1 --label-field 0
-    python -m gpt2.finetune.data ../shared/data/imdb_train.jsonl
+    python -c "from gpt2.finetune.data import read_labelled; print(len(read_labelled('../shared/data/imdb_train.jsonl')))"
 
 A row gives a (text, label) pair from two fields of the same record, so this reads records itself
 rather than through gpt2.sources (which yields one text field per record and refuses non-text
@@ -19,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -314,26 +312,3 @@ def check_label_coverage(
             names = ", ".join(f"{name!r} ({k} example{'s' * (k != 1)})" for name, k in sorted(only.items()))
             raise UserError(f"label {names} appears in the {split} split but never in train, so the model cannot "
                             "learn it: use more data, another split seed, or drop or merge that label")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(description="Count the labels of a labelled file and show the balanced split.")
-    p.add_argument("path")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--label-field", default="label")
-    p.add_argument("--seed", type=int, default=123)
-    args = p.parse_args(argv)
-    data = read_labelled(args.path, text_field=args.text_field, label_field=args.label_field)
-    counts = Counter(data.labels)
-    print(f"{data.source}: {len(data):,} rows ({data.skipped_empty} empty skipped); "
-          + ", ".join(f"{k}: {v:,}" for k, v in sorted(counts.items())))
-    keep = downsample(data.labels, seed=args.seed)
-    train, val, test = split_indices(len(keep), seed=args.seed)
-    print(f"balanced: {len(keep):,} rows → train {len(train):,}, val {len(val):,}, test {len(test):,}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

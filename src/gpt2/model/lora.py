@@ -1,6 +1,6 @@
 """LoRA adapters for our GPT-2, saved and loaded in PEFT's directory format.
 
-    python -m gpt2.model.lora ADAPTER_DIR          # what an adapter holds and what it is applied to
+    gpt2 lora show ADAPTER_DIR                        # what an adapter holds and what it is applied to
     gpt2 lora merge ADAPTER_DIR OUT                   # fold it into its base: a plain HF checkpoint
 
 A leaf: it imports nothing of the package above the model. Loading an adapter's base by the name
@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -467,7 +466,7 @@ def _check_shapes(model: nn.Module, cfg: LoRAConfig, weights: dict[str, torch.Te
 
 
 def describe(directory: str | Path) -> str:
-    """A few lines on what an adapter directory holds (for `python -m gpt2.model.lora DIR`)."""
+    """A few lines on what an adapter directory holds (`gpt2 lora show DIR`)."""
     directory = Path(directory)
     raw = read_adapter_config(directory)
     cfg = _config_from_adapter(raw, source=directory / ADAPTER_CONFIG)
@@ -475,16 +474,3 @@ def describe(directory: str | Path) -> str:
             f"task       {raw['task_type']}\n"
             f"base       {raw.get('base_model_name_or_path')}\n"
             f"lora       rank {cfg.rank}, alpha {cfg.alpha:g}, dropout {cfg.dropout:g}, targets {', '.join(cfg.targets)}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m gpt2.model.lora ADAPTER_DIR", file=sys.stderr)
-        return 2
-    print(describe(argv[0]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

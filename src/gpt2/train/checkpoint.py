@@ -1,6 +1,6 @@
 """Checkpoints: one self-contained, HF-loadable directory per step, written atomically, the last k kept.
 
-    python -m gpt2.train.checkpoint runs/default        # list a run's checkpoints
+    gpt2 checkpoint list runs/default        # list a run's checkpoints
 
     runs/default/
       step-000200/   config.json  model.safetensors  tokenizer files  run.yaml  trainer_state.pt
@@ -18,7 +18,6 @@ seen, data position, RNG states of every rank).
 from __future__ import annotations
 
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,9 @@ from typing import Any
 import torch
 
 from gpt2.common import TRAINER_STATE, atomic_directory, atomic_write_text, list_checkpoints
+
+# Where a run's checkpoints are is read below every layer (gpt2.common); re-exported beside the writer.
+from gpt2.common import resolve_checkpoint as resolve_checkpoint
 from gpt2.errors import UserError
 
 
@@ -118,14 +120,3 @@ def load_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise UserError(f"cannot read {path}: {e}") from None
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    for ckpt in list_checkpoints(argv[0] if argv else "runs/default"):
-        print(ckpt)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

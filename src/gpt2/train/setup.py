@@ -1,6 +1,6 @@
 """Everything a run needs before its first step: the tokenizer, the token shards, the model.
 
-    python -m gpt2.train.setup configs/shakespeare-cpu.yaml     # fetch, train the tokenizer, prepare shards
+    gpt2 train shakespeare-cpu          # fetches, trains the tokenizer and prepares shards first (cached)
 
 Each piece is cached and reused: a tokenizer trained with the same settings on the same source is
 loaded from `$GPT2_CACHE/tokenizers/`, shards prepared with the same tokenizer from
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt2.common import atomic_write_text, cache_dir
-from gpt2.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from gpt2.config import DataConfig, ModelConfig, TrainConfig
 from gpt2.errors import UserError
 from gpt2.model import GPT2Config, GPT2LMHeadModel
 
@@ -159,18 +159,3 @@ def build_model(cfg: ModelConfig, train: TrainConfig, *, vocab_size: int, eot: i
                              f"{model.config.n_positions}")
         return model.train()
     return GPT2LMHeadModel(model_config(cfg, train, vocab_size=vocab_size, eot=eot))
-
-
-def main(argv: list[str] | None = None) -> int:
-    from gpt2.config import load_config
-
-    argv = sys.argv[1:] if argv is None else argv
-    cfg: RunConfig = load_config(argv[0] if argv else None, argv[1:])
-    tok = ensure_tokenizer(cfg.data)
-    out = ensure_shards(cfg.data, tok)
-    print(f"tokenizer {tok!r}\nshards {out}\nval bytes/token {bytes_per_token(out)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
