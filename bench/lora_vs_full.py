@@ -6,7 +6,7 @@
     python bench/lora_vs_full.py --preset tiny --seq-len 32 --steps 1 --warmup 1 --repeats 1 --out /tmp/l.json
 
 Two configurations, on the same random-weight model (fixed seed) and the same random token batches:
-`full` trains every parameter; `lora` injects adapters (gpt2.finetune.lora.inject_lora: rank 16, alpha 16,
+`full` trains every parameter; `lora` injects adapters (gpt2.model.lora.inject_lora: rank 16, alpha 16,
 on c_attn, attn.c_proj, c_fc and mlp.c_proj by default), which freezes the base, tied embedding / LM head
 included. Each configuration runs in a subprocess of its own, so the peak RSS it reports is its own, and
 the two alternate (full, lora, full, lora, ... for --repeats) so machine noise hits both alike.
@@ -80,9 +80,9 @@ def lora_trainable_formula(config: Any, *, rank: int, targets: tuple[str, ...]) 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
     """One configuration in this process: build the trainer, warm up, time `Trainer.train_step`."""
     from gpt2.config import load_config
-    from gpt2.finetune.lora import LoRAConfig, inject_lora, trainable_parameters
     from gpt2.model.config import GPT2Config
     from gpt2.model.gpt2 import GPT2LMHeadModel
+    from gpt2.model.lora import LoRAConfig, inject_lora, trainable_parameters
     from gpt2.train.loop import Trainer
     from gpt2.train.task import LanguageModelTask
 
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     # Checked here, before any worker starts, so a bad flag fails in one line
-    from gpt2.finetune.lora import LoRAConfig
+    from gpt2.model.lora import LoRAConfig
 
     LoRAConfig(rank=args.rank, alpha=args.alpha, dropout=args.lora_dropout, targets=tuple(args.targets.split(",")))
     configs = args.configs.split(",")

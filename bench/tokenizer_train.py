@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 def texts(path: Path, field: str = "text") -> list[str]:
     """The documents `gpt2 tokenizer train --input PATH --field FIELD` trains on (the project's one reader)."""
-    from gpt2.data.sources import read_documents
+    from gpt2.sources import read_documents
 
     return list(read_documents(path, field=field))
 

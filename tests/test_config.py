@@ -32,8 +32,8 @@ def test_unknown_recipe_lists_the_available_ones() -> None:
         load_config("missing/x.yaml")
 
 
-def test_python_m_gpt2_config_prints_a_named_recipe(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "gpt2.config", "shakespeare-cpu", "train.max_steps=7"],
+def test_gpt2_train_print_config_prints_a_named_recipe(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "gpt2", "train", "shakespeare-cpu", "train.max_steps=7", "--print-config"],
                        capture_output=True, text=True, cwd=tmp_path)  # cwd: names must not depend on it
     assert r.returncode == 0, r.stderr
     assert r.stdout == to_yaml(load_config("shakespeare-cpu", ["train.max_steps=7"]))

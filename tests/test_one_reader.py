@@ -11,8 +11,8 @@ import pytest
 import gpt2.tokenizer.bpe as bpe
 from gpt2.data.prepare import prepare
 from gpt2.data.shards import read_shard
-from gpt2.data.sources import read_documents
 from gpt2.eval.completions import load_completion_pairs
+from gpt2.sources import read_documents
 from gpt2.tokenizer import train_bpe
 
 # Each file has the awkward cases: empty and whitespace-only records, a null, a quoted csv field spanning

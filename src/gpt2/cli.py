@@ -60,6 +60,13 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tokenizer", help="train, inspect and apply byte-level BPE tokenizers")
     tsub = p.add_subparsers(dest="tokenizer_cmd", required=True, metavar="COMMAND")
 
+    _add_tokenizer_train(tsub)
+    _add_tokenizer_encode(tsub)
+    _add_tokenizer_decode(tsub)
+    _add_tokenizer_show(tsub)
+
+
+def _add_tokenizer_train(tsub: argparse._SubParsersAction) -> None:
     train = tsub.add_parser("train", help="train a byte-level BPE tokenizer on text files")
     train.add_argument("--input", nargs="+", required=True, metavar="PATH",
                        help="files, directories or globs, read as `gpt2 data prepare` reads them: .txt whole "
@@ -80,7 +87,7 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     def run_train(args: argparse.Namespace) -> int:
         from pathlib import Path
 
-        from gpt2.data.sources import parse_delimiter
+        from gpt2.sources import parse_delimiter
         from gpt2.tokenizer import train_bpe
 
         tok = train_bpe(files=args.input, field=args.field, column=args.column,
@@ -94,6 +101,8 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
 
     train.set_defaults(func=run_train)
 
+
+def _add_tokenizer_encode(tsub: argparse._SubParsersAction) -> None:
     encode = tsub.add_parser("encode", help="text → token ids")
     encode.add_argument("tokenizer", help="gpt2, a tokenizer directory or a .tiktoken file")
     encode.add_argument("text", nargs="?", default=None, help="the text (default: --file, else stdin)")
@@ -127,6 +136,8 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
 
     encode.set_defaults(func=run_encode)
 
+
+def _add_tokenizer_decode(tsub: argparse._SubParsersAction) -> None:
     decode = tsub.add_parser("decode", help="token ids → text")
     decode.add_argument("tokenizer", help="gpt2, a tokenizer directory or a .tiktoken file")
     decode.add_argument("ids", nargs="*", help="ids, as '1 2 3', '1,2,3' or '[1, 2, 3]' (default: stdin)")
@@ -142,6 +153,8 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
 
     decode.set_defaults(func=run_decode)
 
+
+def _add_tokenizer_show(tsub: argparse._SubParsersAction) -> None:
     show = tsub.add_parser("show", help="vocabulary statistics, merges, and token boundaries of a sample")
     show.add_argument("tokenizer", help="gpt2, a tokenizer directory or a .tiktoken file")
     show.add_argument("--merges", type=int, default=20, metavar="N", help="print N merges (default: 20)")
@@ -210,7 +223,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
     def run_prepare(args: argparse.Namespace) -> int:
         from gpt2.data.prepare import prepare
-        from gpt2.data.sources import parse_delimiter
+        from gpt2.sources import parse_delimiter
 
         result = prepare(args.source or ["shakespeare"], out=args.out, tokenizer=args.tokenizer,
                          workers=args.workers, shard_size=args.shard_size, val_fraction=args.val_fraction,
@@ -248,9 +261,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]",
                    help="a recipe (a file, or a name from configs/) and dotted overrides, e.g. train.max_steps=100")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run (or a checkpoint) exactly where it stopped")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (recipe, overrides, or the run's run.yaml) as YAML, and stop")
 
     def run(args: argparse.Namespace) -> int:
-        from gpt2.config import DEFAULT_RECIPE, load_config, load_run_config
+        from gpt2.config import DEFAULT_RECIPE, load_config, load_run_config, to_yaml
         from gpt2.train import TrainingStopped, train
 
         recipe = args.args[0] if args.args and "=" not in args.args[0] else None
@@ -260,6 +275,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             cfg = load_run_config(args.resume, overrides)
         else:
             cfg = load_config(recipe or DEFAULT_RECIPE, overrides)
+        if args.print_config:
+            print(to_yaml(cfg), end="")
+            return 0
         try:
             result = train(cfg, resume=args.resume)
         except TrainingStopped as e:
@@ -429,49 +447,50 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--format", default=None, help="prompt format (alpaca, plain) for a model without chat.json")
     i.add_argument("--no-generate", action="store_true", help="with --instruct: the response loss only")
 
-    def _alone(args: argparse.Namespace, what: str) -> None:
-        """--classify and --instruct are evaluations of their own: refuse the language-model ones beside them."""
-        others = [f for f, v in (("--data", args.data), ("--hellaswag", args.hellaswag),
-                                 ("--completions", args.completions)) if v is not None]
-        if others:
-            raise UserError(f"{what}; it does not combine with {', '.join(others)}")
+    p.set_defaults(func=_run_eval)
 
-    def run(args: argparse.Namespace) -> int:
-        from gpt2.data.sources import parse_delimiter
-        from gpt2.eval.commands import run_eval
 
-        if args.classify is not None:
-            _alone(args, "--classify scores a sequence classifier")
-            from gpt2.finetune.classify import run_eval_classify
+def _eval_alone(args: argparse.Namespace, what: str) -> None:
+    """--classify and --instruct are evaluations of their own: refuse the language-model ones beside them."""
+    others = [f for f, v in (("--data", args.data), ("--hellaswag", args.hellaswag),
+                             ("--completions", args.completions)) if v is not None]
+    if others:
+        raise UserError(f"{what}; it does not combine with {', '.join(others)}")
 
-            run_eval_classify(args.source, args.classify, text_field=args.text_field, label_field=args.label_field,
-                              batch_size=args.batch_size, plot=args.plot, tokenizer=args.tokenizer,
-                              dtype=args.dtype, device=args.device, as_json=args.json)
-            return 0
-        if args.plot is not None:
-            raise UserError("--plot draws the confusion matrix of --classify FILE; give --classify too")
-        if args.instruct is not None:
-            _alone(args, "--instruct scores instruction following")
-            from gpt2.finetune.instruct_eval import run_eval_instruct
+def _run_eval(args: argparse.Namespace) -> int:
+    from gpt2.eval.commands import run_eval
+    from gpt2.sources import parse_delimiter
 
-            run_eval_instruct(args.source, args.instruct, format=args.format, batch_size=args.batch_size,
-                              max_new_tokens=args.max_new_tokens or 256, limit=args.limit,
-                              generate_answers=not args.no_generate, tokenizer=args.tokenizer, dtype=args.dtype,
-                              device=args.device, as_json=args.json)
-            return 0
-        if args.format is not None or args.no_generate:
-            raise UserError("--format and --no-generate go with --instruct FILE")
+    if args.classify is not None:
+        _eval_alone(args, "--classify scores a sequence classifier")
+        from gpt2.finetune.classify import run_eval_classify
 
-        run_eval(args.source, data=args.data, split=args.split, field=args.field, column=args.column,
-                 delimiter=parse_delimiter(args.delimiter), header=args.header,
-                 reference_field=args.reference_field, context=args.context,
-                 stride=args.stride, max_tokens=args.max_tokens, hellaswag=args.hellaswag,
-                 completions=args.completions, encoder=args.encoder, max_new_tokens=args.max_new_tokens or 64,
-                 limit=args.limit, batch_size=args.batch_size, seed=args.seed, tokenizer=args.tokenizer,
-                 dtype=args.dtype, device=args.device, as_json=args.json, record=not args.no_record)
+        run_eval_classify(args.source, args.classify, text_field=args.text_field, label_field=args.label_field,
+                          batch_size=args.batch_size, plot=args.plot, tokenizer=args.tokenizer,
+                          dtype=args.dtype, device=args.device, as_json=args.json)
         return 0
+    if args.plot is not None:
+        raise UserError("--plot draws the confusion matrix of --classify FILE; give --classify too")
+    if args.instruct is not None:
+        _eval_alone(args, "--instruct scores instruction following")
+        from gpt2.finetune.instruct_eval import run_eval_instruct
 
-    p.set_defaults(func=run)
+        run_eval_instruct(args.source, args.instruct, format=args.format, batch_size=args.batch_size,
+                          max_new_tokens=args.max_new_tokens or 256, limit=args.limit,
+                          generate_answers=not args.no_generate, tokenizer=args.tokenizer, dtype=args.dtype,
+                          device=args.device, as_json=args.json)
+        return 0
+    if args.format is not None or args.no_generate:
+        raise UserError("--format and --no-generate go with --instruct FILE")
+
+    run_eval(args.source, data=args.data, split=args.split, field=args.field, column=args.column,
+             delimiter=parse_delimiter(args.delimiter), header=args.header,
+             reference_field=args.reference_field, context=args.context,
+             stride=args.stride, max_tokens=args.max_tokens, hellaswag=args.hellaswag,
+             completions=args.completions, encoder=args.encoder, max_new_tokens=args.max_new_tokens or 64,
+             limit=args.limit, batch_size=args.batch_size, seed=args.seed, tokenizer=args.tokenizer,
+             dtype=args.dtype, device=args.device, as_json=args.json, record=not args.no_record)
+    return 0
 
 
 # ------------------------------------------------------------------------------------------ classify
@@ -542,7 +561,7 @@ def _add_checkpoint(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("run_dir", help="a run directory (train.out_dir)")
 
     def run_list(args: argparse.Namespace) -> int:
-        from gpt2.train.checkpoint import list_checkpoints
+        from gpt2.common import list_checkpoints
 
         for ckpt in list_checkpoints(args.run_dir):
             print(ckpt)
@@ -554,7 +573,7 @@ def _add_checkpoint(sub: argparse._SubParsersAction) -> None:
     cons.add_argument("out", help="the HF directory to write (config.json, model.safetensors, tokenizer)")
 
     def run_consolidate(args: argparse.Namespace) -> int:
-        from gpt2.train.checkpoint import resolve_checkpoint
+        from gpt2.common import resolve_checkpoint
         from gpt2.train.distributed import consolidate
 
         out = consolidate(resolve_checkpoint(args.checkpoint), args.out)
@@ -566,15 +585,25 @@ def _add_checkpoint(sub: argparse._SubParsersAction) -> None:
 
 # ---------------------------------------------------------------------------------------------- lora
 def _add_lora(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("lora", help="LoRA adapters in PEFT's format: fold one into its base")
+    p = sub.add_parser("lora", help="LoRA adapters in PEFT's format: what one holds; fold one into its base")
     lsub = p.add_subparsers(dest="lora_cmd", required=True, metavar="COMMAND")
+    show = lsub.add_parser("show", help="an adapter's task, base, rank, alpha and target layers")
+    show.add_argument("adapter", help="a LoRA adapter directory (adapter_config.json, ours or PEFT's)")
+
+    def run_show(args: argparse.Namespace) -> int:
+        from gpt2.model.lora import describe
+
+        print(describe(args.adapter))
+        return 0
+
+    show.set_defaults(func=run_show)
     merge = lsub.add_parser("merge", help="adapter + its base → one plain HF checkpoint (transformers loads it)")
     merge.add_argument("adapter", help="a LoRA adapter directory (adapter_config.json + adapter_model.safetensors, "
                        "ours or PEFT's); its base is the one adapter_config.json names")
     merge.add_argument("out", help="the checkpoint directory to write (config.json, model.safetensors, tokenizer)")
 
     def run_merge(args: argparse.Namespace) -> int:
-        from gpt2.finetune.lora import merge_adapter_dir
+        from gpt2.finetune.merge import merge_adapter_dir
 
         out = merge_adapter_dir(args.adapter, args.out)
         print(f"wrote {out} (a plain checkpoint: transformers' from_pretrained loads it)")
@@ -585,9 +614,32 @@ def _add_lora(sub: argparse._SubParsersAction) -> None:
 
 # ------------------------------------------------------------------------------------------ finetune
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
-    from gpt2.finetune.commands import add_finetune
+    p = sub.add_parser("finetune", help="fine-tune a pretrained GPT-2: classification or instruction tuning")
 
-    add_finetune(sub)
+    def run_classify(args: argparse.Namespace) -> int:
+        from gpt2.finetune.commands import run_classify
+
+        return run_classify(args)
+
+    def run_instruct(args: argparse.Namespace) -> int:
+        from gpt2.finetune.commands import run_instruct
+
+        return run_instruct(args)
+
+    fsub = p.add_subparsers(dest="finetune_verb", required=True, metavar="{classify,instruct}")
+    c = fsub.add_parser("classify", help="a classifier on labelled texts (GPT2ForSequenceClassification checkpoints)")
+    c.add_argument("args", nargs="*", metavar="[RECIPE] [key=value ...]",
+                   help="a recipe (finetune-sms-spam, finetune-imdb or a YAML file) and dotted overrides")
+    c.set_defaults(func=run_classify, example_recipe="finetune-sms-spam")
+    i = fsub.add_parser("instruct", help="instruction tuning on Alpaca or chat data (the prompt format is saved "
+                                          "with every checkpoint)")
+    i.add_argument("args", nargs="*", metavar="[RECIPE] [key=value ...]",
+                   help="a recipe (sft-alpaca or a YAML file) and dotted overrides, e.g. finetune.lora.rank=16")
+    i.set_defaults(func=run_instruct, example_recipe="sft-alpaca")
+    for verb in (c, i):
+        verb.add_argument("--resume", metavar="RUN_DIR", help="continue a fine-tune (or a checkpoint) exactly where "
+                                                                "it stopped")
+        verb.add_argument("--json", action="store_true", help="also print the final metrics as one JSON line")
 
 
 def build_parser() -> argparse.ArgumentParser:

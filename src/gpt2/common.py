@@ -8,15 +8,17 @@ Nothing here imports the rest of the package, so every module may use it.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from gpt2.errors import UserError
+from gpt2.errors import UserError, UserFileNotFoundError
 
 if TYPE_CHECKING:  # torch costs ~1 s to import; tokenizer and data workers use this module without it
     import torch
@@ -225,3 +227,45 @@ def keep_freed_memory() -> bool:
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
     # Trim threshold at its maximum (never give heap memory back), then no mmap for large blocks.
     return bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1)) and bool(mallopt(M_MMAP_MAX, 0))
+
+
+# ------------------------------------------------------------------- run and checkpoint directories
+# Where a run's checkpoints are, which is newest, and what its metrics.jsonl says: read by config (a
+# run's run.yaml), the loader, eval and the trainer alike, so it lives below all of them
+# (gpt2.train.checkpoint and gpt2.train.metrics write them).
+_STEP_DIR = re.compile(r"^step-(\d{6,})$")
+TRAINER_STATE = "trainer_state.pt"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary, half-written ones are not listed)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [p for p in run_dir.iterdir() if p.is_dir() and _STEP_DIR.match(p.name) and (p / TRAINER_STATE).is_file()]
+    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from a run directory (via `latest`, else the newest) or a checkpoint itself."""
+    path = Path(path)
+    if (path / TRAINER_STATE).is_file():
+        return path
+    if not path.is_dir():
+        raise UserFileNotFoundError(f"no run or checkpoint directory at {path}")
+    latest = path / "latest"
+    if latest.is_file():
+        candidate = path / latest.read_text().strip()
+        if (candidate / TRAINER_STATE).is_file():
+            return candidate
+    found = list_checkpoints(path)
+    if not found:
+        raise UserFileNotFoundError(f"{path} holds no complete checkpoint (step-NNNNNN/ with {TRAINER_STATE})")
+    return found[-1]
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,7 +1,7 @@
 """Run configuration: one dataclass per concern under RunConfig, read from YAML plus dotted overrides.
 
-    python -m gpt2.config shakespeare-cpu train.max_steps=10    # print the resolved config of a recipe
-    python -m gpt2.config --resume runs/shakespeare-cpu         # ... or of a run, as `gpt2 train --resume` uses it
+    gpt2 train shakespeare-cpu train.max_steps=10 --print-config   # print the resolved config of a recipe
+    gpt2 train --resume runs/shakespeare-cpu --print-config        # ... or of a run, as `--resume` continues it
 
 A recipe is a YAML file or the name of one shipped in `gpt2/configs/` (`load_config("shakespeare-cpu")`),
 so the library, the CLI and a notebook resolve names the same way; `load_run_config(run_dir)` reads the
@@ -16,7 +16,6 @@ the key. Each component receives only its own section (the loop hands `cfg.optim
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -212,7 +211,7 @@ class SampleConfig:
 
 @dataclass
 class LoRASection:
-    """LoRA adapters instead of full fine-tuning (gpt2.finetune.lora): set `rank` to turn them on."""
+    """LoRA adapters instead of full fine-tuning (gpt2.model.lora): set `rank` to turn them on."""
 
     rank: int | None = None
     """Adapter rank r; None trains the whole model (or what finetune.trainable says)."""
@@ -323,7 +322,7 @@ def recipe_path(recipe: str | Path | None = None) -> Path:
 
 def run_config_path(run: str | Path) -> Path:
     """The run.yaml a run directory (its latest checkpoint, else its top level) or a checkpoint was started with."""
-    from gpt2.train.checkpoint import resolve_checkpoint  # lazy: it imports torch
+    from gpt2.common import resolve_checkpoint
 
     try:
         path = resolve_checkpoint(run) / RUN_CONFIG
@@ -448,21 +447,3 @@ def _finetune_checks(f: FinetuneConfig, cfg_optim_name: str) -> list[tuple[bool,
 def to_yaml(cfg: RunConfig) -> str:
     """The resolved config as YAML (written to run.yaml in every checkpoint)."""
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m gpt2.config", description="Print a resolved run config as YAML.")
-    p.add_argument("args", nargs="*", metavar="[RECIPE] [key=value ...]",
-                   help=f"a recipe (a YAML path or one of: {', '.join(available_recipes())}) and dotted overrides")
-    p.add_argument("--resume", metavar="RUN_DIR", help="start from the run.yaml of this run or checkpoint")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    recipe = args.args[0] if args.args and "=" not in args.args[0] else None
-    overrides = args.args[1:] if recipe else args.args
-    print(to_yaml(load_config(recipe, overrides, resume=args.resume)), end="")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,7 @@
 """One loader: a run directory, a checkpoint, a model directory, a hub id or a preset → model + tokenizer.
 
-    python -m gpt2.load runs/shakespeare-cpu          # what a name resolves to, and what it holds
-    python -m gpt2.load openai-community/gpt2
-    python -m gpt2.load preset:tiny                   # random weights in a preset's shapes, GPT-2's tokenizer
+    python -c "from gpt2.load import load; print(load('runs/shakespeare-cpu').directory)"
+    python -c "from gpt2.load import load; print(load('preset:tiny').model)"   # random weights in a preset's shapes
 
 Every verb that takes a model (eval, generate, chat, finetune, serve) goes through `load()`, so a name
 means the same thing everywhere:
@@ -11,7 +10,7 @@ means the same thing everywhere:
 - `owner/name` or an alias such as `gpt2` → the Hugging Face hub snapshot (cached);
 - `preset:NAME` → a fresh model of that preset's shapes (random weights, for benchmarks and tests);
 - a LoRA adapter directory (PEFT's adapter_config.json + adapter_model.safetensors) → its base, loaded
-  by the name adapter_config.json gives, with the adapter applied (gpt2.finetune.lora).
+  by the name adapter_config.json gives, with the adapter applied (gpt2.model.lora).
 The tokenizer comes from the same directory unless one is named; the prompt format from its chat.json.
 `task="classify"` loads a sequence classifier (GPT2ForSequenceClassification) instead; asking for one
 kind and finding the other is a one-line error naming the verb that fits the checkpoint.
@@ -19,7 +18,6 @@ kind and finding the other is a one-line error naming the verb that fits the che
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -43,7 +41,7 @@ class Loaded:
     model: GPT2LMHeadModel | GPT2ForSequenceClassification  # the latter for task="classify"
     tokenizer: Any
     directory: Path | None  # the model directory read (None for a preset)
-    chat_format: Any = None  # gpt2.generate.chat.ChatFormat from chat.json, if the directory has one
+    chat_format: Any = None  # gpt2.tokenizer.chat.ChatFormat from chat.json, if the directory has one
 
 
 def resolve_model_dir(source: str | Path) -> Path:
@@ -63,7 +61,7 @@ def resolve_model_dir(source: str | Path) -> Path:
     if (directory / "config.json").is_file() or _adapter_dir(directory) is not None:
         return directory
     if (directory / "latest").is_file() or any(directory.glob("step-*")):
-        from gpt2.train.checkpoint import resolve_checkpoint
+        from gpt2.common import resolve_checkpoint
 
         return resolve_checkpoint(directory)
     raise UserFileNotFoundError(f"{directory} holds no config.json: not a model directory, checkpoint or run directory")
@@ -98,7 +96,7 @@ def load(
     `task` is "lm" (GPT2LMHeadModel) or "classify" (GPT2ForSequenceClassification)."""
     from gpt2.common import pick_device
     from gpt2.model.config import LM_ARCHITECTURE, GPT2Config
-    from gpt2.model.hf import load_pretrained, wrong_kind_error
+    from gpt2.model.hf import wrong_kind_error
 
     if dtype not in DTYPES:
         raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -127,13 +125,13 @@ def load(
     if task == "classify":
         model = GPT2ForSequenceClassification.from_pretrained(directory, device=target, dtype=DTYPES[dtype])
     else:
-        model = load_pretrained(directory, device=target, dtype=DTYPES[dtype])
+        model = GPT2LMHeadModel.from_pretrained(directory, device=target, dtype=DTYPES[dtype])
     if model.config.vocab_size < tok.n_vocab:
         raise UserError(f"{directory} has {model.config.vocab_size:,} token ids but the tokenizer has {tok.n_vocab:,}; "
                         "pass the tokenizer the model was trained with")
     chat_format = None
     if task == "lm" and (directory / "chat.json").is_file():
-        from gpt2.generate.chat import load_chat_format
+        from gpt2.tokenizer.chat import load_chat_format
 
         chat_format = load_chat_format(directory)
     return Loaded(model, tok, directory, chat_format)
@@ -141,7 +139,7 @@ def load(
 
 def _adapter_dir(source: str | Path) -> Path | None:
     """`source` as a local LoRA adapter directory (one holding adapter_config.json), else None."""
-    from gpt2.finetune.lora import ADAPTER_CONFIG
+    from gpt2.model.lora import ADAPTER_CONFIG
 
     if str(source).startswith(PRESET_PREFIX):
         return None
@@ -152,18 +150,18 @@ def _adapter_dir(source: str | Path) -> Path | None:
 def _load_adapter(directory: Path, *, tokenizer: str | None, dtype: DtypeName, device: str, seed: int,
                   task: Task) -> Loaded:
     """The base adapter_config.json names, loaded with its tokenizer, and the adapter applied to it."""
-    from gpt2.finetune.lora import ADAPTER_CONFIG, load_adapter, read_adapter_config
     from gpt2.model.config import CLASSIFIER_ARCHITECTURE, LM_ARCHITECTURE
     from gpt2.model.hf import wrong_kind_error
+    from gpt2.model.lora import ADAPTER_CONFIG, load_adapter, read_adapter_config
 
     raw = read_adapter_config(directory)
-    adapter_task: Task = "classify" if raw["task_type"] == "SEQ_CLS" else "lm"
+    adapter_task = _adapter_task(raw)
     if adapter_task != task:
         raise wrong_kind_error(directory, CLASSIFIER_ARCHITECTURE if adapter_task == "classify" else LM_ARCHITECTURE)
     name = raw.get("base_model_name_or_path")
     if not name:
         raise UserError(f"{directory / ADAPTER_CONFIG} names no base_model_name_or_path, so its base is unknown; "
-                        "load the base and apply it with gpt2.finetune.lora.load_adapter(dir, base=model)")
+                        "load the base and apply it with gpt2.model.lora.load_adapter(dir, base=model)")
     if _adapter_dir(name) is not None:
         raise UserError(f"{directory}: its base {name} is itself an adapter; stacked adapters are not supported "
                         "(merge the first with `gpt2 lora merge`)")
@@ -179,10 +177,15 @@ def _load_adapter(directory: Path, *, tokenizer: str | None, dtype: DtypeName, d
     model = load_adapter(directory, base=base.model)
     chat_format = base.chat_format
     if task == "lm" and (directory / "chat.json").is_file():
-        from gpt2.generate.chat import load_chat_format
+        from gpt2.tokenizer.chat import load_chat_format
 
         chat_format = load_chat_format(directory)
     return Loaded(model, base.tokenizer, directory, chat_format)
+
+
+def _adapter_task(raw: dict[str, Any]) -> Task:
+    """The loader's task for an adapter_config.json: PEFT's SEQ_CLS is "classify", CAUSAL_LM is "lm"."""
+    return "classify" if raw["task_type"] == "SEQ_CLS" else "lm"
 
 
 def _adapter_tokenizer(directory: Path) -> Any:
@@ -204,9 +207,9 @@ def task_of(source: str | Path) -> Task:
         return "lm"
     directory = resolve_model_dir(source)
     if _adapter_dir(directory) is not None:
-        from gpt2.finetune.lora import read_adapter_config
+        from gpt2.model.lora import read_adapter_config
 
-        return "classify" if read_adapter_config(directory)["task_type"] == "SEQ_CLS" else "lm"
+        return _adapter_task(read_adapter_config(directory))
     return "classify" if read_config(directory)[1] == CLASSIFIER_ARCHITECTURE else "lm"
 
 
@@ -217,24 +220,3 @@ def load_model_and_tokenizer(
     loaded = load(source, tokenizer=tokenizer, dtype=dtype, device=device)
     assert isinstance(loaded.model, GPT2LMHeadModel)
     return loaded.model, loaded.tokenizer
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m gpt2.load MODEL", file=sys.stderr)
-        return 2
-    task = task_of(argv[0])
-    loaded = load(argv[0], device="cpu", task=task)
-    print(f"directory  {loaded.directory}")
-    print(f"model      {loaded.model.num_parameters():,} parameters, {loaded.model.config.n_layer} layers, "
-          f"{loaded.model.config.n_embd} wide, context {loaded.model.config.n_positions}")
-    print(f"tokenizer  {loaded.tokenizer!r}")
-    print(f"chat       {loaded.chat_format.name if loaded.chat_format else '-'}")
-    if task == "classify":
-        print(f"labels     {', '.join(loaded.model.config.id2label.values())}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -255,7 +255,7 @@ def test_val_files_hold_out_whole_files(tmp_path: Path, gpt2_tok, tiktoken_gpt2)
 
 
 def test_named_corpus_uses_its_held_out_plays(tmp_path: Path, gpt2_tok, gpt2_cache: Path) -> None:
-    from gpt2.data import sources as S
+    from gpt2 import sources as S
 
     root = gpt2_cache / "corpora" / "shakespeare"
     root.mkdir(parents=True)

@@ -16,13 +16,13 @@ def _json(capsys) -> dict:
 def test_eval_reports_loss_bpb_and_hellaswag(checkpoint, shared_data, gpt2_tok, capsys):
     from gpt2.eval.hellaswag import evaluate_hellaswag
     from gpt2.eval.loss import evaluate_source
-    from gpt2.model.hf import load_pretrained
+    from gpt2.model.gpt2 import GPT2LMHeadModel
 
     verdict, hs = shared_data / "the-verdict.txt", shared_data / "hellaswag_val_sample1000.jsonl"
     assert main(["eval", str(checkpoint), "--data", str(verdict), "--hellaswag", str(hs), "--limit", "24",
                  "--stride", "128", "--json"]) == 0
     r = _json(capsys)
-    model = load_pretrained(checkpoint)
+    model = GPT2LMHeadModel.from_pretrained(checkpoint)
     score = evaluate_source(model, gpt2_tok, verdict, stride=128)
     assert r["loss"] == pytest.approx(score.loss, abs=1e-6) and r["bits_per_byte"] == pytest.approx(score.bits_per_byte)
     assert r["tokens"] == 5145 and r["bytes"] == 20479 and r["stride"] == 128 and r["context"] == 256

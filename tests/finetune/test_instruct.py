@@ -199,7 +199,7 @@ def other_base(tmp_path_factory, base) -> Path:
 
 def _adapter_on(tmp_path: Path, base: Path, new_base: Path) -> Path:
     """An adapter made on `base` (with its tokenizer, as training saves it) whose adapter_config.json names `new_base`."""
-    from gpt2.finetune.lora import LoRAConfig, inject_lora, save_adapter
+    from gpt2.model.lora import LoRAConfig, inject_lora, save_adapter
     from gpt2.tokenizer import load_tokenizer
 
     model = inject_lora(GPT2LMHeadModel.from_pretrained(base), LoRAConfig(rank=2))

@@ -1,4 +1,4 @@
-"""LoRA adapters (gpt2.finetune.lora): PEFT loads ours and we load PEFT's with the same logits, merging
+"""LoRA adapters (gpt2.model.lora): PEFT loads ours and we load PEFT's with the same logits, merging
 equals the adapter on, only the adapter (and a classifier's head) trains, and bad inputs are one line."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from finetune_helpers import save_model_dir
 
 from gpt2 import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 from gpt2.errors import UserError
-from gpt2.finetune.lora import (
+from gpt2.load import load
+from gpt2.model.lora import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     LoRAConfig,
@@ -232,7 +233,7 @@ def test_we_load_peft_adapters_with_peft_logits(task, tok, lm_base, clf_base, tm
     x = ids(tok)
     with torch.no_grad():
         theirs = pm.eval()(input_ids=x).logits
-        model = load_adapter(tmp_path / "peft")
+        model = load(tmp_path / "peft", task="lm" if task == "CAUSAL_LM" else "classify", device="cpu").model
         ours = model(x).logits
     assert {n.split(".", 3)[-1] for n in lora_layers(model)} == {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}
     torch.testing.assert_close(ours, theirs, atol=TOL, rtol=0)
@@ -334,7 +335,7 @@ def test_adapter_for_another_base_is_refused(tok, lm_base, tmp_path) -> None:
     raw = json.loads((adapter / ADAPTER_CONFIG).read_text())
     (adapter / ADAPTER_CONFIG).write_text(json.dumps({**raw, "use_dora": True}))
     with pytest.raises(UserError, match="use_dora=True is a PEFT option"):
-        load_adapter(adapter)
+        load_adapter(adapter, base=make_lm(tok))
 
 
 # ------------------------------------------------------------------------------- loader and CLI
@@ -375,8 +376,8 @@ def test_save_replaces_whole_or_writes_in_place(tok, lm_base, tmp_path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
 
     # a checkpoint writer's own temporary directory: files added, others kept; then a run dir loads it
+    from gpt2.common import TRAINER_STATE
     from gpt2.load import load
-    from gpt2.train.checkpoint import TRAINER_STATE
 
     step = tmp_path / "run" / "step-000002"
     step.mkdir(parents=True)
@@ -412,3 +413,15 @@ def test_cli_lora_merge(tok, clf_base, tmp_path) -> None:
     r = gpt2("lora", "merge", str(tmp_path / "missing"), str(tmp_path / "out"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: no adapter directory")
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_lora_show(lm_base, tmp_path, capsys) -> None:
+    from gpt2.cli import main
+
+    model = inject_lora(GPT2LMHeadModel.from_pretrained(lm_base), LoRAConfig(rank=2, alpha=4, targets=("c_attn",)))
+    adapter = save_adapter(model, tmp_path / "a", base_model_name_or_path=str(lm_base))
+    assert main(["lora", "show", str(adapter)]) == 0
+    out = capsys.readouterr().out
+    assert f"task       CAUSAL_LM\nbase       {lm_base}\n" in out and "rank 2, alpha 4, dropout 0, targets c_attn" in out
+    assert main(["lora", "show", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.startswith("error: no adapter directory")

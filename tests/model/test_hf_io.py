@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gpt2 import GPT2Config, GPT2LMHeadModel
-from gpt2.model.hf import from_hf_state_dict, resolve_source, to_hf_state_dict
+from gpt2.model.hf import expected_shapes, from_hf_state_dict, resolve_source, to_hf_state_dict
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_openai_style_names_and_wrapper_prefixes_load() -> None:
     openai["h.0.attn.bias"] = torch.ones(1, 1, 128, 128)
     ddp = {"module._orig_mod." + k: v for k, v in sd.items()}
     for variant in (openai, ddp):
-        ours = from_hf_state_dict(variant, model.config)
+        ours = from_hf_state_dict(variant, model.config, shapes=expected_shapes(model))
         for k, v in ours.items():
             assert torch.equal(v, model.state_dict()[k]), k
 

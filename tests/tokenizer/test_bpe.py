@@ -13,15 +13,9 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpt2.data.sources import read_documents
-from gpt2.tokenizer.bpe import (
-    GPT2_PATTERN,
-    GPT4_PATTERN,
-    _blocks,
-    count_chunks,
-    learn_merges,
-    train_bpe,
-)
+from gpt2.sources import read_documents
+from gpt2.tokenizer.bpe import _blocks, count_chunks, learn_merges, train_bpe
+from gpt2.tokenizer.core import GPT2_PATTERN, GPT4_PATTERN
 
 
 def naive_merges(chunks: dict[str, int], n_merges: int, min_frequency: int = 1) -> list[tuple[bytes, bytes]]:
@@ -161,7 +155,7 @@ def test_files_globs_jsonl_csv(tmp_path: Path) -> None:
 
 
 def test_bad_input_files(tmp_path: Path) -> None:
-    # The reader is gpt2.data.sources' (the one `gpt2 data prepare` uses), so are its messages.
+    # The reader is gpt2.sources' (the one `gpt2 data prepare` uses), so are its messages.
     with pytest.raises(FileNotFoundError, match="no such file or directory"):
         train_bpe(files=tmp_path / "missing.txt", vocab_size=300)
     with pytest.raises(FileNotFoundError, match="matches nothing"):

@@ -3,7 +3,8 @@
     gpt2 data prepare --source ../shared/data/imdb_train.jsonl --field text --tokenizer gpt2 --out data/imdb
     python -c "from gpt2.data import TokenLoader; print(next(iter(TokenLoader('data/imdb', batch_size=2, seq_len=8))))"
 
-sources.py finds documents (files, globs, hf: datasets, named corpora); prepare.py tokenizes them on
+gpt2.sources finds documents (files, globs, hf: datasets, named corpora; it sits below the tokenizer,
+whose trainer reads it too); prepare.py tokenizes them on
 worker processes into shards (resumable, deterministic); shards.py is the .bin format; loader.py reads
 the shards back as (B, T) batches for one rank of many. Names are imported lazily: `import gpt2.data`
 loads nothing heavy.
@@ -18,9 +19,9 @@ _LAZY = {
     "prepare": "gpt2.data.prepare",
     "PrepareResult": "gpt2.data.prepare",
     "data_info": "gpt2.data.prepare",
-    "Source": "gpt2.data.sources",
-    "resolve_source": "gpt2.data.sources",
-    "CORPORA": "gpt2.data.sources",
+    "Source": "gpt2.sources",
+    "resolve_source": "gpt2.sources",
+    "CORPORA": "gpt2.sources",
     "read_header": "gpt2.data.shards",
     "read_shard": "gpt2.data.shards",
     "write_shard": "gpt2.data.shards",
@@ -35,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from gpt2.data.loader import TokenLoader, TokenStream
     from gpt2.data.prepare import PrepareResult, data_info, prepare
     from gpt2.data.shards import read_header, read_shard, write_shard
-    from gpt2.data.sources import CORPORA, Source, resolve_source
+    from gpt2.sources import CORPORA, Source, resolve_source
 
 
 def __getattr__(name: str) -> Any:

@@ -1,6 +1,6 @@
 """Distributed, resumable (B, T) batches from token shards, read by memory map.
 
-    python -m gpt2.data.loader data/shk --split val --batch-size 4 --seq-len 64     # print a few batches
+    python -c "from gpt2.data import TokenLoader; print(next(iter(TokenLoader('data/shk', batch_size=2, seq_len=8))))"
 
     loader = TokenLoader("data/shk", split="train", batch_size=8, seq_len=1024, rank=rank, world_size=world)
     x, y = loader.next_batch()          # (B, T) int64 inputs and targets, y = x shifted left by one
@@ -29,7 +29,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -272,26 +271,3 @@ class TokenLoader:
     def reset(self) -> None:
         """Back to the start of epoch 0."""
         self.epoch, self.offset = 0, 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(description="Print a few batches from prepared shards.")
-    p.add_argument("data")
-    p.add_argument("--split", default="train")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--steps", type=int, default=2)
-    args = p.parse_args(argv)
-    loader = TokenLoader(args.data, split=args.split, batch_size=args.batch_size, seq_len=args.seq_len)
-    print(f"{len(loader.stream):,} tokens in {len(loader.stream.files)} shard(s), {loader.n_windows:,} windows, "
-          f"{loader.steps_per_epoch:,} steps per epoch")
-    for _ in range(args.steps):
-        x, y = loader.next_batch()
-        print(tuple(x.shape), x[0, :12].tolist(), "→", y[0, :12].tolist())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -61,8 +61,8 @@ from gpt2.data.shards import (
     token_dtype,
     write_shard,
 )
-from gpt2.data.sources import DEFAULT_CHUNK_BYTES, Chunk, Source, pack_parts, read_chunk, resolve_source
 from gpt2.errors import UserError, UserFileNotFoundError
+from gpt2.sources import DEFAULT_CHUNK_BYTES, Chunk, Source, pack_parts, read_chunk, resolve_source
 
 SPLITS = ("train", "val")
 META_FILE = "meta.json"
@@ -482,36 +482,9 @@ def _check_done(out: Path, meta: dict[str, Any]) -> str | None:
     return None
 
 
-def prepare(
-    sources: str | os.PathLike[str] | Source | Sequence[str | os.PathLike[str] | Source] = "shakespeare",
-    *,
-    out: str | os.PathLike[str],
-    tokenizer: str | os.PathLike[str] | TokenizerLike = "gpt2",
-    workers: int | None = None,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    val_fraction: float | None = None,
-    val_files: Sequence[str] | None = None,
-    field: str = "text",
-    column: str | int | None = None,
-    delimiter: str | None = None,
-    header: bool = True,
-    split: str = "train",
-    data_files: Sequence[str] | None = None,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-    overwrite: bool = False,
-    replace_changed: bool = False,
-    progress: bool = False,
-    on_shard: Callable[[Path], None] | None = None,
-) -> PrepareResult:
-    """Tokenize `sources` into train/val shards in `out` (see the module docstring); resume if interrupted.
-
-    `workers` processes tokenize (None: one per CPU; 1: in this process). `field`, `column`,
-    `delimiter`, `header`, `split` and `data_files` say how to read each source (gpt2.data.sources).
-    A finished `out` with the same configuration is left as is; a different one needs `overwrite`, or
-    `replace_changed` (for caches, where a changed source or tokenizer means the shards are stale): then a
-    finished or interrupted run whose configuration differs is replaced, with a line saying why.
-    `on_shard(path)` is called after each shard is written.
-    """
+def _check_arguments(sources: Any, *, out: str | os.PathLike[str], workers: int | None, shard_size: int,
+                     chunk_bytes: int) -> tuple[Sequence[Any], int, Path]:
+    """prepare()'s arguments checked: (the sources as a list, the worker count, the output directory)."""
     if isinstance(sources, (str, os.PathLike, Source)):
         sources = [sources]
     if not sources:
@@ -526,12 +499,12 @@ def prepare(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"out={str(out)!r} is a file, not a directory")
-    srcs = [resolve_source(s, field=field, column=column, delimiter=delimiter, header=header, split=split,
-                           data_files=data_files) for s in sources]
-    tok, tok_spec = load_tokenizer_spec(tokenizer)
-    dtype = token_dtype(int(tok.n_vocab))
-    eot = int(tok.eot_token)
-    rule = _resolve_split(srcs, val_fraction, val_files)
+    return sources, workers, out
+
+
+def _configuration(srcs: list[Source], tok: Any, eot: int, rule: SplitRule,
+                   shard_size: int) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """What the shards depend on: (the tokenizer's info, the whole configuration, its fingerprint)."""
     tok_info = {"hash": tokenizer_hash(tok), "n_vocab": int(tok.n_vocab), "eot_token": eot}
     config = {
         "pipeline": PIPELINE_VERSION,
@@ -541,8 +514,13 @@ def prepare(
         "shard_size": shard_size,
     }
     fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    return tok_info, config, fingerprint
 
-    # What is in `out` already: a finished run, an interrupted one, or nothing of ours.
+
+def _existing_output(out: Path, fingerprint: str, config: dict[str, Any], *, overwrite: bool,
+                     replace_changed: bool) -> tuple[PrepareResult | None, dict[str, Any] | None]:
+    """(the result, when `out` is finished with this configuration; else None, the state of an interrupted
+    run to resume, or None); a finished or interrupted run of another configuration is an error."""
     if overwrite:
         _remove_outputs(out)
     state: dict[str, Any] | None = None
@@ -557,19 +535,21 @@ def prepare(
         problem = _check_done(out, meta)
         if problem:
             raise UserError(f"{out} is damaged ({problem}); pass overwrite=True (--overwrite) to prepare it again")
-        return PrepareResult(out=out, meta=meta, already_done=True)
+        return PrepareResult(out=out, meta=meta, already_done=True), None
     if (out / STATE_FILE).is_file():
         state = json.loads((out / STATE_FILE).read_text())
         if state.get("fingerprint") != fingerprint:
             raise UserError(f"{out} holds an interrupted run with a different configuration (differs in: "
                              f"{_config_diff(state.get('config', {}), config)}); pass overwrite=True "
                              "(--overwrite) or choose another output directory")
-        chunk_bytes = int(state["chunk_bytes"])  # chunk indices in the state refer to its own chunking
     elif _shards_in(out):
         raise UserError(f"{out} already holds shard files but no {META_FILE}; pass overwrite=True (--overwrite) "
                          "or choose another output directory")
+    return None, state
 
-    # Plan every file source now: a missing field or column fails here, before any shard exists.
+
+def _plan(srcs: list[Source], chunk_bytes: int) -> tuple[Iterator[Chunk], int | None]:
+    """Every source's chunks in order, and their total bytes (None when a streamed dataset is among them)."""
     plans: list[Iterable[Chunk]] = []
     total_bytes: int | None = 0
     for s in srcs:
@@ -583,9 +563,13 @@ def prepare(
             plans.append(planned)
             if total_bytes is not None:
                 total_bytes += sum(c.nbytes for c in planned)
-    chunks: Iterator[Chunk] = itertools.chain.from_iterable(plans)
+    return itertools.chain.from_iterable(plans), total_bytes
 
-    out.mkdir(parents=True, exist_ok=True)
+
+def _open_writers(out: Path, state: dict[str, Any] | None, *, shard_size: int, dtype: np.dtype,
+                  on_shard: Callable[[Path], None] | None) -> tuple[int, dict[str, Any], list[_SplitWriter]]:
+    """(the chunk to start at, the counts so far, a writer per split), from an interrupted run's state or
+    afresh; shards written after the state's last checkpoint and temporary files are removed first."""
     start_chunk = 0
     stats = {"documents": [0, 0], "empty": 0, "replaced": 0, "bytes": 0}
     if state is not None:
@@ -606,27 +590,23 @@ def prepare(
                      pending=int(state["splits"][name]["pending"]) if state else 0)
         for name in SPLITS
     ]
+    return start_chunk, stats, writers
 
-    def checkpoint(next_chunk: int) -> None:
-        for w in writers:
-            w.sync()
-        atomic_write_text(out / STATE_FILE, json.dumps({
-            "fingerprint": fingerprint, "config": config, "chunk_bytes": chunk_bytes, "next_chunk": next_chunk,
-            "splits": {w.split: {"shards": w.shards, "pending": w.fill} for w in writers}, "stats": stats,
-        }, indent=1))
-        for w in writers:
-            w.drop_stale_pending()
 
+def _tokenize(out: Path, chunks: Iterator[Chunk], writers: list[_SplitWriter], stats: dict[str, Any],
+              checkpoint: Callable[[int], None], *, workers: int, worker_args: tuple[Any, ...], start_chunk: int,
+              fresh: bool, total_bytes: int | None, progress: bool, t_start: float) -> tuple[int, int]:
+    """Tokenize the chunks from `start_chunk` on the workers into the split writers, checkpointing as shards
+    fill; returns (bytes, tokens) done. Bad input removes every output; any other stop keeps the checkpoint."""
     from tqdm.auto import tqdm
 
-    t_start = time.perf_counter()
-    pool = _Workers(workers, (tok, dtype, rule))
+    pool = _Workers(workers, worker_args)
     bar = tqdm(total=total_bytes, initial=stats["bytes"], unit="B", unit_scale=True, unit_divisor=1000,
                desc="tokenizing", disable=not progress, dynamic_ncols=True)
     bytes_done = tokens_done = 0
     results = pool.map(itertools.islice(chunks, start_chunk, None))
     try:
-        if state is None:
+        if fresh:
             checkpoint(0)
         last_ckpt = time.monotonic()
         for i, res in enumerate(results, start=start_chunk):
@@ -665,7 +645,13 @@ def prepare(
         bar.close()
         for w in writers:
             w.close()
+    return bytes_done, tokens_done
 
+
+def _finish(out: Path, srcs: list[Source], writers: list[_SplitWriter], stats: dict[str, Any], *, rule: SplitRule,
+            dtype: np.dtype, tok_spec: Any, tok_info: dict[str, Any], shard_size: int, fingerprint: str,
+            config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """meta.json's contents and the warnings for empty splits; an empty corpus removes every output."""
     n_docs = stats["documents"][0] + stats["documents"][1]
     if n_docs == 0:
         _remove_outputs(out)
@@ -699,6 +685,80 @@ def prepare(
         "fingerprint": fingerprint,
         "config": config,
     }
+    return meta, warnings
+
+
+def prepare(
+    sources: str | os.PathLike[str] | Source | Sequence[str | os.PathLike[str] | Source] = "shakespeare",
+    *,
+    out: str | os.PathLike[str],
+    tokenizer: str | os.PathLike[str] | TokenizerLike = "gpt2",
+    workers: int | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    val_fraction: float | None = None,
+    val_files: Sequence[str] | None = None,
+    field: str = "text",
+    column: str | int | None = None,
+    delimiter: str | None = None,
+    header: bool = True,
+    split: str = "train",
+    data_files: Sequence[str] | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    overwrite: bool = False,
+    replace_changed: bool = False,
+    progress: bool = False,
+    on_shard: Callable[[Path], None] | None = None,
+) -> PrepareResult:
+    """Tokenize `sources` into train/val shards in `out` (see the module docstring); resume if interrupted.
+
+    `workers` processes tokenize (None: one per CPU; 1: in this process). `field`, `column`,
+    `delimiter`, `header`, `split` and `data_files` say how to read each source (gpt2.sources).
+    A finished `out` with the same configuration is left as is; a different one needs `overwrite`, or
+    `replace_changed` (for caches, where a changed source or tokenizer means the shards are stale): then a
+    finished or interrupted run whose configuration differs is replaced, with a line saying why.
+    `on_shard(path)` is called after each shard is written.
+    """
+    sources, workers, out = _check_arguments(sources, out=out, workers=workers, shard_size=shard_size,
+                                             chunk_bytes=chunk_bytes)
+    srcs = [resolve_source(s, field=field, column=column, delimiter=delimiter, header=header, split=split,
+                           data_files=data_files) for s in sources]
+    tok, tok_spec = load_tokenizer_spec(tokenizer)
+    dtype = token_dtype(int(tok.n_vocab))
+    eot = int(tok.eot_token)
+    rule = _resolve_split(srcs, val_fraction, val_files)
+    tok_info, config, fingerprint = _configuration(srcs, tok, eot, rule, shard_size)
+
+    # What is in `out` already: a finished run, an interrupted one, or nothing of ours.
+    done, state = _existing_output(out, fingerprint, config, overwrite=overwrite, replace_changed=replace_changed)
+    if done is not None:
+        return done
+    if state is not None:
+        chunk_bytes = int(state["chunk_bytes"])  # chunk indices in the state refer to its own chunking
+
+    # Plan every file source now: a missing field or column fails here, before any shard exists.
+    chunks, total_bytes = _plan(srcs, chunk_bytes)
+
+    out.mkdir(parents=True, exist_ok=True)
+    start_chunk, stats, writers = _open_writers(out, state, shard_size=shard_size, dtype=dtype, on_shard=on_shard)
+
+    def checkpoint(next_chunk: int) -> None:
+        for w in writers:
+            w.sync()
+        atomic_write_text(out / STATE_FILE, json.dumps({
+            "fingerprint": fingerprint, "config": config, "chunk_bytes": chunk_bytes, "next_chunk": next_chunk,
+            "splits": {w.split: {"shards": w.shards, "pending": w.fill} for w in writers}, "stats": stats,
+        }, indent=1))
+        for w in writers:
+            w.drop_stale_pending()
+
+    t_start = time.perf_counter()
+    bytes_done, tokens_done = _tokenize(out, chunks, writers, stats, checkpoint, workers=workers,
+                                        worker_args=(tok, dtype, rule), start_chunk=start_chunk,
+                                        fresh=state is None, total_bytes=total_bytes, progress=progress,
+                                        t_start=t_start)
+
+    meta, warnings = _finish(out, srcs, writers, stats, rule=rule, dtype=dtype, tok_spec=tok_spec, tok_info=tok_info,
+                             shard_size=shard_size, fingerprint=fingerprint, config=config)
     atomic_write_text(out / META_FILE, json.dumps(meta, indent=1) + "\n")
     (out / STATE_FILE).unlink(missing_ok=True)
     for w in writers:

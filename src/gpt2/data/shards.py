@@ -1,6 +1,6 @@
 """Token shards in llm.c's `.bin` format: write, read the header, memory-map the tokens.
 
-    python -m gpt2.data.shards path/to/train_000000.bin      # print each shard's header
+    python -c "from gpt2.data.shards import read_header; print(read_header('path/to/train_000000.bin'))"
 
 Layout (llm.c `dev/data/data_common.py`, also read by modded-nanogpt): a header of 256 little-endian
 int32 — `[0]` magic 20240520, `[1]` version, `[2]` token count, the rest zero — then the tokens.
@@ -14,7 +14,6 @@ int32 — `[0]` magic 20240520, `[1]` version, `[2]` token count, the rest zero 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,14 +120,3 @@ def read_shard(path: str | Path, *, mmap: bool = True) -> np.ndarray:
     with open(path, "rb") as f:
         f.seek(HEADER_BYTES)
         return np.frombuffer(f.read(), dtype=header.dtype)
-
-
-def main(argv: list[str] | None = None) -> int:
-    for p in argv if argv is not None else sys.argv[1:]:
-        h = read_header(p)
-        print(f"{p}: magic {h.magic} version {h.version} {h.dtype.name} tokens {h.n_tokens:,}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

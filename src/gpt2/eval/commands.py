@@ -28,7 +28,7 @@ def run_dir_of(checkpoint: Path) -> Path | None:
 
 
 def _run_shards(run_dir: Path) -> Path:
-    from gpt2.train.metrics import read_metrics
+    from gpt2.common import read_metrics
 
     starts = [r for r in read_metrics(run_dir) if r.get("kind") == "start" and r.get("shards")]
     if not starts:
@@ -43,6 +43,29 @@ def _run_shards(run_dir: Path) -> Path:
 def _step_of(checkpoint: Path) -> int | None:
     name = checkpoint.resolve().name
     return int(name.split("-", 1)[1]) if name.startswith("step-") and name[5:].isdigit() else None
+
+
+def _what_to_evaluate(source: str | Path, *, data: str | None, hellaswag: str | None, completions: str | None,
+                      limit: int | None) -> tuple[Path, Path | None, str | None]:
+    """(the checkpoint, its run directory or None, the --data to score: a run's own shards by default), each
+    input checked before the model loads, so a typo fails at once."""
+    from gpt2.load import resolve_model_dir
+
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be a positive number of examples, got {limit}")
+    checkpoint = resolve_model_dir(source)
+    run_dir = run_dir_of(checkpoint)
+    if data is None and run_dir is not None:
+        data = str(_run_shards(run_dir))
+    if data is None and hellaswag is None and completions is None:
+        raise UserError(f"nothing to evaluate for {source}: pass --data, --hellaswag or --completions")
+    from gpt2.sources import CORPORA
+
+    for name, path in (("--data", data), ("--completions", completions)):
+        if path is not None and not any(c in path for c in "*?[") and not path.startswith("hf:") \
+                and not Path(path).exists() and path not in CORPORA:
+            raise UserFileNotFoundError(f"{name} {path}: no such file or directory")
+    return checkpoint, run_dir, data
 
 
 def run_eval(
@@ -74,23 +97,10 @@ def run_eval(
 ) -> dict[str, Any]:
     """Evaluate a checkpoint; print and return the results (see the module docstring)."""
     from gpt2.eval.loss import check_vocabulary, evaluate_source
-    from gpt2.load import load_model_and_tokenizer, resolve_model_dir
+    from gpt2.load import load_model_and_tokenizer
 
-    if limit is not None and limit < 1:
-        raise UserError(f"--limit must be a positive number of examples, got {limit}")
-    checkpoint = resolve_model_dir(source)
-    run_dir = run_dir_of(checkpoint)
-    if data is None and run_dir is not None:
-        data = str(_run_shards(run_dir))
-    if data is None and hellaswag is None and completions is None:
-        raise UserError(f"nothing to evaluate for {source}: pass --data, --hellaswag or --completions")
-    from gpt2.data.sources import CORPORA
-
-    for name, path in (("--data", data), ("--completions", completions)):
-        # Checked before the model loads, so a typo fails at once.
-        if path is not None and not any(c in path for c in "*?[") and not path.startswith("hf:") \
-                and not Path(path).exists() and path not in CORPORA:
-            raise UserFileNotFoundError(f"{name} {path}: no such file or directory")
+    checkpoint, run_dir, data = _what_to_evaluate(source, data=data, hellaswag=hellaswag, completions=completions,
+                                                  limit=limit)
     if progress is None:
         progress = sys.stderr.isatty()
     model, tok = load_model_and_tokenizer(checkpoint, tokenizer=tokenizer, dtype=dtype, device=device)  # type: ignore[arg-type]

@@ -117,13 +117,13 @@ def load_completion_pairs(
     """Read (prompt, reference) pairs from a source of texts.
 
     The texts are the documents `gpt2 data prepare` would read from the same source with the same
-    options (`gpt2.data.sources`: .jsonl/.json/.parquet `field`, .csv/.tsv `column` or `field`, .txt one
+    options (`gpt2.sources`: .jsonl/.json/.parquet `field`, .csv/.tsv `column` or `field`, .txt one
     document per file unless `delimiter`, e.g. "\n" for one per line), and each is split in two. With
     `reference_field`, `field` holds the prompts and `reference_field` the references, used as given.
     Texts (or prompt + reference) shorter than `min_chars` characters, or pairs with a blank side, are
     skipped, with one warning giving the count. `limit`: stop after the first N pairs.
     """
-    from gpt2.data.sources import read_documents
+    from gpt2.sources import read_documents
 
     if not 0.0 < prompt_fraction < 1.0:
         raise UserError(f"prompt_fraction must be in (0, 1), got {prompt_fraction!r}")
@@ -365,6 +365,25 @@ def _device_of(model: Any) -> str:
     return str(next(model.parameters()).device)
 
 
+def _complete(model: Any, tokenizer: Any, prompts: list[str], config: Any, *, batch_size: int,
+              progress: bool) -> list[Any]:
+    """The model's completion of every prompt (Generations, in order), a progress bar over the prompts."""
+    from tqdm import tqdm
+
+    from gpt2.generate.engine import PromptTruncatedWarning, generate
+
+    gens = []
+    with tqdm(total=len(prompts), desc="completing", unit="prompt", disable=not progress, file=sys.stderr) as bar, \
+            warnings.catch_warnings():
+        # Held-out texts are often longer than the context; truncation is counted below, not warned per prompt.
+        warnings.simplefilter("ignore", PromptTruncatedWarning)
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            gens.extend(generate(model, tokenizer, chunk, config, batch_size=batch_size))
+            bar.update(len(chunk))
+    return gens
+
+
 def evaluate_completions(
     model: Any,
     tokenizer: Any,
@@ -389,9 +408,7 @@ def evaluate_completions(
     truncated_prompts (prompts cut from the left to fit the context) and the first three samples.
     BERTScore runs on the model's device.
     """
-    from tqdm import tqdm
-
-    from gpt2.generate.engine import PromptTruncatedWarning, SampleConfig, generate
+    from gpt2.generate.engine import SampleConfig
 
     pairs = list(pairs)
     if not pairs:
@@ -407,16 +424,7 @@ def evaluate_completions(
     if encoder_dir is not None:
         _load_encoder(str(encoder_dir.resolve()), device)  # fail (no transformers, bad files) before generating
 
-    gens = []
-    prompts = [p.prompt for p in pairs]
-    with tqdm(total=len(prompts), desc="completing", unit="prompt", disable=not progress, file=sys.stderr) as bar, \
-            warnings.catch_warnings():
-        # Held-out texts are often longer than the context; truncation is counted below, not warned per prompt.
-        warnings.simplefilter("ignore", PromptTruncatedWarning)
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start : start + batch_size]
-            gens.extend(generate(model, tokenizer, chunk, config, batch_size=batch_size))
-            bar.update(len(chunk))
+    gens = _complete(model, tokenizer, [p.prompt for p in pairs], config, batch_size=batch_size, progress=progress)
 
     # An "eot" finish means the last token is end-of-text: not part of the text, so not scored.
     completions = [g.tokens[:-1] if g.finish_reason == "eot" else g.tokens for g in gens]

@@ -2,7 +2,6 @@
 
     gpt2 eval runs/shakespeare-cpu --hellaswag ../shared/data/hellaswag_val_sample1000.jsonl
     gpt2 eval gpt2 --hellaswag val --limit 500            # the validation set, downloaded once when online
-    python -m gpt2.eval.hellaswag gpt2 ../shared/data/hellaswag_val_sample1000.jsonl
 
 Reads the original jsonl format (rowanz/hellaswag: `ctx`, `endings`, `label` per line). Each ending is
 scored by the log-likelihood of its tokens given the context (the ending is encoded with a leading
@@ -223,22 +222,3 @@ def evaluate_hellaswag(
     n = int(counts[2])
     return HellaSwagResult(acc=float(counts[0]) / n, acc_norm=float(counts[1]) / n, examples=n,
                            predictions=preds, predictions_norm=preds_norm)
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from gpt2.load import load_model_and_tokenizer
-
-    p = argparse.ArgumentParser(prog="python -m gpt2.eval.hellaswag", description=__doc__.split("\n")[0])
-    p.add_argument("model", help="checkpoint, run or model directory, or a hub id")
-    p.add_argument("data", nargs="?", default="val", help="HellaSwag jsonl file, or val to download it")
-    p.add_argument("--limit", type=int)
-    a = p.parse_args(argv)
-    model, tok = load_model_and_tokenizer(a.model)
-    print(evaluate_hellaswag(model, tok, a.data, limit=a.limit, progress=True).to_dict())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

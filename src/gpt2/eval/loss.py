@@ -2,7 +2,6 @@
 
     gpt2 eval runs/shakespeare-cpu                               # the run's own held-out split
     gpt2 eval gpt2 --data ../shared/data/the-verdict.txt --stride 512
-    python -m gpt2.eval.loss runs/shakespeare-cpu ../shared/data/the-verdict.txt
 
 The text becomes one token stream the way `gpt2 data prepare` lays out shards: <|endoftext|> before
 every document. The first token is context only; every later token is predicted exactly once.
@@ -201,7 +200,7 @@ def evaluate_source(
         ids = shard_stream(path, tokenizer, split=split)
         n_bytes = None
     else:
-        from gpt2.data.sources import read_documents
+        from gpt2.sources import read_documents
 
         docs = read_documents(str(source), field=field, column=column, delimiter=delimiter, header=header)
         ids, n_bytes = text_stream(tokenizer, docs)
@@ -211,24 +210,3 @@ def evaluate_source(
         n_bytes = count_bytes(tokenizer, ids[1:])
     return evaluate_tokens(model, ids, n_bytes=n_bytes, context=context, stride=stride, batch_size=batch_size,
                            progress=progress)
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    from gpt2.load import load_model_and_tokenizer
-
-    p = argparse.ArgumentParser(prog="python -m gpt2.eval.loss", description=__doc__.split("\n")[0])
-    p.add_argument("model", help="checkpoint, run or model directory, or a hub id")
-    p.add_argument("data", help="shard directory or text source")
-    p.add_argument("--stride", type=int)
-    p.add_argument("--context", type=int)
-    a = p.parse_args(argv)
-    model, tok = load_model_and_tokenizer(a.model)
-    score = evaluate_source(model, tok, a.data, context=a.context, stride=a.stride, progress=True)
-    print(score.to_dict())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

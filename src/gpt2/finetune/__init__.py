@@ -1,10 +1,10 @@
 """Fine-tuning: labelled data, metrics and batched inference for sequence classification.
 
-    python -m gpt2.finetune.data ../shared/data/sms_spam.tsv --text-field 1 --label-field 0
+    gpt2 finetune classify finetune-sms-spam
 
 data.py reads labelled texts (csv, tsv, jsonl, parquet) and splits them; metrics.py scores predictions;
 classify.py encodes texts and classifies them in batches (`gpt2 classify`, `gpt2 eval --classify`);
-lora.py adds, merges, saves and loads LoRA adapters in PEFT's format (`gpt2 lora merge`);
+merge.py folds a LoRA adapter (gpt2.model.lora, PEFT's format) into its base (`gpt2 lora merge`);
 instruct_data.py reads instruction data (Alpaca or chat messages), encodes conversations with a loss
 mask, and batches them by length for instruction tuning.
 Importing the package loads nothing.

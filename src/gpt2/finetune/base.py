@@ -7,7 +7,7 @@
 `adapt(model, checkpoint)`, called at the end of a task's `build_model`, injects LoRA adapters when
 `finetune.lora.rank` is set: the base is frozen, the adapters train, and so does a classifier's head.
 On resume the base is built afresh from `model.init_from` and the checkpoint's adapter is loaded onto
-it (its files are PEFT's, gpt2.finetune.lora).
+it (its files are PEFT's, gpt2.model.lora).
 
 **What a LoRA run's checkpoint holds.** The adapter in PEFT's format (adapter_config.json +
 adapter_model.safetensors), the tokenizer, the trainer state and the run's config. No full model is
@@ -55,7 +55,7 @@ class FinetuneTask(Task):
     @property
     def lora(self) -> Any:
         """The LoRAConfig of finetune.lora, or None for full fine-tuning."""
-        from gpt2.finetune.lora import LoRAConfig
+        from gpt2.model.lora import LoRAConfig
 
         section = self.cfg.finetune.lora
         if section.rank is None:
@@ -110,7 +110,7 @@ class FinetuneTask(Task):
 
         `write_base`: whether the adapters' base must be written to RUN/base (see the module docstring);
         otherwise it is model.init_from. Without LoRA the model is returned as it is."""
-        from gpt2.finetune.lora import inject_lora, load_adapter
+        from gpt2.model.lora import inject_lora, load_adapter
 
         cfg = self.lora
         if cfg is None:
@@ -157,7 +157,7 @@ class FinetuneTask(Task):
         if self.lora is None:
             model.save_pretrained(directory)
             return
-        from gpt2.finetune.lora import save_adapter
+        from gpt2.model.lora import save_adapter
 
         assert self.adapter_base is not None
         save_adapter(model, directory, base_model_name_or_path=self.adapter_base, in_place=True)

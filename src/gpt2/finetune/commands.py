@@ -136,27 +136,3 @@ def run_instruct(args: argparse.Namespace) -> int:
     print(f"run directory: {result.run_dir} (metrics.jsonl, tensorboard/, {HELD_OUT_FILE})")
     print(f"chat with it: gpt2 chat {result.run_dir}    score it: gpt2 eval {result.run_dir} --instruct {held_out}")
     return 130 if result.interrupted else 0
-
-
-def add_finetune(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("finetune", help="fine-tune a pretrained GPT-2: classification or instruction tuning")
-    fsub = p.add_subparsers(dest="finetune_verb", required=True, metavar="{classify,instruct}")
-    c = fsub.add_parser("classify", help="a classifier on labelled texts (GPT2ForSequenceClassification checkpoints)")
-    c.add_argument("args", nargs="*", metavar="[RECIPE] [key=value ...]",
-                   help="a recipe (finetune-sms-spam, finetune-imdb or a YAML file) and dotted overrides")
-    c.set_defaults(func=run_classify, example_recipe="finetune-sms-spam")
-    i = fsub.add_parser("instruct", help="instruction tuning on Alpaca or chat data (the prompt format is saved "
-                                          "with every checkpoint)")
-    i.add_argument("args", nargs="*", metavar="[RECIPE] [key=value ...]",
-                   help="a recipe (sft-alpaca or a YAML file) and dotted overrides, e.g. finetune.lora.rank=16")
-    i.set_defaults(func=run_instruct, example_recipe="sft-alpaca")
-    for verb in (c, i):
-        verb.add_argument("--resume", metavar="RUN_DIR", help="continue a fine-tune (or a checkpoint) exactly where "
-                                                                "it stopped")
-        verb.add_argument("--json", action="store_true", help="also print the final metrics as one JSON line")
-
-
-if __name__ == "__main__":
-    from gpt2.cli import main
-
-    sys.exit(main(["finetune", *sys.argv[1:]]))

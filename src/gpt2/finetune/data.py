@@ -1,10 +1,9 @@
 """Labelled texts for classification: read (csv, tsv, jsonl/json, parquet), map labels, split, balance.
 
-    python -m gpt2.finetune.data ../shared/data/sms_spam.tsv --text-field 1 --label-field 0
-    python -m gpt2.finetune.data ../shared/data/imdb_train.jsonl
+    python -c "from gpt2.finetune.data import read_labelled; print(len(read_labelled('../shared/data/imdb_train.jsonl')))"
 
 A row gives a (text, label) pair from two fields of the same record, so this reads records itself
-rather than through gpt2.data.sources (which yields one text field per record and refuses non-text
+rather than through gpt2.sources (which yields one text field per record and refuses non-text
 values such as IMDB's integer labels); it shares that module's conventions: UTF-8 with undecodable
 bytes replaced, a BOM dropped, .csv parsed as RFC 4180 and .tsv as IANA TSV (one row per line, no
 quoting: sms_spam.tsv has stray quote characters that a quoting reader would merge rows over).
@@ -19,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from gpt2.data.sources import FORMATS, decode_utf8
 from gpt2.errors import UserError, UserFileNotFoundError
+from gpt2.sources import FORMATS, decode_utf8
 
 _BOM = "\ufeff"
 
@@ -167,7 +165,7 @@ def _read_json(path: Path, text_field: str, label_field: str | None) -> tuple[li
 
 
 def _read_parquet(path: Path, text_field: str, label_field: str | None) -> tuple[list[str], list[str], int]:
-    from gpt2.data.sources import _pyarrow_parquet  # one place says how to install pyarrow
+    from gpt2.sources import _pyarrow_parquet  # one place says how to install pyarrow
 
     pq = _pyarrow_parquet()
     names = pq.read_schema(path).names
@@ -314,26 +312,3 @@ def check_label_coverage(
             names = ", ".join(f"{name!r} ({k} example{'s' * (k != 1)})" for name, k in sorted(only.items()))
             raise UserError(f"label {names} appears in the {split} split but never in train, so the model cannot "
                             "learn it: use more data, another split seed, or drop or merge that label")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(description="Count the labels of a labelled file and show the balanced split.")
-    p.add_argument("path")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--label-field", default="label")
-    p.add_argument("--seed", type=int, default=123)
-    args = p.parse_args(argv)
-    data = read_labelled(args.path, text_field=args.text_field, label_field=args.label_field)
-    counts = Counter(data.labels)
-    print(f"{data.source}: {len(data):,} rows ({data.skipped_empty} empty skipped); "
-          + ", ".join(f"{k}: {v:,}" for k, v in sorted(counts.items())))
-    keep = downsample(data.labels, seed=args.seed)
-    train, val, test = split_indices(len(keep), seed=args.seed)
-    print(f"balanced: {len(keep):,} rows → train {len(train):,}, val {len(val):,}, test {len(test):,}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Instruction-tuning data: read conversations, encode them with a loss mask, pad, batch by length, hold out.
 
-    python -m gpt2.finetune.instruct_data ../shared/data/instruction-data.json --tokenizer ../shared/data/gpt2
+    python -c "from gpt2.finetune.instruct_data import read_instruct; print(len(read_instruct('../shared/data/instruction-data.json')))"
 
 **Files** (`read_instruct`), the form detected per file from its first record:
 - Alpaca: a JSON list, or JSON lines, of {"instruction", "input" (optional), "output"}; each entry
@@ -28,8 +28,6 @@ random. Rank r takes every world_size-th micro-batch.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,7 @@ import numpy as np
 import torch
 
 from gpt2.errors import UserError, UserFileNotFoundError
-from gpt2.generate.chat import FORMATS, Message, chat_template, check_conversation, encode_conversation
+from gpt2.generate.chat import Message, chat_template, check_conversation, encode_conversation
 
 __all__ = ["InstructLoader", "Message", "chat_template", "encode_conversation", "held_out_split", "pad_examples",
            "read_instruct"]
@@ -196,32 +194,3 @@ def held_out_split(n: int, *, fraction_or_count: float | int, seed: int) -> tupl
 
 
 # --------------------------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> int:
-    """Summarise an instruction file: its form, conversations, token lengths and the targets' share."""
-    from gpt2.tokenizer import load_tokenizer
-
-    p = argparse.ArgumentParser(prog="python -m gpt2.finetune.instruct_data", description=main.__doc__)
-    p.add_argument("path")
-    p.add_argument("--format", default="alpaca", choices=list(FORMATS))
-    p.add_argument("--tokenizer", default="gpt2")
-    p.add_argument("--show", type=int, default=1, help="print this many encoded examples, targets in [brackets]")
-    args = p.parse_args(argv)
-    try:
-        conversations = read_instruct(args.path)
-        tok, fmt = load_tokenizer(args.tokenizer), FORMATS[args.format]
-        examples = [encode_conversation(c, tok, fmt) for c in conversations]
-    except (UserError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    lengths = np.array([len(ids) for ids, _ in examples])
-    targets = sum(sum(mask) for _, mask in examples)
-    print(f"{len(examples)} conversations, {lengths.sum()} tokens ({targets / lengths.sum():.1%} targets); "
-          f"length min {lengths.min()}, median {int(np.median(lengths))}, max {lengths.max()}")
-    for ids, mask in examples[: args.show]:
-        shown = "".join(f"[{tok.decode([t])}]" if m else tok.decode([t]) for t, m in zip(ids, mask))
-        print("---\n" + shown.replace("][", ""))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Classification metrics: accuracy, macro-F1, per-class precision/recall/F1, a confusion matrix and its plot.
 
-    python -m gpt2.finetune.metrics        # a small worked example, printed as JSON
+    python -c "from gpt2.finetune.metrics import classification_report as r; print(r([0, 1, 1], [0, 1, 0], ['ham', 'spam']))"
 
 `classification_report` returns plain Python numbers (JSON-serialisable) and follows scikit-learn's
 definitions with zero_division=0: a class never predicted has precision 0.0, one never present recall
@@ -10,8 +10,6 @@ definitions with zero_division=0: a class never predicted has precision 0.0, one
 from __future__ import annotations
 
 import io
-import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -89,14 +87,3 @@ def plot_confusion(confusion: Sequence[Sequence[int]], names: Sequence[str], pat
     path = Path(path)
     atomic_write_bytes(path, buf.getvalue())
     return path
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    del argv
-    report = classification_report([0, 1, 1, 0, 2], [0, 1, 0, 0, 1], ["ham", "spam", "other"])
-    print(json.dumps(report, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

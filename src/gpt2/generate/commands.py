@@ -92,6 +92,48 @@ def _record(g: Generation) -> dict[str, Any]:
     return {k: v for k, v in g.to_dict().items() if k != "steps" or v is not None}
 
 
+def _check_generate_args(prompt: str | None, *, prompts_file: str | None, out: str | None, show_probs: int,
+                         probs_plot: str | None, chat: bool, format: str | None) -> None:
+    """run_generate's options that do not go together, refused before the model loads."""
+    if (prompt is None) == (prompts_file is None):
+        raise UserError("give either a PROMPT or --prompts-file FILE (not both)")
+    if out is not None and prompts_file is None:
+        raise UserError("--out writes the results of --prompts-file; with a single PROMPT use --json")
+    if probs_plot is not None and not probs_plot.lower().endswith(".png"):
+        raise UserError(f"--probs-plot writes a PNG file; got {probs_plot!r}")
+    if (show_probs or probs_plot) and prompts_file is not None:
+        raise UserError("--show-probs/--probs-plot show one prompt's steps; not with --prompts-file")
+    if probs_plot is not None and importlib.util.find_spec("matplotlib") is None:
+        # Checked before the model loads, so a missing extra costs no waiting.
+        raise UserError("--probs-plot needs matplotlib: pip install 'gpt2-scratch[plot]'")
+    if format is not None and not chat:
+        raise UserError("--format names the prompt format of --chat; give --chat too")
+
+
+def _print_generations(gens: list[Generation], *, source: str, prompt: str | None, config: SampleConfig, tok: Any,
+                       as_json: bool, streaming: bool, chat: bool, show_probs: int, probs_plot: str | None) -> None:
+    """The finished generations as JSON, a newline after the streamed text, or one block per sample; then
+    the per-step probabilities asked for."""
+    if as_json:
+        print(json.dumps({"model": str(source), "config": _config_dict(config, gens),
+                          "results": [_record(g) for g in gens]}, indent=2, ensure_ascii=False))
+    elif streaming:
+        print()
+    else:
+        for g in gens:
+            print(f"--- sample {g.sample_index + 1} of {config.num_samples} ({g.finish_reason}, "
+                  f"{g.completion_tokens} tokens) ---")
+            print(("" if chat else prompt or "") + g.text)
+    if show_probs and gens[0].steps:
+        from gpt2.generate.show import render_probs
+
+        print(render_probs(gens[0].steps, tok), file=sys.stderr if as_json else sys.stdout)
+    if probs_plot and gens[0].steps:
+        from gpt2.generate.show import plot_probs
+
+        print(f"wrote {plot_probs(gens[0].steps, tok, probs_plot)}", file=sys.stderr)
+
+
 def run_generate(
     source: str,
     prompt: str | None = None,
@@ -115,21 +157,10 @@ def run_generate(
     With `chat`, each prompt is one user message, written in the checkpoint's prompt format (chat.json, or
     `format`) as `gpt2 chat` writes a first turn; the format's stop strings join the config's, and only
     the answer is printed."""
-    if (prompt is None) == (prompts_file is None):
-        raise UserError("give either a PROMPT or --prompts-file FILE (not both)")
-    if out is not None and prompts_file is None:
-        raise UserError("--out writes the results of --prompts-file; with a single PROMPT use --json")
-    if probs_plot is not None and not probs_plot.lower().endswith(".png"):
-        raise UserError(f"--probs-plot writes a PNG file; got {probs_plot!r}")
-    if (show_probs or probs_plot) and prompts_file is not None:
-        raise UserError("--show-probs/--probs-plot show one prompt's steps; not with --prompts-file")
-    if probs_plot is not None and importlib.util.find_spec("matplotlib") is None:
-        # Checked before the model loads, so a missing extra costs no waiting.
-        raise UserError("--probs-plot needs matplotlib: pip install 'gpt2-scratch[plot]'")
+    _check_generate_args(prompt, prompts_file=prompts_file, out=out, show_probs=show_probs, probs_plot=probs_plot,
+                         chat=chat, format=format)
     if show_probs or probs_plot:
         config = config.replace(top_probs=show_probs or 5)
-    if format is not None and not chat:
-        raise UserError("--format names the prompt format of --chat; give --chat too")
     prompts = read_prompts(prompts_file) if prompts_file is not None else [prompt]
     fmt = None
     if chat:
@@ -160,24 +191,8 @@ def run_generate(
             if event.generation is not None:
                 results[event.index] = event.generation
     gens = [results[i] for i in sorted(results)]
-    if as_json:
-        print(json.dumps({"model": str(source), "config": _config_dict(config, gens),
-                          "results": [_record(g) for g in gens]}, indent=2, ensure_ascii=False))
-    elif streaming:
-        print()
-    else:
-        for g in gens:
-            print(f"--- sample {g.sample_index + 1} of {config.num_samples} ({g.finish_reason}, "
-                  f"{g.completion_tokens} tokens) ---")
-            print(("" if chat else prompt or "") + g.text)
-    if show_probs and gens[0].steps:
-        from gpt2.generate.show import render_probs
-
-        print(render_probs(gens[0].steps, tok), file=sys.stderr if as_json else sys.stdout)
-    if probs_plot and gens[0].steps:
-        from gpt2.generate.show import plot_probs
-
-        print(f"wrote {plot_probs(gens[0].steps, tok, probs_plot)}", file=sys.stderr)
+    _print_generations(gens, source=source, prompt=prompt, config=config, tok=tok, as_json=as_json,
+                       streaming=streaming, chat=chat, show_probs=show_probs, probs_plot=probs_plot)
     return 0
 
 

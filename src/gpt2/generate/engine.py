@@ -404,21 +404,10 @@ def generate(
     return [results[i] for i in sorted(results)]
 
 
-def _decode(
-    model: GPT2LMHeadModel,
-    tokenizer: Any,
-    batch: list[tuple[int, list[int], str | None, int]],
-    config: SampleConfig,
-    seed: int | None,
-) -> Iterator[TokenEvent]:
-    """Decode one batch of prompts (prompt index, ids, text, truncated) to the end of every sequence."""
-    cfg = model.config
-    device = model.transformer.wte.weight.device
-    dtype = model.transformer.wte.weight.dtype
+def _new_seqs(batch: list[tuple[int, list[int], str | None, int]], config: SampleConfig, seed: int | None, *,
+              device: torch.device) -> list[_Seq]:
+    """One sequence per sample of each prompt, with its own RNG when seeded."""
     n_samples = config.num_samples
-    eos = _eos_id(model, tokenizer)
-    # The tokenizer may know fewer ids than the model scores (a padded vocabulary): never pick those.
-    V = min(cfg.vocab_size, tokenizer.n_vocab) if tokenizer is not None else cfg.vocab_size
     seqs = []
     for prompt_index, ids, text, truncated in batch:
         for s in range(n_samples):
@@ -427,11 +416,18 @@ def _decode(
                 seqs[-1].generator = row_generator(seed, ids, s, device=device)
             if config.top_probs:
                 seqs[-1].steps = []
-    lengths = [len(ids) for _, ids, _, _ in batch]
-    P = max(lengths)
-    cache_len = P + config.max_new_tokens - 1  # the last new token is never fed back
-    padded = min(lengths) < P
+    return seqs
 
+
+def _prefill(model: GPT2LMHeadModel, batch: list[tuple[int, list[int], str | None, int]], seqs: list[_Seq],
+             config: SampleConfig, *, P: int, cache_len: int, padded: bool,
+             ) -> tuple[torch.Tensor, torch.Tensor, KVCache, torch.Tensor | None]:
+    """Run the left-padded prompts through the model once: (the next-token logits of every sample's row,
+    the attention mask (1 = real token), the KV cache, the presence mask for the repetition penalty)."""
+    cfg = model.config
+    device = model.transformer.wte.weight.device
+    dtype = model.transformer.wte.weight.dtype
+    n_samples = config.num_samples
     with torch.inference_mode():
         input_ids = torch.zeros(len(batch), P, dtype=torch.long, device=device)  # (n_prompts, P), left-padded
         mask = torch.ones(len(batch), max(cache_len, P), dtype=torch.long, device=device)  # 1 = real token
@@ -448,66 +444,107 @@ def _decode(
         present = None
         if config.repetition_penalty != 1.0:
             present = sampling.presence_mask([s.prompt_ids for s in seqs], cfg.vocab_size, device=device)
+    return logits, mask, cache, present
+
+
+def _pick(logits: torch.Tensor, seqs: list[_Seq], active: list[int], config: SampleConfig,
+          present: torch.Tensor | None, *, V: int) -> tuple[torch.Tensor, list[int], list[Any] | None, list[float]]:
+    """One decoding step's choice for every active row: (the ids (B,), the same as a list, the top
+    probabilities when asked for, the chosen tokens' probabilities); marks them present (in place)."""
+    device = logits.device
+    chosen: list[float] = []
+    logits = logits[:, :V].float()  # (B, V); float32 for the sampling arithmetic under bf16 weights
+    processed = sampling.process_logits(
+        logits,
+        temperature=config.temperature,
+        top_k=config.top_k,
+        top_p=config.top_p,
+        min_p=config.min_p,
+        repetition_penalty=config.repetition_penalty,
+        present=present,
+        no_repeat_ngram_size=config.no_repeat_ngram_size,
+        histories=[seqs[r].prompt_ids + seqs[r].tokens for r in active]
+        if config.no_repeat_ngram_size else None,
+    )
+    noise = None
+    if not config.greedy:
+        noise = sampling.gumbel_noise([seqs[r].generator for r in active], V, device=device)
+    next_ids = sampling.pick_tokens(processed, noise=noise)  # (B,)
+    picked = next_ids.tolist()  # the one host sync of the step
+    top = None
+    if config.top_probs:
+        probs = torch.softmax(logits, dim=-1)  # (B, V)
+        top_p_, top_i = probs.topk(min(config.top_probs, V), dim=-1)  # (B, k)
+        chosen = probs.gather(1, next_ids[:, None])[:, 0].tolist()
+        top = [list(zip(i, p)) for i, p in zip(top_i.tolist(), top_p_.tolist())]
+    if present is not None:
+        present[torch.arange(len(active), device=device), next_ids] = True
+    return next_ids, picked, top, chosen
+
+
+def _advance(seqs: list[_Seq], active: list[int], picked: list[int], top: list[Any] | None, chosen: list[float],
+             config: SampleConfig, *, tokenizer: Any, eos: int | None) -> tuple[list[TokenEvent], list[int]]:
+    """Append each active row's token and its text; (the events to yield, the rows that go on)."""
+    n_samples = config.num_samples
+    events, keep = [], []
+    for j, r in enumerate(active):
+        seq, tok = seqs[r], picked[j]
+        seq.tokens.append(tok)
+        step = None
+        if top is not None:
+            step = StepProbs(tok, chosen[j], top[j])
+            seq.steps.append(step)  # type: ignore[union-attr]
+        reason: FinishReason | None = None
+        if config.stop_at_eot and tok == eos:
+            reason, delta = "eot", seq.text.push(b"", final=True) if tokenizer is not None else ""
+        else:
+            delta = seq.text.push(tokenizer.decode_single_token_bytes(tok)) if tokenizer is not None else ""
+            if seq.text.stopped:
+                reason = "stop"
+            elif len(seq.tokens) >= config.max_new_tokens:
+                reason = "length"
+                if tokenizer is not None:
+                    delta += seq.text.push(b"", final=True)
+                    reason = "stop" if seq.text.stopped else reason
+        gen = None
+        if reason is not None:
+            gen = Generation(text=seq.text.text, tokens=seq.tokens, finish_reason=reason,
+                             prompt_tokens=len(seq.prompt_ids), prompt_index=seq.prompt_index,
+                             sample_index=seq.sample_index, prompt=seq.prompt, truncated_tokens=seq.truncated,
+                             seed=seq.seed, steps=seq.steps)
+        else:
+            keep.append(j)
+        events.append(TokenEvent(seq.prompt_index * n_samples + seq.sample_index, tok, delta, reason, gen, step))
+    return events, keep
+
+
+def _decode(
+    model: GPT2LMHeadModel,
+    tokenizer: Any,
+    batch: list[tuple[int, list[int], str | None, int]],
+    config: SampleConfig,
+    seed: int | None,
+) -> Iterator[TokenEvent]:
+    """Decode one batch of prompts (prompt index, ids, text, truncated) to the end of every sequence."""
+    cfg = model.config
+    device = model.transformer.wte.weight.device
+    eos = _eos_id(model, tokenizer)
+    # The tokenizer may know fewer ids than the model scores (a padded vocabulary): never pick those.
+    V = min(cfg.vocab_size, tokenizer.n_vocab) if tokenizer is not None else cfg.vocab_size
+    seqs = _new_seqs(batch, config, seed, device=device)
+    lengths = [len(ids) for _, ids, _, _ in batch]
+    P = max(lengths)
+    cache_len = P + config.max_new_tokens - 1  # the last new token is never fed back
+    padded = min(lengths) < P
+
+    logits, mask, cache, present = _prefill(model, batch, seqs, config, P=P, cache_len=cache_len, padded=padded)
 
     active = list(range(len(seqs)))  # index into seqs of each batch row
     while True:
         with torch.inference_mode():
-            logits = logits[:, :V].float()  # (B, V); float32 for the sampling arithmetic under bf16 weights
-            processed = sampling.process_logits(
-                logits,
-                temperature=config.temperature,
-                top_k=config.top_k,
-                top_p=config.top_p,
-                min_p=config.min_p,
-                repetition_penalty=config.repetition_penalty,
-                present=present,
-                no_repeat_ngram_size=config.no_repeat_ngram_size,
-                histories=[seqs[r].prompt_ids + seqs[r].tokens for r in active]
-                if config.no_repeat_ngram_size else None,
-            )
-            noise = None
-            if not config.greedy:
-                noise = sampling.gumbel_noise([seqs[r].generator for r in active], V, device=device)
-            next_ids = sampling.pick_tokens(processed, noise=noise)  # (B,)
-            picked = next_ids.tolist()  # the one host sync of the step
-            top = None
-            if config.top_probs:
-                probs = torch.softmax(logits, dim=-1)  # (B, V)
-                top_p_, top_i = probs.topk(min(config.top_probs, V), dim=-1)  # (B, k)
-                chosen = probs.gather(1, next_ids[:, None])[:, 0].tolist()
-                top = [list(zip(i, p)) for i, p in zip(top_i.tolist(), top_p_.tolist())]
-            if present is not None:
-                present[torch.arange(len(active), device=device), next_ids] = True
+            next_ids, picked, top, chosen = _pick(logits, seqs, active, config, present, V=V)
 
-        events, keep = [], []
-        for j, r in enumerate(active):
-            seq, tok = seqs[r], picked[j]
-            seq.tokens.append(tok)
-            step = None
-            if top is not None:
-                step = StepProbs(tok, chosen[j], top[j])
-                seq.steps.append(step)  # type: ignore[union-attr]
-            reason: FinishReason | None = None
-            if config.stop_at_eot and tok == eos:
-                reason, delta = "eot", seq.text.push(b"", final=True) if tokenizer is not None else ""
-            else:
-                delta = seq.text.push(tokenizer.decode_single_token_bytes(tok)) if tokenizer is not None else ""
-                if seq.text.stopped:
-                    reason = "stop"
-                elif len(seq.tokens) >= config.max_new_tokens:
-                    reason = "length"
-                    if tokenizer is not None:
-                        delta += seq.text.push(b"", final=True)
-                        reason = "stop" if seq.text.stopped else reason
-            gen = None
-            if reason is not None:
-                gen = Generation(text=seq.text.text, tokens=seq.tokens, finish_reason=reason,
-                                 prompt_tokens=len(seq.prompt_ids), prompt_index=seq.prompt_index,
-                                 sample_index=seq.sample_index, prompt=seq.prompt, truncated_tokens=seq.truncated,
-                                 seed=seq.seed, steps=seq.steps)
-            else:
-                keep.append(j)
-            events.append(TokenEvent(seq.prompt_index * n_samples + seq.sample_index, tok, delta, reason, gen, step))
+        events, keep = _advance(seqs, active, picked, top, chosen, config, tokenizer=tokenizer, eos=eos)
         yield from events
         if not keep:
             return

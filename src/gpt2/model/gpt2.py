@@ -367,11 +367,30 @@ class GPT2LMHeadModel(GPT2Sizes, nn.Module):
 
     # ------------------------------------------------------------------------------------------- I/O
     @classmethod
-    def from_pretrained(cls, source: str | Path, **kwargs: Any) -> GPT2LMHeadModel:
-        """Load HF/OpenAI GPT-2 weights from a directory or a hub id (see gpt2.model.hf.load_pretrained)."""
-        from gpt2.model.hf import load_pretrained
+    def from_pretrained(
+        cls,
+        source: str | Path,
+        *,
+        revision: str | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        **config_overrides: Any,
+    ) -> GPT2LMHeadModel:
+        """Build a GPT2LMHeadModel from an HF-format directory (ours or HF's) or a hub id, and load its weights.
 
-        return load_pretrained(source, **kwargs)
+        config_overrides change fields that do not touch weight shapes (dropout, attn_implementation, ...).
+        """
+        from gpt2.model.config import LM_ARCHITECTURE
+        from gpt2.model.hf import apply_overrides, load_state, read_config, resolve_source, wrong_kind_error
+
+        directory = resolve_source(source, revision=revision)
+        config, architecture = read_config(directory)
+        if architecture != LM_ARCHITECTURE:
+            raise wrong_kind_error(directory, architecture)
+        apply_overrides(config, config_overrides)
+        model = load_state(directory, config, cls, head="lm", device=device, dtype=dtype)
+        assert isinstance(model, GPT2LMHeadModel)
+        return model
 
     def save_pretrained(self, directory: str | Path, *, safe_serialization: bool = True) -> None:
         """Write config.json + model.safetensors (or pytorch_model.bin) that transformers loads as they are."""

@@ -1,6 +1,6 @@
 """Hugging Face / OpenAI GPT-2 weights in and out: local directories, the hub, safetensors and .bin.
 
-    python -m gpt2.model.hf openai-community/gpt2 out/gpt2   # download (when online) and re-save
+    python -c "from gpt2 import GPT2LMHeadModel as M; M.from_pretrained('gpt2').save_pretrained('out/gpt2')"
 
 HF's GPT-2 stores the four projection weights (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj) as
 Conv1D matrices of shape (in, out); ours are nn.Linear (out, in), so those four are transposed on the
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +27,6 @@ from torch import nn
 from gpt2.common import atomic_write_bytes
 from gpt2.errors import UserError, UserFileNotFoundError, UserNotADirectoryError
 from gpt2.model.config import CLASSIFIER_ARCHITECTURE, LM_ARCHITECTURE, GPT2Config, architecture_of
-from gpt2.model.gpt2 import GPT2LMHeadModel
 
 Head = Literal["lm", "score"]
 
@@ -63,7 +61,7 @@ def to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         key = _strip_wrappers(key)
         if ".lora_A." in key or ".base_layer." in key:
             # HF's GPT-2 has no place for these: a plain checkpoint needs the update folded in first
-            raise UserError("this model carries LoRA adapters: save them with gpt2.finetune.lora.save_adapter, "
+            raise UserError("this model carries LoRA adapters: save them with gpt2.model.lora.save_adapter, "
                             "or fold them in with merge_lora(model) before save_pretrained")
         if key == "lm_head.weight":
             continue  # tied to transformer.wte.weight; HF re-ties it on load
@@ -88,13 +86,15 @@ def _strip_wrappers(key: str) -> str:
 
 
 def from_hf_state_dict(
-    sd: Mapping[str, torch.Tensor], config: GPT2Config, *, source: str = "state dict", head: Head = "lm"
+    sd: Mapping[str, torch.Tensor], config: GPT2Config, *, shapes: dict[str, tuple[int, ...]],
+    source: str = "state dict", head: Head = "lm"
 ) -> dict[str, torch.Tensor]:
     """An HF/OpenAI GPT-2 state dict in our names and layouts; raises ValueError on missing or mis-shaped keys.
 
+    `shapes` is `expected_shapes(model)` of the model to load into (a meta-device one costs nothing).
     head="lm": a language model (the head is tied to wte, so no head weight is read); head="score": a
     sequence classifier, whose `score.weight` (num_labels, n_embd) is read as it is."""
-    wanted = _expected_shapes(config)
+    wanted = dict(shapes)
     if head == "score":
         wanted["score.weight"] = (config.num_labels, config.n_embd)
     out: dict[str, torch.Tensor] = {}
@@ -132,9 +132,8 @@ def from_hf_state_dict(
     return out
 
 
-def _expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        model = GPT2LMHeadModel(config)
+def expected_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The weights a model holds, by our name, and their shapes (the LM head is tied to wte: not a weight)."""
     return {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "lm_head.weight"}
 
 
@@ -222,9 +221,10 @@ def load_state(
     device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
 ) -> nn.Module:
     """Build `model_cls(config)` on the meta device and assign the directory's weights to it (no init cost)."""
-    sd = from_hf_state_dict(_read_weights(directory), config, source=str(directory), head=head)
     with torch.device("meta"):
         model = model_cls(config)
+    sd = from_hf_state_dict(_read_weights(directory), config, shapes=expected_shapes(model), source=str(directory),
+                            head=head)
     model.load_state_dict(sd, strict=False, assign=True)  # an LM's head is tied to wte, not in sd
     if head == "lm":
         model.lm_head.weight = model.transformer.wte.weight
@@ -239,28 +239,6 @@ def apply_overrides(config: GPT2Config, overrides: dict[str, Any]) -> None:
             raise UserError(f"unknown GPT2Config field {k!r}")
         setattr(config, k, v)
     config.validate()
-
-
-def load_pretrained(
-    source: str | Path,
-    *,
-    revision: str | None = None,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype | None = None,
-    **config_overrides: Any,
-) -> GPT2LMHeadModel:
-    """Build a GPT2LMHeadModel from an HF-format directory (ours or HF's) or a hub id, and load its weights.
-
-    config_overrides change fields that do not touch weight shapes (dropout, attn_implementation, ...).
-    """
-    directory = resolve_source(source, revision=revision)
-    config, architecture = read_config(directory)
-    if architecture != LM_ARCHITECTURE:
-        raise wrong_kind_error(directory, architecture)
-    apply_overrides(config, config_overrides)
-    model = load_state(directory, config, GPT2LMHeadModel, head="lm", device=device, dtype=dtype)
-    assert isinstance(model, GPT2LMHeadModel)
-    return model
 
 
 def save_pretrained(model: nn.Module, directory: str | Path, *, safe_serialization: bool = True) -> None:
@@ -289,17 +267,3 @@ def save_pretrained(model: nn.Module, directory: str | Path, *, safe_serializati
         atomic_write_bytes(directory / "pytorch_model.bin", buf.getvalue())
     architecture = CLASSIFIER_ARCHITECTURE if hasattr(model, "score") else LM_ARCHITECTURE
     model.config.save(directory, architecture=architecture)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2:
-        print("usage: python -m gpt2.model.hf SOURCE OUT_DIR", file=sys.stderr)
-        return 2
-    save_pretrained(load_pretrained(argv[0]), argv[1])
-    print(f"saved {argv[0]} to {argv[1]}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """Model size summaries: parameters, FLOPs per token and memory, for a preset or a model directory.
 
     gpt2 model info gpt2-xl
-    python -m gpt2.model.info gpt2 --seq-len 256
+    gpt2 model info gpt2 --seq-len 256
 
 FLOPs follow the usual accounting (Kaplan et al. 2020, PaLM appendix B): a forward pass costs 2 FLOPs
 per weight of every matmul (the tied LM head included, embedding look-ups excluded) plus 4·n_layer·T·n_embd
@@ -10,8 +10,6 @@ for attention's scores and weighted sum over a context of T; training (forward +
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -94,20 +92,3 @@ def render_info(info: dict[str, Any]) -> str:
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m gpt2.model.info")
-    p.add_argument("source")
-    p.add_argument("--seq-len", type=int)
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
-    info = model_info(args.source, seq_len=args.seq_len)
-    print(json.dumps(info, indent=2) if args.json else render_info(info))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

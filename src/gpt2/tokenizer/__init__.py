@@ -7,12 +7,14 @@
     tok = train_bpe(["some text", "more text"], vocab_size=300)
     tok.save("out/tok")                                # our format + HF tokenizer.json
 
-bpe.py trains and holds the plain-Python reference encoder; encoding.py is the `Tokenizer`
+core.py holds the split patterns and the plain-Python reference encoder; bpe.py trains; encoding.py is the `Tokenizer`
 (tiktoken's API and fast path); io.py reads and writes the file formats and resolves "gpt2";
-show.py prints vocabulary statistics and draws token boundaries.
+chat.py writes conversations in a prompt format (chat.json, chat_template); show.py prints vocabulary
+statistics and draws token boundaries.
 """
 
-from gpt2.tokenizer.bpe import GPT2_PATTERN, GPT4_PATTERN, reference_encode, train_bpe
+from gpt2.tokenizer.bpe import train_bpe
+from gpt2.tokenizer.core import GPT2_PATTERN, GPT4_PATTERN, reference_encode
 from gpt2.tokenizer.encoding import Tokenizer
 from gpt2.tokenizer.io import load_tokenizer
 

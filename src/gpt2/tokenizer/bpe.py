@@ -1,4 +1,5 @@
-"""Byte-level BPE: the trainer, and the plain-Python reference encoder the fast path is held equal to.
+"""Byte-level BPE training: `train_bpe` learns the merges (the split patterns and the reference encoder
+are gpt2.tokenizer.core's).
 
     python -m gpt2 tokenizer train --input ../shared/data/tinyshakespeare.txt --vocab-size 4096 --out /tmp/tok-shakespeare
 
@@ -19,11 +20,6 @@ Tie-breaking is deterministic and independent of input order: the pair with the 
 among equal counts, the pair whose (left bytes, right bytes) is lexicographically smallest wins.
 Special tokens are cut out of the training text before pre-splitting (their text is never learned)
 and get the ids after the last merge.
-
-The reference encoder (`reference_encode`) is tiktoken's algorithm written out in Python: split with
-the regex, then per chunk take the whole chunk if it is a token, else repeatedly merge the adjacent
-pair whose concatenation has the lowest rank (leftmost on ties). Tests hold it equal to the tiktoken
-fast path in `encoding.py`.
 """
 
 from __future__ import annotations
@@ -35,40 +31,15 @@ import time
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from itertools import pairwise
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import regex
 
 from gpt2.errors import UserError
+from gpt2.tokenizer.core import ENDOFTEXT, GPT2_PATTERN, PatternName, resolve_pattern
 
 if TYPE_CHECKING:
     from gpt2.tokenizer.encoding import Tokenizer
-
-# GPT-2's split pattern as tiktoken writes it (tiktoken_ext/openai_public.py, r50k_pat_str): the same
-# splits as the original `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
-# but with possessive quantifiers, which run faster.
-GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-# GPT-4's (cl100k_base) split pattern: case-insensitive contractions, digits in groups of at most
-# three, and no leading space glued to punctuation runs.
-GPT4_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
-)
-PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
-ENDOFTEXT = "<|endoftext|>"
-
-PatternName = Literal["gpt2", "gpt4"]
-
-
-def resolve_pattern(pattern: str) -> str:
-    """"gpt2"/"gpt4" → that split regex; anything else is taken as a regex and must compile."""
-    pattern = PATTERNS.get(pattern, pattern)
-    try:
-        regex.compile(pattern)
-    except regex.error as e:
-        raise UserError(f"split pattern {pattern!r} is not a valid regex ({e}); use 'gpt2', 'gpt4' "
-                         "or a regex the `regex` module accepts") from None
-    return pattern
-
 
 # ------------------------------------------------------------------------------------------- input
 BLOCK_CHARS = 1 << 22
@@ -106,7 +77,7 @@ def count_chunks(documents: Iterable[str], *, pattern: str = GPT2_PATTERN,
     for doc in documents:
         if not isinstance(doc, str):
             raise UserError(f"documents must be str, got {type(doc).__name__}; "
-                             "for files use train_bpe(files=...) or gpt2.data.sources.read_documents(...)")
+                             "for files use train_bpe(files=...) or gpt2.sources.read_documents(...)")
         for block in (_blocks(doc) if len(doc) > BLOCK_CHARS else (doc,)):
             if special_re is not None and special_re.search(block):
                 for part in special_re.split(block):
@@ -129,6 +100,98 @@ def _progress(enabled: bool, **kwargs):
     return tqdm(file=sys.stderr, mininterval=0.5, disable=None, **kwargs)
 
 
+# A pair (x, y) is the int x << 32 | y: cheaper to build and hash than a tuple, and this loop does
+# little else (measured: 20-30% faster training on IMDB and the Chinese reviews).
+_PAIR_SHIFT = 32
+_PAIR_MASK = (1 << _PAIR_SHIFT) - 1
+
+
+def _count_pairs(words: list[list[int]], freqs: list[int]) -> tuple[dict[int, int], dict[int, set[int]]]:
+    """Every adjacent pair's count over the chunks (weighted by their counts), and the chunks it occurs in."""
+    S = _PAIR_SHIFT
+    pair_counts: dict[int, int] = {}
+    where: dict[int, set[int]] = {}  # pair -> chunks it occurs in (may also list chunks it has left)
+    for i, w in enumerate(words):
+        f = freqs[i]
+        for x, y in pairwise(w):
+            p = x << S | y
+            pair_counts[p] = pair_counts.get(p, 0) + f
+            s = where.get(p)
+            if s is None:
+                where[p] = {i}
+            else:
+                s.add(i)
+    return pair_counts, where
+
+
+def _merge_in_chunks(words: list[list[int]], freqs: list[int], chunks: set[int], a: int, b: int, new: int,
+                     pair_counts: dict[int, int]) -> tuple[dict[int, int], dict[int, set[int]]]:
+    """Merge (a, b) into `new` in the given chunks (in place), taking the pairs it destroys off pair_counts;
+    returns the pairs it creates (all contain `new`) with their counts and the chunks they occur in."""
+    S = _PAIR_SHIFT
+    ab = a << S | b
+    new_s = new << S
+    fresh: dict[int, int] = {}
+    fresh_where: dict[int, set[int]] = {}
+    for i in chunks:
+        w = words[i]
+        # list.index jumps between candidate positions at C speed: long chunks (CJK runs have
+        # no spaces to split on) would otherwise cost a Python step per symbol per merge.
+        try:
+            j = w.index(a)
+        except ValueError:
+            continue  # stale index entry: an earlier merge took the pair out of this chunk
+        n = len(w)
+        f = freqs[i]
+        out: list[int] = w[:j]
+        hit = False
+        while True:
+            if j + 1 < n and w[j + 1] == b:
+                hit = True
+                if j:  # left neighbour: (x, a) becomes (x', new); x' is `new` after a repeat
+                    p = w[j - 1] << S | a
+                    if p != ab:
+                        pair_counts[p] -= f
+                    q = out[-1] << S | new
+                    fresh[q] = fresh.get(q, 0) + f
+                    s = fresh_where.get(q)
+                    if s is None:
+                        fresh_where[q] = {i}
+                    else:
+                        s.add(i)
+                if j + 2 < n:
+                    y = w[j + 2]
+                    # When the right neighbour starts another occurrence, that occurrence's
+                    # left-neighbour step accounts for the pair between them.
+                    if not (y == a and j + 3 < n and w[j + 3] == b):
+                        p = b << S | y
+                        if p != ab:
+                            pair_counts[p] -= f
+                        q = new_s | y
+                        fresh[q] = fresh.get(q, 0) + f
+                        s = fresh_where.get(q)
+                        if s is None:
+                            fresh_where[q] = {i}
+                        else:
+                            s.add(i)
+                out.append(new)
+                j += 2
+            else:
+                out.append(a)
+                j += 1
+            try:
+                k = w.index(a, j)
+            except ValueError:
+                out.extend(w[j:])
+                break
+            if k > j:
+                out.extend(w[j:k])
+            j = k
+        if hit:
+            words[i] = out
+    return fresh, fresh_where
+
+
 def learn_merges(chunk_counts: dict[str, int] | dict[bytes, int], *, n_merges: int, min_frequency: int = 2,
                  progress: bool = False) -> list[tuple[bytes, bytes]]:
     """The merges, in order, that byte-level BPE learns from unique chunks and their counts.
@@ -147,22 +210,8 @@ def learn_merges(chunk_counts: dict[str, int] | dict[bytes, int], *, n_merges: i
             words.append(list(b))
             freqs.append(c)
 
-    # A pair (x, y) is the int x << 32 | y: cheaper to build and hash than a tuple, and this loop does
-    # little else (measured: 20-30% faster training on IMDB and the Chinese reviews).
-    S = 32
-    M = (1 << S) - 1
-    pair_counts: dict[int, int] = {}
-    where: dict[int, set[int]] = {}  # pair -> chunks it occurs in (may also list chunks it has left)
-    for i, w in enumerate(words):
-        f = freqs[i]
-        for x, y in pairwise(w):
-            p = x << S | y
-            pair_counts[p] = pair_counts.get(p, 0) + f
-            s = where.get(p)
-            if s is None:
-                where[p] = {i}
-            else:
-                s.add(i)
+    S, M = _PAIR_SHIFT, _PAIR_MASK
+    pair_counts, where = _count_pairs(words, freqs)
     # Heap entries: (-count, left bytes, right bytes, pair); the bytes break count ties.
     heap = [(-c, token_bytes[p >> S], token_bytes[p & M], p) for p, c in pair_counts.items()]
     heapq.heapify(heap)
@@ -182,70 +231,12 @@ def learn_merges(chunk_counts: dict[str, int] | dict[bytes, int], *, n_merges: i
             break
         a, b = ab >> S, ab & M
         new = len(token_bytes)
-        new_s = new << S
         token_bytes.append(ba + bb)
         merges.append((ba, bb))
         del pair_counts[ab]
         # Every pair this merge creates contains `new`, so none exists yet: count them apart and
-        # add them (and push them on the heap) once, with their final counts, after the loop.
-        fresh: dict[int, int] = {}
-        fresh_where: dict[int, set[int]] = {}
-        for i in where.pop(ab):
-            w = words[i]
-            # list.index jumps between candidate positions at C speed: long chunks (CJK runs have
-            # no spaces to split on) would otherwise cost a Python step per symbol per merge.
-            try:
-                j = w.index(a)
-            except ValueError:
-                continue  # stale index entry: an earlier merge took the pair out of this chunk
-            n = len(w)
-            f = freqs[i]
-            out: list[int] = w[:j]
-            hit = False
-            while True:
-                if j + 1 < n and w[j + 1] == b:
-                    hit = True
-                    if j:  # left neighbour: (x, a) becomes (x', new); x' is `new` after a repeat
-                        p = w[j - 1] << S | a
-                        if p != ab:
-                            pair_counts[p] -= f
-                        q = out[-1] << S | new
-                        fresh[q] = fresh.get(q, 0) + f
-                        s = fresh_where.get(q)
-                        if s is None:
-                            fresh_where[q] = {i}
-                        else:
-                            s.add(i)
-                    if j + 2 < n:
-                        y = w[j + 2]
-                        # When the right neighbour starts another occurrence, that occurrence's
-                        # left-neighbour step accounts for the pair between them.
-                        if not (y == a and j + 3 < n and w[j + 3] == b):
-                            p = b << S | y
-                            if p != ab:
-                                pair_counts[p] -= f
-                            q = new_s | y
-                            fresh[q] = fresh.get(q, 0) + f
-                            s = fresh_where.get(q)
-                            if s is None:
-                                fresh_where[q] = {i}
-                            else:
-                                s.add(i)
-                    out.append(new)
-                    j += 2
-                else:
-                    out.append(a)
-                    j += 1
-                try:
-                    k = w.index(a, j)
-                except ValueError:
-                    out.extend(w[j:])
-                    break
-                if k > j:
-                    out.extend(w[j:k])
-                j = k
-            if hit:
-                words[i] = out
+        # add them (and push them on the heap) once, with their final counts, after the merge.
+        fresh, fresh_where = _merge_in_chunks(words, freqs, where.pop(ab), a, b, new, pair_counts)
         pair_counts.update(fresh)
         where.update(fresh_where)
         for q, c in fresh.items():
@@ -264,7 +255,7 @@ def train_bpe(documents: Iterable[str] | None = None, *, files: str | os.PathLik
               progress: bool = False) -> Tokenizer:
     """Train a byte-level BPE tokenizer on documents (an iterable of str) or on files/globs.
 
-    Files are read by `gpt2.data.sources.read_documents` (field, column, delimiter, header as in
+    Files are read by `gpt2.sources.read_documents` (field, column, delimiter, header as in
     `gpt2 data prepare`), so the tokenizer trains on exactly the documents the shards will hold.
 
     vocab_size counts everything: the 256 bytes, the merges and the special tokens, the way HF's
@@ -287,7 +278,7 @@ def train_bpe(documents: Iterable[str] | None = None, *, files: str | os.PathLik
                          f"{len(specials)} special tokens = {256 + len(specials)}")
     pattern = resolve_pattern(pattern)
     if files is not None:
-        from gpt2.data.sources import read_documents
+        from gpt2.sources import read_documents
 
         paths = [os.fspath(files)] if isinstance(files, (str, os.PathLike)) else [os.fspath(f) for f in files]
         documents = read_documents(paths, field=field or "text", column=column, delimiter=delimiter, header=header)
@@ -308,62 +299,3 @@ def train_bpe(documents: Iterable[str] | None = None, *, files: str | os.PathLik
         print(f"trained {len(ranks) + len(special_ids)} tokens ({len(merges)} merges) from {len(counts):,} unique "
               f"chunks: counting {t1 - t0:.1f}s, merging {t2 - t1:.1f}s", file=sys.stderr)
     return Tokenizer(ranks, pattern=pattern, special_tokens=special_ids, name=name)
-
-
-# ------------------------------------------------------------------------------ reference encoder
-def bpe_encode_piece(piece: bytes, ranks: dict[bytes, int], *, max_rank: int | None = None) -> list[bytes]:
-    """Split one pre-split chunk into tokens the way tiktoken does (rank-ordered merges, leftmost first).
-
-    With `max_rank`, only tokens of lower rank may be formed: splitting a token with max_rank=its own
-    rank gives the two parts it was merged from.
-    """
-    if max_rank is None and piece in ranks:
-        return [piece]
-    parts = [piece[i:i + 1] for i in range(len(piece))]
-    while len(parts) > 1:
-        best_rank = None
-        best_i = -1
-        for i in range(len(parts) - 1):
-            r = ranks.get(parts[i] + parts[i + 1])
-            if r is not None and (max_rank is None or r < max_rank) and (best_rank is None or r < best_rank):
-                best_rank, best_i = r, i
-        if best_rank is None:
-            break
-        parts[best_i:best_i + 2] = [parts[best_i] + parts[best_i + 1]]
-    return parts
-
-
-def reference_encode(text: str, ranks: dict[bytes, int], *, pattern: str = GPT2_PATTERN,
-                     special_tokens: dict[str, int] | None = None,
-                     allowed_special: Collection[str] = ()) -> list[int]:
-    """Plain-Python encoder: the same ids as the tiktoken fast path, only slower.
-
-    Only specials in `allowed_special` become special ids; checking for disallowed ones is the
-    caller's job (Tokenizer.encode does it). Lone surrogates become U+FFFD first, as in tiktoken.
-    """
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    pat = regex.compile(pattern)
-    specials = special_tokens or {}
-    allowed = [s for s in allowed_special if s in specials]
-    segments: list[tuple[str, bool]]
-    if allowed:
-        special_re = regex.compile("(" + "|".join(regex.escape(s) for s in sorted(allowed, key=len, reverse=True)) + ")")
-        segments = [(part, k % 2 == 1) for k, part in enumerate(special_re.split(text)) if part]
-    else:
-        segments = [(text, False)]
-    ids: list[int] = []
-    cache: dict[str, list[int]] = {}
-    for part, is_special in segments:
-        if is_special:
-            ids.append(specials[part])
-            continue
-        for chunk in pat.findall(part):
-            got = cache.get(chunk)
-            if got is None:
-                got = cache[chunk] = [ranks[p] for p in bpe_encode_piece(chunk.encode("utf-8"), ranks)]
-            ids.extend(got)
-    return ids
-

@@ -5,7 +5,7 @@
 A tokenizer is three things: the mergeable ranks (token bytes → id, the 256 single bytes included),
 the split regex, and the special tokens (str → id). From them we build a `tiktoken.Encoding`, whose
 core is a well-kept BPE engine, and every encode/decode call goes straight to it: no per-call loop
-over the text in Python, so throughput is tiktoken's own. `gpt2.tokenizer.bpe.reference_encode` is the
+over the text in Python, so throughput is tiktoken's own. `gpt2.tokenizer.core.reference_encode` is the
 same algorithm in plain Python; the tests hold the two equal.
 
 Behaviour chosen where tiktoken leaves a choice, and documented here once:
@@ -38,7 +38,7 @@ import numpy as np
 import tiktoken
 
 from gpt2.errors import UserError
-from gpt2.tokenizer.bpe import ENDOFTEXT, bpe_encode_piece, resolve_pattern
+from gpt2.tokenizer.core import ENDOFTEXT, bpe_encode_piece, resolve_pattern
 
 
 def ranks_to_tiktoken_bytes(ranks: dict[bytes, int]) -> bytes:

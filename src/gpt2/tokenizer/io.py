@@ -41,7 +41,7 @@ from typing import Any
 import regex
 
 from gpt2.errors import UserError, UserFileNotFoundError, UserNotADirectoryError
-from gpt2.tokenizer.bpe import ENDOFTEXT, GPT2_PATTERN
+from gpt2.tokenizer.core import ENDOFTEXT, GPT2_PATTERN
 from gpt2.tokenizer.encoding import (
     Tokenizer,
     bytes_to_token_str,

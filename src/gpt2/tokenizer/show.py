@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt2.errors import UserError
-from gpt2.tokenizer.bpe import PATTERNS
+from gpt2.tokenizer.core import PATTERNS
 from gpt2.tokenizer.encoding import Tokenizer
 from gpt2.tokenizer.io import atomic_write_bytes, atomic_write_text
 

@@ -1,6 +1,6 @@
 """Checkpoints: one self-contained, HF-loadable directory per step, written atomically, the last k kept.
 
-    python -m gpt2.train.checkpoint runs/default        # list a run's checkpoints
+    gpt2 checkpoint list runs/default        # list a run's checkpoints
 
     runs/default/
       step-000200/   config.json  model.safetensors  tokenizer files  run.yaml  trainer_state.pt
@@ -17,33 +17,22 @@ seen, data position, RNG states of every rank).
 
 from __future__ import annotations
 
-import re
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from gpt2.common import atomic_directory, atomic_write_text
-from gpt2.errors import UserError, UserFileNotFoundError
+from gpt2.common import TRAINER_STATE, atomic_directory, atomic_write_text, list_checkpoints
 
-_STEP_DIR = re.compile(r"^step-(\d{6,})$")
-TRAINER_STATE = "trainer_state.pt"
+# Where a run's checkpoints are is read below every layer (gpt2.common); re-exported beside the writer.
+from gpt2.common import resolve_checkpoint as resolve_checkpoint
+from gpt2.errors import UserError
 
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:06d}"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (temporary, half-written ones are not listed)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return []
-    found = [p for p in run_dir.iterdir() if p.is_dir() and _STEP_DIR.match(p.name) and (p / TRAINER_STATE).is_file()]
-    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))  # type: ignore[union-attr]
 
 
 def save_checkpoint(
@@ -123,24 +112,6 @@ def clean_stale(run_dir: str | Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from a run directory (via `latest`, else the newest) or a checkpoint itself."""
-    path = Path(path)
-    if (path / TRAINER_STATE).is_file():
-        return path
-    if not path.is_dir():
-        raise UserFileNotFoundError(f"no run or checkpoint directory at {path}")
-    latest = path / "latest"
-    if latest.is_file():
-        candidate = path / latest.read_text().strip()
-        if (candidate / TRAINER_STATE).is_file():
-            return candidate
-    found = list_checkpoints(path)
-    if not found:
-        raise UserFileNotFoundError(f"{path} holds no complete checkpoint (step-NNNNNN/ with {TRAINER_STATE})")
-    return found[-1]
-
-
 def load_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
     path = Path(checkpoint) / TRAINER_STATE
     try:
@@ -149,14 +120,3 @@ def load_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
         raise UserError(f"cannot read {path}: {e}") from None
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    for ckpt in list_checkpoints(argv[0] if argv else "runs/default"):
-        print(ckpt)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

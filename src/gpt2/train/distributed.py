@@ -19,7 +19,6 @@ can still be saved, resumed on the same layout, and turned into an HF directory 
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -212,16 +211,3 @@ def check_layout(state: dict[str, Any], *, world_size: int, grad_accum: int, mod
             f"the same layout (now {world_size}, grad_accum={grad_accum}, {mode}), or start a new run from its "
             f"weights with model.init_from={checkpoint}"
         )
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2:
-        print("usage: python -m gpt2.train.distributed SHARDED_CHECKPOINT OUT_DIR", file=sys.stderr)
-        return 2
-    print(consolidate(argv[0], argv[1]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

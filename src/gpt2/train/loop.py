@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import platform
 import random
 import signal
@@ -45,6 +44,7 @@ from gpt2.common import (
     init_distributed,
     keep_freed_memory,
     pick_device,
+    resolve_checkpoint,
     resolve_dtype,
     seed_everything,
 )
@@ -55,7 +55,6 @@ from gpt2.train.checkpoint import (
     checkpoint_name,
     clean_stale,
     load_trainer_state,
-    resolve_checkpoint,
     save_checkpoint,
 )
 from gpt2.train.metrics import MetricsLogger, peak_flops
@@ -586,18 +585,3 @@ class Trainer:
         self.logger.close()
         destroy_distributed()
         return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    from gpt2.config import load_config
-
-    argv = sys.argv[1:] if argv is None else argv
-    recipe = argv[0] if argv and "=" not in argv[0] else None
-    result = train(load_config(recipe, argv[1:] if recipe else argv))
-    print(f"done: step {result.step}, val loss {result.val_loss:.4f}")
-    return 0
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(main())

@@ -1,7 +1,6 @@
 """Training metrics: metrics.jsonl, TensorBoard events, the loss.png plot, and MFU against the device's peak.
 
-    python -m gpt2.train.metrics runs/default        # redraw runs/default/loss.png from metrics.jsonl
-    python -m gpt2.train.metrics --peak              # measure (and cache) this CPU's matmul peak
+    python -c "from gpt2.train.metrics import plot_losses; print(plot_losses('runs/shakespeare-cpu'))"   # redraw loss.png
 
 MFU (model FLOPs utilisation, PaLM appendix B) = matmul FLOPs the model needs per second / the device's
 peak. On GPUs the peak is the datasheet's dense bf16 figure; on CPUs, which have no datasheet figure
@@ -20,7 +19,7 @@ from typing import Any
 
 import torch
 
-from gpt2.common import atomic_write_text, cache_dir
+from gpt2.common import atomic_write_text, cache_dir, read_metrics
 
 # Dense bf16 tensor-core peaks from NVIDIA's datasheets (FLOP/s), matched against the device name.
 GPU_BF16_PEAK = {
@@ -140,13 +139,6 @@ class MetricsLogger:
             self.tb.close()
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def plot_losses(run_dir: str | Path) -> Path | None:
     """loss.png: train and val loss against tokens seen (and val bits per byte when known)."""
     try:
@@ -180,18 +172,3 @@ def plot_losses(run_dir: str | Path) -> Path | None:
     plt.close(fig)
     tmp.replace(out)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "--peak":
-        for dt in (torch.float32, torch.bfloat16):
-            print(f"{dt}: {peak_flops(torch.device('cpu'), dt) / 1e9:.0f} GFLOP/s")
-        return 0
-    out = plot_losses(argv[0] if argv else "runs/default")
-    print(out or "nothing to plot")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """The optimizers (AdamW, or Muon with AdamW) and the warm-up + decay learning-rate schedule.
 
-    python -m gpt2.train.optim      # print the schedule of the default recipe, and which optimizer holds what
+    python -c "from gpt2.train.optim import LRSchedule, OptimConfig; print(LRSchedule(OptimConfig(), max_steps=1000)(500))"
 
 AdamW (`optim.name=adamw`, the default): weight decay applies to matrices only (attention, MLP,
 embeddings); biases and LayerNorm gains are left alone, as in GPT-3 and nanoGPT.
@@ -27,7 +27,6 @@ import collections
 import inspect
 import math
 import re
-import sys
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -286,19 +285,3 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """The schedule's LR into every group, times the group's lr_scale (Muon's muon_lr / lr; 1 elsewhere)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
-
-
-def main() -> int:
-    from gpt2 import GPT2Config, GPT2LMHeadModel
-
-    sched = LRSchedule(OptimConfig(), max_steps=1000)
-    for s in (0, 50, 99, 100, 500, 999, 1500):
-        print(f"step {s:5d}  lr {sched(s):.3e}")
-    model = GPT2LMHeadModel(GPT2Config.from_preset("tiny"))
-    for name in ("adamw", "muon"):
-        print(f"optim.name={name}: " + describe(build_optimizer(model, OptimConfig(name=name), device=torch.device("cpu"))))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

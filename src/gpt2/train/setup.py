@@ -1,6 +1,6 @@
 """Everything a run needs before its first step: the tokenizer, the token shards, the model.
 
-    python -m gpt2.train.setup configs/shakespeare-cpu.yaml     # fetch, train the tokenizer, prepare shards
+    gpt2 train shakespeare-cpu          # fetches, trains the tokenizer and prepares shards first (cached)
 
 Each piece is cached and reused: a tokenizer trained with the same settings on the same source is
 loaded from `$GPT2_CACHE/tokenizers/`, shards prepared with the same tokenizer from
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt2.common import atomic_write_text, cache_dir
-from gpt2.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from gpt2.config import DataConfig, ModelConfig, TrainConfig
 from gpt2.errors import UserError
 from gpt2.model import GPT2Config, GPT2LMHeadModel
 
@@ -31,7 +31,7 @@ def _slug(text: str) -> str:
 def _train_documents(cfg: DataConfig):
     """The documents of the training split only, so the tokenizer never sees validation text."""
     from gpt2.data.prepare import DEFAULT_VAL_FRACTION, is_val_document
-    from gpt2.data.sources import resolve_source
+    from gpt2.sources import resolve_source
 
     src = resolve_source(cfg.source, field=cfg.field, delimiter=cfg.delimiter)
     if src.val_files and cfg.val_fraction is None:
@@ -58,7 +58,7 @@ def ensure_tokenizer(cfg: DataConfig, *, progress: bool = True):
     # The cache is named by the source's path; what it was trained on (sizes and mtimes of the files, as
     # the shards' fingerprint records them) is kept beside it, so a changed file trains it again instead
     # of the run depending on what the cache happened to hold. Written last: a half-saved one retrains.
-    from gpt2.data.sources import resolve_source
+    from gpt2.sources import resolve_source
 
     trained_on = json.dumps(resolve_source(cfg.source, field=cfg.field, delimiter=cfg.delimiter)
                             .describe(with_mtime=True), sort_keys=True)
@@ -159,18 +159,3 @@ def build_model(cfg: ModelConfig, train: TrainConfig, *, vocab_size: int, eot: i
                              f"{model.config.n_positions}")
         return model.train()
     return GPT2LMHeadModel(model_config(cfg, train, vocab_size=vocab_size, eot=eot))
-
-
-def main(argv: list[str] | None = None) -> int:
-    from gpt2.config import load_config
-
-    argv = sys.argv[1:] if argv is None else argv
-    cfg: RunConfig = load_config(argv[0] if argv else None, argv[1:])
-    tok = ensure_tokenizer(cfg.data)
-    out = ensure_shards(cfg.data, tok)
-    print(f"tokenizer {tok!r}\nshards {out}\nval bytes/token {bytes_per_token(out)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

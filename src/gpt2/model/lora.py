@@ -1,7 +1,10 @@
 """LoRA adapters for our GPT-2, saved and loaded in PEFT's directory format.
 
-    python -m gpt2.finetune.lora ADAPTER_DIR          # what an adapter holds and what it is applied to
+    gpt2 lora show ADAPTER_DIR                        # what an adapter holds and what it is applied to
     gpt2 lora merge ADAPTER_DIR OUT                   # fold it into its base: a plain HF checkpoint
+
+A leaf: it imports nothing of the package above the model. Loading an adapter's base by the name
+adapter_config.json gives is the loader's (gpt2.load); `gpt2 lora merge` is gpt2.finetune.merge.
 
 LoRA (Hu et al. 2021, arXiv:2106.09685) freezes a pretrained weight W (out, in) and learns a low-rank
 update: y = W x + b + (B A x) · alpha / r, with A (r, in) and B (out, r). B starts at zero, so a freshly
@@ -24,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -390,13 +392,12 @@ def _config_from_adapter(raw: dict[str, Any], *, source: Path) -> LoRAConfig:
         raise UserError(f"{source}: {e}") from None
 
 
-def load_adapter(directory: str | Path, *, base: nn.Module | None = None, device: str = "cpu",
-                 dtype: Literal["fp32", "bf16"] = "fp32") -> nn.Module:
-    """A model with the adapter in `directory` applied (ours or PEFT's), in eval mode.
+def load_adapter(directory: str | Path, *, base: nn.Module) -> nn.Module:
+    """`base` with the adapter in `directory` applied (ours or PEFT's), in eval mode.
 
-    The base is `base` (a GPT2LMHeadModel for a CAUSAL_LM adapter, a GPT2ForSequenceClassification for
-    SEQ_CLS, modified in place), or else the one adapter_config.json's `base_model_name_or_path` names,
-    loaded through gpt2.load.load (`device` and `dtype` apply to that). Shapes are checked before anything
+    The base is a GPT2LMHeadModel for a CAUSAL_LM adapter, a GPT2ForSequenceClassification for SEQ_CLS,
+    modified in place; `gpt2.load.load(directory)` loads the base adapter_config.json's
+    `base_model_name_or_path` names and applies the adapter to it. Shapes are checked before anything
     is changed: an adapter made for another base is a one-line error naming the first mismatch."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -414,8 +415,6 @@ def load_adapter(directory: str | Path, *, base: nn.Module | None = None, device
         weights = load_file(weights_path)
     except SafetensorError as e:
         raise UserError(f"{weights_path} is not a readable safetensors file ({e})") from None
-    if base is None:
-        base = _load_base(raw, directory=directory, device=device, dtype=dtype)
     model = base
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
         model = getattr(model, "module", None) or model._orig_mod
@@ -466,44 +465,8 @@ def _check_shapes(model: nn.Module, cfg: LoRAConfig, weights: dict[str, torch.Te
                             "the adapter was made for a base of other sizes (n_embd, n_inner or num_labels)")
 
 
-def _load_base(raw: dict[str, Any], *, directory: Path, device: str, dtype: Literal["fp32", "bf16"]) -> nn.Module:
-    from gpt2.load import load
-
-    name = raw.get("base_model_name_or_path")
-    if not name:
-        raise UserError(f"{directory / ADAPTER_CONFIG} names no base_model_name_or_path; pass the base model "
-                        "(load_adapter(dir, base=model))")
-    task = "classify" if raw["task_type"] == "SEQ_CLS" else "lm"
-    return load(name, task=task, device=device, dtype=dtype).model
-
-
-def merge_adapter_dir(adapter_dir: str | Path, out: str | Path) -> Path:
-    """`gpt2 lora merge`: the adapter's base with the adapter folded in, written to `out` as a plain HF
-    checkpoint (config.json + model.safetensors, the tokenizer files, chat.json if any), atomically."""
-    from gpt2.common import atomic_directory
-    from gpt2.load import load, task_of
-
-    adapter_dir = Path(adapter_dir)
-    read_adapter_config(adapter_dir)  # a missing or foreign directory: one line before anything loads
-    out = Path(out)
-    if out.resolve() == adapter_dir.resolve():
-        raise UserError(f"OUT must be another directory than the adapter's ({adapter_dir})")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} is a file; OUT is the directory to write the merged checkpoint to")
-    loaded = load(adapter_dir, task=task_of(adapter_dir), device="cpu")
-    model = merge_lora(loaded.model)
-    with atomic_directory(out) as tmp:
-        model.save_pretrained(tmp)
-        loaded.tokenizer.save(tmp)
-        if loaded.chat_format is not None:
-            from gpt2.generate.chat import save_chat_format
-
-            save_chat_format(tmp, loaded.chat_format)
-    return out
-
-
 def describe(directory: str | Path) -> str:
-    """A few lines on what an adapter directory holds (for `python -m gpt2.finetune.lora DIR`)."""
+    """A few lines on what an adapter directory holds (`gpt2 lora show DIR`)."""
     directory = Path(directory)
     raw = read_adapter_config(directory)
     cfg = _config_from_adapter(raw, source=directory / ADAPTER_CONFIG)
@@ -511,16 +474,3 @@ def describe(directory: str | Path) -> str:
             f"task       {raw['task_type']}\n"
             f"base       {raw.get('base_model_name_or_path')}\n"
             f"lora       rank {cfg.rank}, alpha {cfg.alpha:g}, dropout {cfg.dropout:g}, targets {', '.join(cfg.targets)}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m gpt2.finetune.lora ADAPTER_DIR", file=sys.stderr)
-        return 2
-    print(describe(argv[0]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

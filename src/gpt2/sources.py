@@ -1,7 +1,6 @@
 """Where documents come from: local files, directories and globs, Hugging Face datasets, named corpora.
 
-    python -m gpt2.data.sources ../shared/data/imdb_train.jsonl --field text     # count documents
-    python -m gpt2.data.sources shakespeare                                        # fetch once, then count
+    python -c "from gpt2.sources import read_documents; print(sum(1 for _ in read_documents(['../shared/data/imdb_train.jsonl'])))"
 
 This is the one reader of documents: `gpt2 data prepare`, tokenizer training (`gpt2 tokenizer train`
 and a run's own BPE) and `gpt2 eval --data/--completions` all read files through it, so one file with
@@ -692,25 +691,3 @@ CORPORA: dict[str, NamedCorpus] = {
     ),
 }
 DEFAULT_CORPUS = "shakespeare"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(description="Count the documents and bytes of a source.")
-    p.add_argument("spec", nargs="?", default=DEFAULT_CORPUS)
-    p.add_argument("--field", default="text")
-    p.add_argument("--column", default=None)
-    p.add_argument("--delimiter", default=None)
-    args = p.parse_args(argv)
-    src = resolve_source(args.spec, field=args.field, column=args.column, delimiter=args.delimiter)
-    n_docs = n_chars = 0
-    for doc in src.documents():
-        n_docs += 1
-        n_chars += len(doc)
-    print(f"{src.spec}: {len(src.files)} files, {n_docs:,} documents, {n_chars:,} characters")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpt2.data import sources as S
-from gpt2.data.sources import BLANK, Source, read_chunk, resolve_source
+from gpt2 import sources as S
+from gpt2.sources import BLANK, Source, read_chunk, resolve_source
 
 
 def docs_of(src: Source, *, chunk_bytes: int = 1 << 20) -> list[str]:
