@@ -29,9 +29,9 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
     def run(args: argparse.Namespace) -> int:
-        from gpt2.model.info import model_info, render_info
-
         from pathlib import Path
+
+        from gpt2.model.info import model_info, render_info
 
         source = args.source
         if Path(source).is_dir() and not (Path(source) / "config.json").is_file():

@@ -177,18 +177,24 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
-def _init_worker(tok: TokenizerLike, dtype: np.dtype, rule: SplitRule, in_child: bool) -> None:
+def _init_worker(tok: TokenizerLike, dtype: np.dtype, rule: SplitRule, allowed: frozenset[str],
+                 in_child: bool) -> None:
     global _WORKER
     if in_child:
         # Ctrl-C reaches the whole process group; the parent alone decides what to do with it.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _die_with_parent()
-    _WORKER = (_numpy_encoder(tok), int(tok.eot_token), np.dtype(dtype), rule)
+    _WORKER = (_numpy_encoder(tok, allowed), int(tok.eot_token), np.dtype(dtype), rule)
 
 
-def _numpy_encoder(tok: TokenizerLike) -> Callable[[str], np.ndarray]:
+def _numpy_encoder(tok: TokenizerLike, allowed: frozenset[str] = frozenset()) -> Callable[[str], np.ndarray]:
     """text → token ids as a numpy array, by the fastest route the tokenizer offers: ours and tiktoken's
-    fill a buffer without making a Python int per token; any other goes through its list."""
+    fill a buffer without making a Python int per token; any other goes through its list. Special-token
+    text is ordinary text, but for the `allowed` specials (control tokens), which become their ids."""
+    if allowed:
+        encode_special = tok.encode  # type: ignore[attr-defined]
+        return lambda text: np.array(encode_special(text, allowed_special=allowed, disallowed_special=()),
+                                     dtype=np.int64)
     if hasattr(tok, "encode_ordinary_numpy"):
         return tok.encode_ordinary_numpy
     if hasattr(tok, "encode_to_numpy"):  # a tiktoken.Encoding
@@ -502,6 +508,7 @@ def prepare(
     replace_changed: bool = False,
     progress: bool = False,
     on_shard: Callable[[Path], None] | None = None,
+    allowed_special: Sequence[str] = (),
 ) -> PrepareResult:
     """Tokenize `sources` into train/val shards in `out` (see the module docstring); resume if interrupted.
 
@@ -510,7 +517,9 @@ def prepare(
     A finished `out` with the same configuration is left as is; a different one needs `overwrite`, or
     `replace_changed` (for caches, where a changed source or tokenizer means the shards are stale): then a
     finished or interrupted run whose configuration differs is replaced, with a line saying why.
-    `on_shard(path)` is called after each shard is written.
+    `on_shard(path)` is called after each shard is written. `allowed_special`: special tokens (control
+    tokens, gpt2.data.controls) that become their ids where a document spells them; other special-token
+    text stays ordinary text.
     """
     if isinstance(sources, (str, os.PathLike, Source)):
         sources = [sources]
@@ -540,6 +549,12 @@ def prepare(
         "split": rule.describe(),
         "shard_size": shard_size,
     }
+    allowed = frozenset(allowed_special)
+    missing = sorted(allowed - set(getattr(tok, "special_tokens", {}) or {}))
+    if missing:
+        raise UserError(f"allowed_special {missing[0]!r} is not a special token of the tokenizer")
+    if allowed:
+        config["allowed_special"] = sorted(allowed)
     fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
     # What is in `out` already: a finished run, an interrupted one, or nothing of ours.
@@ -620,7 +635,7 @@ def prepare(
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
-    pool = _Workers(workers, (tok, dtype, rule))
+    pool = _Workers(workers, (tok, dtype, rule, allowed))
     bar = tqdm(total=total_bytes, initial=stats["bytes"], unit="B", unit_scale=True, unit_divisor=1000,
                desc="tokenizing", disable=not progress, dynamic_ncols=True)
     bytes_done = tokens_done = 0
