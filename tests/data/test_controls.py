@@ -57,14 +57,14 @@ def test_tokenizer_and_shards_keep_control_tokens_whole(reviews: Path, tmp_path:
 
 
 def test_check_controls_refuses_unknown_values() -> None:
-    class Tok:
-        special_tokens = {"<|endoftext|>": 0, "<|stars=1|>": 1, "<|stars=5|>": 2}
+    from types import SimpleNamespace
 
-    check_controls(Tok(), "<|stars=1|>剧情")
-    check_controls(Tok(), "<|genre=x|> is plain text for a model without genre tokens")
+    tok = SimpleNamespace(special_tokens={"<|endoftext|>": 0, "<|stars=1|>": 1, "<|stars=5|>": 2})
+    check_controls(tok, "<|stars=1|>剧情")
+    check_controls(tok, "<|genre=x|> is plain text for a model without genre tokens")
     with pytest.raises(UserError, match=r"<\|stars=9\|>: the training data has no stars=9; this model knows "
                                         "stars = 1, 5"):
-        check_controls(Tok(), "<|stars=9|>剧情")
+        check_controls(tok, "<|stars=9|>剧情")
 
 
 def test_generate_info_and_serve_take_control_prompts(reviews: Path, tmp_path: Path, capsys,
