@@ -150,17 +150,18 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=None,
                    help="nanoGPT's training time (default: the recipe's train.max_minutes)")
     p.add_argument("--name", default=None, help="results name (default: the run's or the val file's)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of --recipe, as `gpt2 train` takes them")
     args = p.parse_args()
     # Ours starts first, so its run begins from the cache as it was (empty, for the recipe's figure).
     ours_proc, ours_run, ours_t0, ours_wall = None, args.run, 0.0, None
     if args.recipe is not None:
         from gpt2.config import load_config
 
-        cfg = load_config(args.recipe)
+        cfg = load_config(args.recipe, args.overrides)
         args.minutes = args.minutes or cfg.train.max_minutes
         ours_run = REPO / cfg.train.out_dir
         ours_t0 = time.time()
-        ours_proc = subprocess.Popen([sys.executable, "-m", "gpt2", "train", args.recipe], cwd=REPO,
+        ours_proc = subprocess.Popen([sys.executable, "-m", "gpt2", "train", args.recipe, *args.overrides], cwd=REPO,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if args.run is not None or args.recipe is not None:
         train, val = run_split(args.run, args.recipe)
