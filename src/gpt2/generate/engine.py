@@ -45,6 +45,7 @@ from gpt2.errors import UserError
 from gpt2.generate import sampling
 from gpt2.generate.fastpath import inference_view
 from gpt2.model.gpt2 import GPT2LMHeadModel, KVCache
+from gpt2.tokenizer.controls import check_controls
 
 FinishReason = Literal["eot", "stop", "length"]
 BosPolicy = Literal["never", "always", "if-empty"]
@@ -284,7 +285,9 @@ def prepare_prompts(
         if isinstance(p, str):
             if tokenizer is None:
                 raise UserError("text prompts need a tokenizer; pass one, or give token ids")
-            # Special tokens written out in a prompt (e.g. <|endoftext|>) mean the token itself.
+            # Special tokens written out in a prompt (e.g. <|endoftext|>, <|stars=5|>) mean the token itself;
+            # a control token with a value the training data lacked is refused, not read as text.
+            check_controls(tokenizer, p)
             ids, text = list(tokenizer.encode(p, allowed_special="all")), p
         else:
             ids, text = [int(t) for t in p], None

@@ -41,8 +41,10 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
+from gpt2.errors import UserError
 from gpt2.serve.protocol import ApiError, ChatCompletionRequest, CompletionRequest, usage, validation_message
 from gpt2.serve.scheduler import Job, Piece, QueueFull, Scheduler, SeqParams, TokenLogprob
+from gpt2.tokenizer.controls import check_controls
 
 log = logging.getLogger("gpt2.serve")
 STATIC = Path(__file__).parent / "static"
@@ -336,6 +338,11 @@ def _encode_prompts(served: Served, prompt: Any) -> list[list[int]]:
     tok = served.tokenizer
     out = []
     for p in prompt:
+        if isinstance(p, str):
+            try:
+                check_controls(tok, p)  # <|stars=9|> for a model trained on 1-5 stars: refused
+            except UserError as e:
+                raise ApiError(400, str(e), param="prompt") from None
         ids = list(tok.encode(p, allowed_special="all")) if isinstance(p, str) else list(p)
         if isinstance(p, str) and not ids:
             ids = [served.scheduler.eos]  # OpenAI: an empty prompt starts a new document

@@ -44,15 +44,35 @@ def _train_documents(cfg: DataConfig):
             yield doc
 
 
+def with_control_tokens(cfg: DataConfig) -> tuple[DataConfig, list[str]]:
+    """cfg reading a cached copy of its source with each record's control tokens before its text, and
+    those tokens; cfg unchanged and [] without data.control_fields."""
+    if not cfg.control_fields:
+        return cfg, []
+    from gpt2.data.controls import with_controls
+
+    path, tokens = with_controls(cfg.source, field=cfg.field, control_fields=cfg.control_fields,
+                                 out_dir=cache_dir() / "controls")
+    return dataclasses.replace(cfg, source=str(path), field="text", control_fields=[]), tokens
+
+
 def ensure_tokenizer(cfg: DataConfig, *, progress: bool = True):
-    """The run's tokenizer: GPT-2's, a directory, or a BPE trained (once, then cached) on the training split."""
+    """The run's tokenizer: GPT-2's, a directory, or a BPE trained (once, then cached) on the training split,
+    with the data's control tokens (data.control_fields) as special tokens."""
     from gpt2.tokenizer import load_tokenizer, train_bpe
 
+    cfg, controls = with_control_tokens(cfg)
     t = cfg.tokenizer
     if t.name != "train":
-        return load_tokenizer(t.name)
+        tok = load_tokenizer(t.name)
+        if controls and not set(controls) <= set(tok.special_tokens):
+            raise UserError(f"data.control_fields needs the control tokens as special tokens, and tokenizer "
+                            f"{t.name} lacks {sorted(set(controls) - set(tok.special_tokens))[:3]}: use "
+                            "data.tokenizer.name=train")
+        return tok
     source_id = cfg.source if not Path(cfg.source).exists() else str(Path(cfg.source).resolve())
-    key = json.dumps([source_id, cfg.field, cfg.delimiter, cfg.val_fraction, t.vocab_size, t.min_frequency, t.pattern])
+    key = json.dumps([source_id, cfg.field, cfg.delimiter, cfg.val_fraction, t.vocab_size, t.min_frequency, t.pattern]
+                     + ([controls] if controls else []))
     name = f"{_slug(source_id)}-bpe{t.vocab_size}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     directory = cache_dir() / "tokenizers" / name
     # The cache is named by the source's path; what it was trained on (sizes and mtimes of the files, as
@@ -71,8 +91,13 @@ def ensure_tokenizer(cfg: DataConfig, *, progress: bool = True):
     why = "the source changed since it was trained; " if record.is_file() else ""
     print(f"{why}training a {t.vocab_size}-token byte-level BPE on {cfg.source} (train split) → {directory}",
           file=sys.stderr)
-    tok = train_bpe(_train_documents(cfg), vocab_size=t.vocab_size, min_frequency=t.min_frequency,
-                    pattern=t.pattern, progress=progress)
+    from gpt2.tokenizer.bpe import ENDOFTEXT
+    from gpt2.tokenizer.controls import CONTROL_RE
+
+    # The merges are learned on the text alone: a control token is one special id, never cut into pieces.
+    docs = (CONTROL_RE.sub("", d) for d in _train_documents(cfg)) if controls else _train_documents(cfg)
+    tok = train_bpe(docs, vocab_size=t.vocab_size, min_frequency=t.min_frequency, pattern=t.pattern,
+                    special_tokens=[ENDOFTEXT, *controls], progress=progress)
     tok.save(directory)
     atomic_write_text(record, trained_on)
     return tok
@@ -82,6 +107,7 @@ def ensure_shards(cfg: DataConfig, tokenizer: Any, *, progress: bool = True) -> 
     """A prepared shard directory for (source, tokenizer); prepared now if missing or unfinished."""
     from gpt2.data.prepare import prepare
 
+    cfg, controls = with_control_tokens(cfg)
     if cfg.dir is not None:
         out = Path(cfg.dir)
         if not (out / "meta.json").is_file() and any(out.glob("train_*.bin")):
@@ -94,7 +120,8 @@ def ensure_shards(cfg: DataConfig, tokenizer: Any, *, progress: bool = True) -> 
         key = json.dumps([source_id, cfg.field, cfg.delimiter, cfg.val_fraction, tokenizer.hash])
         out = cache_dir() / "data" / f"{_slug(source_id)}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     result = prepare(cfg.source, out=out, tokenizer=tokenizer, workers=cfg.workers or None, field=cfg.field, delimiter=cfg.delimiter,
-                     val_fraction=cfg.val_fraction, replace_changed=cfg.dir is None, progress=progress)
+                     val_fraction=cfg.val_fraction, replace_changed=cfg.dir is None, progress=progress,
+                     allowed_special=controls)
     if not result.already_done:
         print(result.summary(), file=sys.stderr)
     return out

@@ -1,0 +1,127 @@
+"""Does `douban-zh` write the rating it is asked for? A sentiment classifier judges 1- and 5-star completions.
+
+    flock /tmp/gpt2-bench.lock python bench/douban_conditioning.py --run runs/douban-zh --minutes 5
+
+1. Classifier data: the run's training reviews (by its recipe's split rule) with ≤ 2 stars as 0 (negative)
+   and ≥ 4 as 1 (positive), plus ChnSentiCorp's 7,766 labelled hotel reviews (--no-hotel: Douban alone);
+   the held-out Douban reviews with ≤ 2 or ≥ 4 stars are its test set, never trained on.
+2. `gpt2 finetune classify douban-zh-classify` on that file for --minutes (base: the run), scored on the
+   held-out reviews with its best checkpoint.
+3. Prompt words: the first two characters of the first 50 held-out reviews. Each is completed once after
+   <|stars=1|> and once after <|stars=5|> (seed 0, temperature 0.8, top-k 50, 48 new tokens), and the
+   classifier reads prompt word + completion. Goal: ≥ 80% judged as the rating asked (1 → 0, 5 → 1).
+
+Prints the classifier's held-out accuracy, the share judged as asked per rating, and writes
+bench/results/douban-conditioning.json with every completion and its judgement.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import REPO, cpu_name, parser, timed, write_results
+
+HOTEL = REPO.parent / "shared" / "data" / "chnsenticorp_hotel_reviews_zh.csv"
+STARS = re.compile(r"^<\|stars=(\d+)\|>")
+N_PROMPTS = 50
+
+
+def _split_with_stars(run: Path) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """(train, held-out) as (stars, text), by the run recipe's split rule."""
+    from gpt2.config import load_run_config
+    from gpt2.data.prepare import DEFAULT_VAL_FRACTION, is_val_document
+    from gpt2.sources import resolve_source
+    from gpt2.train.setup import with_control_tokens
+
+    data, controls = with_control_tokens(load_run_config(run).data)
+    if not any(t.startswith("<|stars=") for t in controls):
+        raise SystemExit(f"{run} was not trained with data.control_fields: [stars]")
+    fraction = data.val_fraction if data.val_fraction is not None else DEFAULT_VAL_FRACTION
+    train, val = [], []
+    for doc in resolve_source(data.source, field=data.field).documents():
+        m = STARS.match(doc)
+        if m:
+            (val if is_val_document(doc, fraction) else train).append((int(m.group(1)), doc[m.end():]))
+    return train, val
+
+
+def _labelled(rows: list[tuple[int, str]]) -> list[dict[str, str]]:
+    return [{"text": t, "label": "1" if s >= 4 else "0"} for s, t in rows if s != 3]
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+
+
+def _completions(run: Path, words: list[str], max_new_tokens: int) -> dict[int, list[str]]:
+    from gpt2.generate.engine import SampleConfig, generate
+    from gpt2.load import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(run)
+    config = SampleConfig(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=0, stop_at_eot=True)
+    return {stars: [g.text for g in generate(model, tok, [f"<|stars={stars}|>{w}" for w in words], config)]
+            for stars in (1, 5)}
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--run", type=Path, default=REPO / "runs" / "douban-zh")
+    p.add_argument("--minutes", type=float, default=5.0, help="the classifier's training time")
+    p.add_argument("--no-hotel", action="store_true", help="train the classifier on Douban's reviews alone")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--classifier", type=Path, default=None, help="use this classifier instead of training one")
+    args = p.parse_args()
+    train, val = _split_with_stars(args.run)
+    rows = _labelled(train)
+    if not args.no_hotel:
+        with open(HOTEL, encoding="utf-8", newline="") as f:
+            rows += [{"text": r["review"], "label": r["label"]} for r in csv.DictReader(f) if r["review"].strip()]
+    work = Path(tempfile.mkdtemp(prefix="douban-cond-"))
+    _write_jsonl(work / "train.jsonl", rows)
+    _write_jsonl(work / "test.jsonl", _labelled(val))
+    record: dict = {"cpu": cpu_name(), "run": str(args.run), "classifier_train_rows": len(rows),
+                    "classifier_test_rows": len(_labelled(val)), "hotel": not args.no_hotel}
+    classifier = args.classifier
+    if classifier is None:
+        classifier = work / "classifier"
+        record["finetune"] = timed(["finetune", "classify", "douban-zh-classify", f"model.init_from={args.run}",
+                                    f"finetune.train_file={work / 'train.jsonl'}", "finetune.text_field=text",
+                                    f"finetune.test_file={work / 'test.jsonl'}", f"train.max_minutes={args.minutes}",
+                                    f"train.out_dir={classifier}"])
+        classifier = classifier / "best"
+    r = subprocess.run([sys.executable, "-m", "gpt2", "eval", str(classifier), "--classify", str(work / "test.jsonl"),
+                        "--json"], cwd=REPO, text=True, capture_output=True, check=True)
+    held_out = json.loads(r.stdout)
+    record["classifier_heldout_accuracy"] = held_out["accuracy"]
+
+    words = [t[:2] for _, t in val[:N_PROMPTS]]
+    completions = _completions(args.run, words, args.max_new_tokens)
+    from gpt2.finetune.classify import _load, classify
+
+    model, tok, _ = _load(classifier, tokenizer=None, dtype="fp32", device="cpu")
+    positive = model.config.label2id["1"]
+    results = {}
+    for stars, texts in completions.items():
+        probs = classify(model, tok, [w + t for w, t in zip(words, texts)])
+        judged = [("1" if pr[positive] >= 0.5 else "0") for pr in probs]
+        wanted = "1" if stars == 5 else "0"
+        results[stars] = {"as_asked": sum(j == wanted for j in judged) / len(judged),
+                          "samples": [{"prompt": w, "completion": t, "p_positive": pr[positive]}
+                                      for w, t, pr in zip(words, texts, probs)]}
+    record["conditioning"] = results
+    both = (results[1]["as_asked"] + results[5]["as_asked"]) / 2
+    record["as_asked_overall"] = both
+    write_results(REPO / "bench" / "results" / "douban-conditioning.json", record)
+    print(f"classifier held-out accuracy {held_out['accuracy']:.4f} on {record['classifier_test_rows']} Douban "
+          f"reviews; judged as asked: 1 star {results[1]['as_asked']:.0%}, 5 stars {results[5]['as_asked']:.0%}, "
+          f"overall {both:.0%} ({N_PROMPTS} prompt words each)")
+
+
+if __name__ == "__main__":
+    main()
