@@ -233,7 +233,7 @@ def test_muon_training_converges_and_resumes_bit_for_bit_after_sigkill(tmp_path,
     assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
     assert (killed / "latest").read_text().strip() == "step-000010"
     # the checkpoint holds both optimizers' state
-    state = torch.load(killed / "step-000010" / "trainer_state.pt", weights_only=False)
+    state = torch.load(killed / "step-000010" / "trainer_state.pt", weights_only=True)
     assert set(state["optimizer"]) == {"muon", "adamw"} and state["optim_name"] == "muon"
     # resuming it with the other optimizer is refused in one line
     r = gpt2_main("train", "--resume", str(killed), "optim.name=adamw", env=env)
