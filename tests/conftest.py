@@ -61,12 +61,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Keep the tests out of the user's cache, and under pytest-xdist split the cores between the workers.
+    """Keep the tests out of the user's cache, take the same CPU branches on every machine, and under
+    pytest-xdist split the cores between the workers.
 
     A private GPT2_CACHE (unless one is set): the tests never read what earlier runs left, and never leave
     behind what a busy test machine measured (the matmul peak that MFU divides by is cached there).
     Each xdist worker's torch (and every process a test starts from it) gets its share of the cores,
     instead of every worker spinning up threads for all of them."""
+    # The CPU's bf16 ability picks train.dtype=auto and optim.muon_ns_dtype=auto (gpt2.common.cpu_has_fast_bf16).
+    # Pinned to the AVX2-only answer for every test and every process a test starts, so no result depends on
+    # the machine; the tests of the native-bf16 branch (AVX-512 BF16, AMX) set GPT2_CPU_BF16=1 themselves and
+    # so run on every machine (bf16 is emulated where the CPU lacks it: slower, same rounding).
+    os.environ["GPT2_CPU_BF16"] = "0"
     if "GPT2_CACHE" not in os.environ:
         import tempfile
 

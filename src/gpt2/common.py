@@ -53,14 +53,31 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+# Every choice the package makes from the CPU's bf16 ability (train.dtype=auto, optim.muon_ns_dtype=auto)
+# goes through cpu_has_fast_bf16; GPT2_CPU_BF16 overrides what it finds, so one machine can take either
+# branch (the test suite pins it to 0 and sets 1 where it checks the native-bf16 branch).
+CPU_BF16_ENV = "GPT2_CPU_BF16"
+
+
+def native_bf16_in_cpuinfo(cpuinfo: str) -> bool:
+    """Whether /proc/cpuinfo's text lists a native bf16 matmul instruction (AVX-512 BF16 or AMX BF16)."""
+    flags = {word for line in cpuinfo.splitlines() if line.startswith("flags") for word in line.split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX). Without it PyTorch emulates bf16
-    matmuls, slower than fp32 (measured: bench/train_step.py on an AVX2-only AMD EPYC)."""
+    matmuls, slower than fp32 (measured: bench/train_step.py on an AVX2-only AMD EPYC).
+    GPT2_CPU_BF16=1 or 0 says yes or no whatever the CPU (set: what this machine has is not asked)."""
+    forced = os.environ.get(CPU_BF16_ENV, "")
+    if forced:
+        if forced not in ("0", "1"):
+            raise UserError(f"{CPU_BF16_ENV}={forced!r}: use 1 (take the CPU as having native bf16), 0, or unset it")
+        return forced == "1"
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        return native_bf16_in_cpuinfo(Path("/proc/cpuinfo").read_text())
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_dtype(name: str, device: torch.device) -> tuple[torch.dtype, str]:

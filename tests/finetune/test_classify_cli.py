@@ -118,7 +118,21 @@ def test_bad_inputs_are_one_line_errors(case, clf_ckpt, lm_ckpt, tmp_path, gpt2_
 
 
 def test_read_labelled_and_classify_agree_on_a_headered_csv(classifier, tok, tmp_path) -> None:
-    (tmp_path / "d.csv").write_text("text,label\n" + "".join(f'"{t}",ham\n' for t in TEXTS[:2]), encoding="utf-8")
+    """The header names the columns (here label first), quoted texts keep their commas and quotes, and the
+    texts read back classify exactly as the same strings given directly."""
+    import csv
+
+    rows = [("spam", TEXTS[0]), ("ham", 'She said "fine, see you", then left'), ("ham", TEXTS[4])]
+    with (tmp_path / "d.csv").open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["label", "text"])
+        writer.writerows(rows)
     data = read_labelled(tmp_path / "d.csv")
-    assert data.texts == TEXTS[:2]
-    assert len(classify(classifier, tok, data.texts, max_length=4, truncation_side="left")) == 2
+    assert data.texts == [t for _, t in rows] and data.labels == [label for label, _ in rows]
+    assert data.skipped_empty == 0
+    read = classify(classifier, tok, data.texts, max_length=4, truncation_side="left")
+    direct = classify(classifier, tok, [t for _, t in rows], max_length=4, truncation_side="left")
+    assert read == direct
+    for text, p in zip(data.texts, read):  # each row's own prediction, not its neighbour's
+        assert p == pytest.approx(classify(classifier, tok, [text], max_length=4, truncation_side="left")[0], abs=1e-5)
+    assert max(abs(a[0] - b[0]) for a in read for b in read) > 1e-3  # the rows are told apart

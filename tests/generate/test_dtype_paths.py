@@ -50,6 +50,29 @@ def test_bf16_falls_back_to_the_plain_path_when_the_cpu_cannot_pack(packable_ckp
         model.float()
 
 
+@pytest.mark.parametrize("supported", [False, True], ids=["avx2", "avx512"])
+def test_the_bf16_packing_decision_and_its_note_on_either_cpu(packable_ckpt, supported, monkeypatch, capsys) -> None:
+    """The decision alone, with oneDNN's answer simulated (an AVX2-only CPU cannot run the packed bf16 kernels
+    themselves: test_engine.py's test_packed_generation_equals_plain runs them where the CPU can)."""
+    from gpt2.generate.commands import _say_dtype_path
+
+    _, model = packable_ckpt
+    bf16 = model.to(torch.bfloat16)
+    try:
+        monkeypatch.setattr(fastpath, "packed_bf16_supported", lambda: supported)
+        assert can_pack(bf16) == supported
+        _say_dtype_path(bf16)
+        note = capsys.readouterr().err
+        assert ("packed kernels" in note) == supported and ("emulated" in note) != supported, note
+        monkeypatch.setenv("GPT2_NO_FAST_PATH", "1")
+        assert not can_pack(bf16)
+        _say_dtype_path(bf16)
+        note = capsys.readouterr().err
+        assert ("GPT2_NO_FAST_PATH is set" in note) == supported and "packed kernels" not in note, note
+    finally:
+        model.float()
+
+
 def test_gpt2_no_fast_path_forces_the_plain_path(packable_ckpt, monkeypatch) -> None:
     _, model = packable_ckpt
     monkeypatch.setenv("GPT2_NO_FAST_PATH", "1")

@@ -34,3 +34,25 @@ def test_schedule_warmup_cosine_floor_and_time_budget() -> None:
     assert s(20, time_fraction=0.0) == pytest.approx(s(20))  # steps ahead of the clock win
     with pytest.raises(ValueError, match="LR schedule differs"):
         s.load_state_dict({**s.state_dict(), "max_steps": 5})
+
+
+def test_schedule_linear_warmup_straight_line_to_the_floor_and_time_budget() -> None:
+    s = LRSchedule(OptimConfig(lr=2.0, min_lr_ratio=0.25, warmup_steps=4, schedule="linear"), max_steps=24)
+    assert [s(k) for k in range(4)] == pytest.approx([0.5, 1.0, 1.5, 2.0])  # warm-up: lr × (step + 1) / 4
+    assert s(4) == pytest.approx(2.0)  # the peak, then 20 steps down to 2.0 × 0.25
+    assert s(9) == pytest.approx(0.5 + 0.75 * 1.5) and s(14) == pytest.approx(0.5 + 0.5 * 1.5)  # a quarter, half
+    assert [s(k) - s(k + 1) for k in range(4, 24)] == pytest.approx([1.5 / 20] * 20)  # a straight line
+    assert s(24) == pytest.approx(0.5) and s(1000) == pytest.approx(0.5)  # the floor, and it stays there
+    assert s(5, time_fraction=0.5) == pytest.approx(s(14))  # a clock half used: half way down
+    assert s(5, time_fraction=1.5) == pytest.approx(0.5)
+    assert LRSchedule(OptimConfig(lr=2.0, min_lr_ratio=0.0, warmup_steps=4, schedule="linear"), max_steps=24)(24) == 0.0
+    flat = LRSchedule(OptimConfig(lr=2.0, min_lr_ratio=1.0, warmup_steps=0, schedule="linear"), max_steps=24)
+    assert [flat(k) for k in (0, 12, 24)] == pytest.approx([2.0, 2.0, 2.0])  # min_lr_ratio=1: no decay
+
+
+def test_schedule_constant_after_warmup_ignores_the_floor_and_the_clock() -> None:
+    s = LRSchedule(OptimConfig(lr=2.0, min_lr_ratio=0.25, warmup_steps=4, schedule="constant"), max_steps=24)
+    assert [s(k) for k in range(4)] == pytest.approx([0.5, 1.0, 1.5, 2.0])  # the same warm-up
+    assert [s(k) for k in (4, 14, 23, 24, 1000)] == [2.0] * 5  # no decay, min_lr_ratio unused
+    assert s(10, time_fraction=1.0) == 2.0
+    assert LRSchedule(OptimConfig(lr=2.0, warmup_steps=0, schedule="constant"), max_steps=24)(0) == 2.0

@@ -105,7 +105,7 @@ def test_resume_of_a_time_budgeted_run_keeps_its_clock(tmp_path, corpus, env, gp
     r = run_python(KILL_HALF_WAY.format(after_s=budget_s / 2, recipe=TINY, overrides=ov), env)
     assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
     killed_at = int(r.stdout.split("killed at step")[1])
-    state = torch.load(run_dir / f"step-{killed_at:06d}" / "trainer_state.pt", weights_only=False)
+    state = torch.load(run_dir / f"step-{killed_at:06d}" / "trainer_state.pt", weights_only=True)
     spent = state["loop_seconds"]
     assert spent >= budget_s / 2
     lr_before = next(x["lr"] for x in records(run_dir) if x["step"] == killed_at)

@@ -13,11 +13,19 @@ A checkpoint is filled under a temporary name and renamed when whole, then `late
 at a complete one. `transformers.GPT2LMHeadModel.from_pretrained("runs/default/step-000400")` loads the
 model as it is; trainer_state.pt holds what exact resumption needs (optimizer, schedule, step, tokens
 seen, data position, RNG states of every rank).
+
+trainer_state.pt holds only tensors and plain Python values (numpy's RNG state as a tensor and ints), and
+is read with `torch.load(weights_only=True)`, which builds nothing else: a crafted file cannot run code.
+A file written before that change holds numpy's RNG state as a numpy array; it is read through the same
+restricted loader with exactly numpy's array-rebuilding types allowed (a uint32 array, nothing else), and
+resumes as it did. There is no fallback to an unrestricted load.
 """
 
 from __future__ import annotations
 
+import pickle
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -75,7 +83,7 @@ def save_checkpoint(
             extra(tmp)
         if run_yaml is not None:
             (tmp / "run.yaml").write_text(run_yaml, encoding="utf-8")
-        torch.save(trainer_state, tmp / TRAINER_STATE)
+        torch.save(_plain(trainer_state), tmp / TRAINER_STATE)
     atomic_write_text(run_dir / "latest", final.name + "\n")
     if best is not None and best["step"] == step:
         mark_best(run_dir, best)
@@ -112,11 +120,71 @@ def clean_stale(run_dir: str | Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def plain_numpy_rng(state: tuple[Any, ...]) -> dict[str, Any]:
+    """np.random.get_state()'s tuple as a tensor and plain values (weights_only=True reads those)."""
+    import numpy as np
+
+    name, key, pos, has_gauss, cached = state
+    return {"bit_generator": str(name), "key": torch.from_numpy(np.asarray(key, dtype=np.uint32).astype(np.int64)),
+            "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def numpy_rng_state(plain: dict[str, Any]) -> tuple[Any, ...]:
+    """plain_numpy_rng's dict as np.random.set_state takes it."""
+    import numpy as np
+
+    key = plain["key"].numpy().astype(np.uint32)
+    return plain["bit_generator"], key, plain["pos"], plain["has_gauss"], plain["cached_gaussian"]
+
+
+def _plain(obj: Any) -> Any:
+    """Numpy scalars (an evaluator's metric) as Python numbers, through dicts, lists and tuples."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if type(obj).__module__ == "numpy" and hasattr(obj, "item") and getattr(obj, "ndim", 1) == 0:
+        return obj.item()
+    return obj
+
+
+def _old_numpy_rng_types() -> list[Any]:
+    """What an old trainer_state.pt's numpy RNG state (a uint32 array) needs rebuilt, under the names numpy 1
+    and 2 pickle them with: the array-rebuilding function, the array class, the dtype and its uint32 class."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1
+        from numpy.core.multiarray import _reconstruct
+    return [(_reconstruct, "numpy._core.multiarray._reconstruct"), (_reconstruct, "numpy.core.multiarray._reconstruct"),
+            np.ndarray, np.dtype, np.dtypes.UInt32DType]
+
+
 def load_trainer_state(checkpoint: str | Path) -> dict[str, Any]:
+    """trainer_state.pt through torch's restricted unpickler (weights_only=True): tensors, plain values, and
+    (old checkpoints) numpy's uint32 RNG array; anything else is refused in one line, never built."""
     path = Path(checkpoint) / TRAINER_STATE
     try:
-        # RNG states and the optimizer are plain tensors and containers; numpy's RNG state needs
-        # numpy scalars, hence weights_only=False for our own file.
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_old_numpy_rng_types()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # e.g. "Detected pickle protocol 4": the error says it all
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        try:
+            unsafe = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path)) or "objects"
+        except Exception:  # not a zip checkpoint: the names are not listed, the load was refused all the same
+            unsafe = "objects"
+        raise UserError(f"refusing to load {path}: it holds {unsafe} beyond tensors and plain values, which "
+                        "could run code when read; resume only from run directories gpt2 train wrote") from None
     except Exception as e:
         raise UserError(f"cannot read {path}: {e}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("rng"), list):
+        raise UserError(f"cannot read {path}: not a trainer state (a dict with the RNG states of every rank)")
+    for rng in state["rng"]:
+        numpy_state = rng.get("numpy") if isinstance(rng, dict) else None
+        if isinstance(numpy_state, tuple):  # written before the RNG state was stored as a tensor
+            key = numpy_state[1]
+            if getattr(key, "dtype", None) != "uint32" or getattr(key, "shape", None) != (624,):
+                raise UserError(f"cannot read {path}: its numpy RNG state is not MT19937's 624 uint32 words")
+            rng["numpy"] = plain_numpy_rng(numpy_state)
+    return state

@@ -55,6 +55,8 @@ from gpt2.train.checkpoint import (
     checkpoint_name,
     clean_stale,
     load_trainer_state,
+    numpy_rng_state,
+    plain_numpy_rng,
     save_checkpoint,
 )
 from gpt2.train.metrics import MetricsLogger, peak_flops
@@ -90,7 +92,7 @@ class TrainResult:
 def _rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": plain_numpy_rng(np.random.get_state()),  # a tensor and ints: read back with weights_only=True
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -100,7 +102,7 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(numpy_rng_state(state["numpy"]))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
