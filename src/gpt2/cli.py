@@ -425,8 +425,18 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--instruct", default=None, metavar="FILE",
                    help="Alpaca json/jsonl or chat jsonl (e.g. RUN/heldout.jsonl): response loss, and how many greedy "
                    "answers end with <|endoftext|> within --max-new-tokens without writing the template's headers")
-    i.add_argument("--format", default=None, help="prompt format (alpaca, plain) for a model without chat.json")
+    i.add_argument("--format", default=None, help="prompt format (alpaca, plain) for a model without chat.json "
+                   "(--instruct, --preference)")
     i.add_argument("--no-generate", action="store_true", help="with --instruct: the response loss only")
+    d = p.add_argument_group("preference pairs (gpt2 finetune dpo)")
+    d.add_argument("--preference", default=None, metavar="FILE",
+                   help="prompt/chosen/rejected pairs (e.g. RUN/heldout.jsonl of a DPO run): reward accuracy and "
+                   "mean margin against the reference, and how often the model alone ranks chosen first")
+    d.add_argument("--reference", default=None, metavar="REF",
+                   help="the reference model (default: a DPO run's own; a LoRA adapter's base)")
+    d.add_argument("--beta", type=float, default=None, help="DPO's β for the rewards (default: the run's, or 0.1)")
+    d.add_argument("--average-logps", action="store_true", default=None,
+                   help="average the response log-probs over its tokens (default: the run's setting, or summed)")
 
     def _alone(args: argparse.Namespace, what: str) -> None:
         """--classify and --instruct are evaluations of their own: refuse the language-model ones beside them."""
@@ -458,8 +468,19 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                               generate_answers=not args.no_generate, tokenizer=args.tokenizer, dtype=args.dtype,
                               device=args.device, as_json=args.json)
             return 0
+        if args.preference is not None:
+            _alone(args, "--preference scores preference pairs")
+            from gpt2.finetune.dpo_eval import run_eval_preference
+
+            run_eval_preference(args.source, args.preference, reference=args.reference, format=args.format,
+                                beta=args.beta, average_logps=args.average_logps, batch_size=args.batch_size,
+                                limit=args.limit, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device,
+                                as_json=args.json)
+            return 0
+        if args.reference is not None or args.beta is not None or args.average_logps:
+            raise UserError("--reference, --beta and --average-logps go with --preference FILE")
         if args.format is not None or args.no_generate:
-            raise UserError("--format and --no-generate go with --instruct FILE")
+            raise UserError("--format and --no-generate go with --instruct FILE (--format also with --preference)")
 
         run_eval(args.source, data=args.data, split=args.split, field=args.field, column=args.column,
                  delimiter=parse_delimiter(args.delimiter), header=args.header,
