@@ -83,6 +83,7 @@ METRICS = ["rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/acc
 
 
 # ----------------------------------------------------------------------------------------------- must show 1
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["full", "lora", "precompute", "average", "micro-steps"])
 def test_first_loss_is_ln2_and_every_reward_zero(tmp_path, base, data, mode) -> None:
     """Step 0: the policy is the reference, so every log-ratio is 0: loss ln 2, rewards 0 (to 1e-6), and the
@@ -314,6 +315,7 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(tmp_path, base, 
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_format_flag_stands_in_for_a_missing_chat_format(tmp_path, bare_base, data) -> None:
     out = tmp_path / "run"
     assert main([*args(bare_base, data, out, "train.max_steps=1"), "--format", "alpaca"]) == 0
