@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", default="runs/sft-alpaca", help="the instruction model to start from")
     p.add_argument("--out", default="runs/dpo-polite", help="the full run's directory (LoRA: OUT-lora)")
     p.add_argument("--no-lora", action="store_true", help="skip the LoRA run")
-    p.add_argument("--lora-lr", default="1e-3", help="optim.lr of the LoRA run")
+    p.add_argument("--lora-lr", default="2e-3", help="optim.lr of the LoRA run")
     p.add_argument("--answers", type=int, default=10, help="greedy answers before/after to print (0: none)")
     p.add_argument("overrides", nargs="*", help="key=value overrides for both runs (e.g. optim.lr=2e-4)")
     args = p.parse_args(argv)
