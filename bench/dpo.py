@@ -1,7 +1,7 @@
 """Preference tuning, end to end and measured: DPO on the instruction model tuned here, full and LoRA.
 
     flock /tmp/gpt2-bench.lock python bench/dpo.py --base runs/sft-alpaca
-    python bench/dpo.py --base runs/sft-alpaca --no-lora --answers 0        # the full run alone
+    python bench/dpo.py --base runs/sft-alpaca --runs lora --answers 0 --results bench/results/dpo-polite-lora.json
 
 `gpt2 finetune dpo dpo-polite model.init_from=BASE` trains on 935 of the 1,100 pairs of
 ../shared/data/instruction-data-with-preference.json (85/5/10, seed 123) and writes the 110 held-out ones to
@@ -84,38 +84,43 @@ def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__)
     p.add_argument("--base", default="runs/sft-alpaca", help="the instruction model to start from")
     p.add_argument("--out", default="runs/dpo-polite", help="the full run's directory (LoRA: OUT-lora)")
-    p.add_argument("--no-lora", action="store_true", help="skip the LoRA run")
+    p.add_argument("--runs", default="full,lora", help="which runs: full, lora or both (full,lora)")
+    p.add_argument("--results", default="bench/results/dpo-polite.json", help="where the JSON record goes")
     p.add_argument("--lora-lr", default="2e-3", help="optim.lr of the LoRA run")
     p.add_argument("--answers", type=int, default=10, help="greedy answers before/after to print (0: none)")
     p.add_argument("overrides", nargs="*", help="key=value overrides for both runs (e.g. optim.lr=2e-4)")
     args = p.parse_args(argv)
 
     common = ["finetune", "dpo", "dpo-polite", f"model.init_from={args.base}", *args.overrides]
-    runs = {"full": args.out}
-    steps = [{"step": "DPO, full", **timed_rss([*common, f"train.out_dir={args.out}"])}]
-    if not args.no_lora:
+    wanted = args.runs.split(",")
+    runs: dict[str, str] = {}
+    steps = []
+    if "full" in wanted:
+        runs["full"] = args.out
+        steps.append({"step": "DPO, full", **timed_rss([*common, f"train.out_dir={args.out}"])})
+    if "lora" in wanted:
         runs["lora"] = f"{args.out}-lora"
         steps.append({"step": "DPO, LoRA r16", **timed_rss([*common, f"train.out_dir={runs['lora']}",
                                                              "finetune.lora.rank=16", "finetune.lora.alpha=32",
                                                              f"optim.lr={args.lora_lr}"])})
-    held_out = REPO / args.out / "heldout.jsonl"
-    results = {"start": evaluate(args.base, held_out, "--reference", args.base)}
+    held_out = REPO / next(iter(runs.values())) / "heldout.jsonl"
+    results = {"start": evaluate(args.base, held_out, "--reference", args.base)} if "full" in runs else {}
     for name, run in runs.items():
         results[name] = evaluate(run, held_out)
     answers = {}
-    if args.answers:
+    if args.answers and "full" in runs:
         answers = {"start": greedy_answers(args.base, held_out, args.answers),
                    "full": greedy_answers(args.out, held_out, args.answers)}
     record = {"cpu": cpu_name(), "base": args.base, "held_out": str(held_out.relative_to(REPO) if held_out.is_relative_to(REPO) else held_out), "steps": steps,
               "results": results, "answers": answers}
-    out_path = REPO / "bench" / "results" / "dpo-polite.json"
+    out_path = REPO / args.results
     write_results(out_path, record)
 
     print(f"\n{record['cpu']}\n")
     print(markdown_table(["run", "command", "wall", "CPU time", "peak RSS"],
                          [[s["step"], f"`{s['command']}`", f"{s['wall_s'] / 60:.1f} min", f"{s['cpu_s'] / 60:.1f} min",
                            f"{s['peak_rss_mb']:,.0f} MB"] for s in steps], "llrrr"))
-    print(f"\n{results['start']['pairs']} held-out pairs ({record['held_out']}):\n")
+    print(f"\n{next(iter(results.values()))['pairs']} held-out pairs ({record['held_out']}):\n")
     print(markdown_table(["model", "reward accuracy", "mean margin", "model alone ranks chosen first", "DPO loss"],
                          [[name, f"{r['reward_accuracy']:.4f}", f"{r['mean_margin']:.4f}",
                            f"{r['policy_accuracy']:.4f}", f"{r['loss']:.4f}"] for name, r in results.items()]))
