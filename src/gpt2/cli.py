@@ -481,8 +481,18 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--instruct", default=None, metavar="FILE",
                    help="Alpaca json/jsonl or chat jsonl (e.g. RUN/heldout.jsonl): response loss, and how many greedy "
                    "answers end with <|endoftext|> within --max-new-tokens without writing the template's headers")
-    i.add_argument("--format", default=None, help="prompt format (alpaca, plain) for a model without chat.json")
+    i.add_argument("--format", default=None, help="prompt format (alpaca, plain) for a model without chat.json "
+                   "(--instruct, --preference)")
     i.add_argument("--no-generate", action="store_true", help="with --instruct: the response loss only")
+    d = p.add_argument_group("preference pairs (gpt2 finetune dpo)")
+    d.add_argument("--preference", default=None, metavar="FILE",
+                   help="prompt/chosen/rejected pairs (e.g. RUN/heldout.jsonl of a DPO run): reward accuracy and "
+                   "mean margin against the reference, and how often the model alone ranks chosen first")
+    d.add_argument("--reference", default=None, metavar="REF",
+                   help="the reference model (default: a DPO run's own; a LoRA adapter's base)")
+    d.add_argument("--beta", type=float, default=None, help="DPO's β for the rewards (default: the run's, or 0.1)")
+    d.add_argument("--average-logps", action="store_true", default=None,
+                   help="average the response log-probs over its tokens (default: the run's setting, or summed)")
 
     p.set_defaults(func=_run_eval)
 
@@ -493,6 +503,7 @@ def _eval_alone(args: argparse.Namespace, what: str) -> None:
                              ("--completions", args.completions)) if v is not None]
     if others:
         raise UserError(f"{what}; it does not combine with {', '.join(others)}")
+
 
 def _run_eval(args: argparse.Namespace) -> int:
     from gpt2.eval.commands import run_eval
@@ -517,8 +528,19 @@ def _run_eval(args: argparse.Namespace) -> int:
                           generate_answers=not args.no_generate, tokenizer=args.tokenizer, dtype=args.dtype,
                           device=args.device, as_json=args.json)
         return 0
+    if args.preference is not None:
+        _eval_alone(args, "--preference scores preference pairs")
+        from gpt2.finetune.dpo_eval import run_eval_preference
+
+        run_eval_preference(args.source, args.preference, reference=args.reference, format=args.format,
+                            beta=args.beta, average_logps=args.average_logps, batch_size=args.batch_size,
+                            limit=args.limit, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device,
+                            as_json=args.json)
+        return 0
+    if args.reference is not None or args.beta is not None or args.average_logps:
+        raise UserError("--reference, --beta and --average-logps go with --preference FILE")
     if args.format is not None or args.no_generate:
-        raise UserError("--format and --no-generate go with --instruct FILE")
+        raise UserError("--format and --no-generate go with --instruct FILE (--format also with --preference)")
 
     run_eval(args.source, data=args.data, split=args.split, field=args.field, column=args.column,
              delimiter=parse_delimiter(args.delimiter), header=args.header,
@@ -653,7 +675,8 @@ def _add_lora(sub: argparse._SubParsersAction) -> None:
 
 # ------------------------------------------------------------------------------------------ finetune
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("finetune", help="fine-tune a pretrained GPT-2: classification or instruction tuning")
+    p = sub.add_parser("finetune", help="fine-tune a pretrained GPT-2: classification, instruction or preference "
+                                         "tuning")
 
     def run_classify(args: argparse.Namespace) -> int:
         from gpt2.finetune.commands import run_classify
@@ -665,7 +688,12 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
 
         return run_instruct(args)
 
-    fsub = p.add_subparsers(dest="finetune_verb", required=True, metavar="{classify,instruct}")
+    def run_dpo(args: argparse.Namespace) -> int:
+        from gpt2.finetune.commands import run_dpo
+
+        return run_dpo(args)
+
+    fsub = p.add_subparsers(dest="finetune_verb", required=True, metavar="{classify,instruct,dpo}")
     c = fsub.add_parser("classify", help="a classifier on labelled texts (GPT2ForSequenceClassification checkpoints)")
     c.add_argument("args", nargs="*", metavar="[RECIPE] [key=value ...]",
                    help="a recipe (finetune-sms-spam, finetune-imdb or a YAML file) and dotted overrides")
@@ -675,7 +703,13 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
     i.add_argument("args", nargs="*", metavar="[RECIPE] [key=value ...]",
                    help="a recipe (sft-alpaca or a YAML file) and dotted overrides, e.g. finetune.lora.rank=16")
     i.set_defaults(func=run_instruct, example_recipe="sft-alpaca")
-    for verb in (c, i):
+    d = fsub.add_parser("dpo", help="preference tuning (DPO) of an instruction-tuned model on chosen/rejected "
+                                     "pairs (checkpoints are instruction checkpoints)")
+    d.add_argument("args", nargs="*", metavar="[RECIPE] [key=value ...]",
+                   help="a recipe (dpo-polite or a YAML file) and dotted overrides, e.g. finetune.dpo.beta=0.2")
+    d.add_argument("--format", default=None, help="prompt format (alpaca, plain) for a base without chat.json")
+    d.set_defaults(func=run_dpo, example_recipe="dpo-polite")
+    for verb in (c, i, d):
         verb.add_argument("--resume", metavar="RUN_DIR", help="continue a fine-tune (or a checkpoint) exactly where "
                                                                 "it stopped")
         verb.add_argument("--json", action="store_true", help="also print the final metrics as one JSON line")

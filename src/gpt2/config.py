@@ -226,6 +226,22 @@ class LoRASection:
 
 
 @dataclass
+class DPOSection:
+    """Preference tuning (`gpt2 finetune dpo`, gpt2.finetune.dpo): DPO's sigmoid loss against a frozen reference."""
+
+    beta: float = 0.1
+    """DPO's β: how far the policy may move from the reference (rewards are β · log-ratio); must be > 0."""
+    average_logps: bool = False
+    """Average each response's log-probs over its tokens (LLMs-from-scratch) instead of summing them (TRL)."""
+    precompute_reference: bool = False
+    """Score the reference once before training (TRL's precompute_ref_log_probs): no reference forward per step."""
+    reference: str | None = None
+    """The reference model (a run, checkpoint, model directory or hub id); default: model.init_from, the start."""
+    format: str | None = None
+    """The prompt format (gpt2.generate.chat.FORMATS) for a base without chat.json; default: the base's own."""
+
+
+@dataclass
 class FinetuneConfig:
     """What fine-tuning adds (`gpt2 finetune classify`): labelled data, the head, what trains.
 
@@ -270,6 +286,7 @@ class FinetuneConfig:
     train_on_prompt: bool = False
     """Instruction tuning: also train on the prompt tokens (litgpt's default); padding never trains."""
     lora: LoRASection = dataclasses.field(default_factory=LoRASection)
+    dpo: DPOSection = dataclasses.field(default_factory=DPOSection)
 
 
 @dataclass
@@ -431,6 +448,8 @@ def _finetune_checks(f: FinetuneConfig, cfg_optim_name: str) -> list[tuple[bool,
         (f.global_batch_size is None or f.global_batch_size >= 1, "finetune.global_batch_size must be positive"),
         (f.eval_batch_size >= 1, "finetune.eval_batch_size must be at least 1"),
         (f.every_token_weight >= 0, f"finetune.every_token_weight={f.every_token_weight} must be 0 (off) or positive"),
+        (f.dpo.beta > 0, f"finetune.dpo.beta={f.dpo.beta} must be positive (DPO's β scales the log-ratios; 0.1 is "
+                         "TRL's default)"),
         (f.lora.rank is None or f.lora.rank >= 1,
          f"finetune.lora.rank={f.lora.rank} must be at least 1 (or null for full fine-tuning)"),
         (f.lora.alpha > 0, f"finetune.lora.alpha={f.lora.alpha} must be positive"),

@@ -1,4 +1,5 @@
-"""`gpt2 finetune classify|instruct`: fine-tune a pretrained GPT-2 into a classifier or an instruction follower.
+"""`gpt2 finetune classify|instruct|dpo`: fine-tune a pretrained GPT-2 into a classifier, an instruction follower,
+or (DPO) one that prefers the chosen of two answers.
 
     gpt2 train                                                   # a base: runs/shakespeare-cpu
     gpt2 finetune classify finetune-sms-spam                     # → runs/finetune-sms-spam/{best, step-N/}
@@ -6,12 +7,14 @@
     gpt2 finetune classify --resume runs/finetune-sms-spam       # continue exactly where it stopped
     gpt2 finetune classify finetune-sms-spam-lora                # LoRA adapters (finetune.lora.*), PEFT's format
     gpt2 finetune instruct sft-alpaca                            # → runs/sft-alpaca, then `gpt2 chat runs/sft-alpaca`
+    gpt2 finetune dpo dpo-polite                                 # → runs/dpo-polite: preference tuning of sft-alpaca
 
 Training, evaluation intervals, checkpoints, resume, DDP and the progress line are the trainer's
 (gpt2.train.loop); the task is gpt2.finetune.task. At the end the checkpoint named `best` (by
 finetune.metric on the validation split) scores the test split: the `test` record of metrics.jsonl,
 confusion-test.png, and the printed summary. An instruction run (gpt2.finetune.instruct) reports its
-held-out response loss and two greedy answers, and leaves the held-out entries in RUN/heldout.jsonl.
+held-out response loss and two greedy answers, and leaves the held-out entries in RUN/heldout.jsonl;
+a DPO run (gpt2.finetune.dpo) its held-out rewards, and its held-out pairs in the same file.
 """
 
 from __future__ import annotations
@@ -136,3 +139,39 @@ def run_instruct(args: argparse.Namespace) -> int:
     print(f"run directory: {result.run_dir} (metrics.jsonl, tensorboard/, {HELD_OUT_FILE})")
     print(f"chat with it: gpt2 chat {result.run_dir}    score it: gpt2 eval {result.run_dir} --instruct {held_out}")
     return 130 if result.interrupted else 0
+
+
+def finetune_dpo(cfg: RunConfig, *, resume: str | Path | None = None, progress: bool | None = None) -> Any:
+    """Train the preference task (gpt2.finetune.dpo); returns the TrainResult."""
+    from gpt2.finetune.dpo import DPOTask
+    from gpt2.train.loop import run
+
+    return run(cfg, DPOTask(cfg), resume=resume, progress=progress)
+
+
+def run_dpo(args: argparse.Namespace) -> int:
+    """`gpt2 finetune dpo`: train, then report the held-out rewards and say where the model is."""
+    from gpt2.finetune.instruct import HELD_OUT_FILE
+    from gpt2.train import TrainingStopped
+
+    if args.format is not None:
+        args.args = [*args.args, f"finetune.dpo.format={args.format}"]
+    cfg = _config(args)
+    try:
+        result = finetune_dpo(cfg, resume=args.resume)
+    except TrainingStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    m = result.metrics
+    print(f"\nstep {result.step}: held-out DPO loss {m.get('val_loss', float('nan')):.4f}, reward accuracy "
+          f"{m.get('eval_rewards/accuracies', float('nan')):.4f}, margin {m.get('eval_rewards/margins', float('nan')):.4f} "
+          f"({m.get('val_pairs', 0)} pairs)")
+    for text in result.samples:
+        print(f"  {text}")
+    if args.json:
+        print(json.dumps({"val": m, "samples": result.samples}))
+    held_out = result.run_dir / HELD_OUT_FILE
+    print(f"run directory: {result.run_dir} (metrics.jsonl, tensorboard/, {HELD_OUT_FILE})")
+    print(f"chat with it: gpt2 chat {result.run_dir}    score it: gpt2 eval {result.run_dir} --preference {held_out}")
+    return 130 if result.interrupted else 0
+

@@ -136,9 +136,18 @@ class InstructLoader:
                             "train.micro_batch_size")
         self.examples, self.B, self.rank, self.world = examples, batch_size, rank, world_size
         self.seed, self.pad_id = seed, pad_id
-        self.lengths = np.array([len(ids) for ids, _ in examples])
+        self.lengths = np.array([self.length(e) for e in examples])
         self.epoch, self.offset = 0, 0
         self._batches: tuple[int, list[np.ndarray]] | None = None
+
+    @staticmethod
+    def length(example: Any) -> int:
+        """What the buckets sort by: an example's token count (a preference pair's loader gives its own)."""
+        return len(example[0])
+
+    def collate(self, examples: list[Any]) -> tuple[torch.Tensor, ...]:
+        """One micro-batch of examples as tensors (pad_examples here; a preference pair's loader gives its own)."""
+        return pad_examples(examples, self.pad_id)
 
     def batches(self, epoch: int) -> list[np.ndarray]:
         """The epoch's micro-batches (example indices), in order, over all ranks."""
@@ -156,13 +165,13 @@ class InstructLoader:
         self._batches = (epoch, batches)
         return batches
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's next micro-batch: (x (B, T), y (B, T)) as pad_examples gives them."""
+    def next_batch(self) -> tuple[torch.Tensor, ...]:
+        """This rank's next micro-batch: (x (B, T), y (B, T)) as pad_examples gives them (see collate)."""
         if self.offset + self.B * self.world > len(self.batches(self.epoch)) * self.B:
             self.epoch, self.offset = self.epoch + 1, 0
         idx = self.batches(self.epoch)[self.offset // self.B + self.rank]
         self.offset += self.B * self.world
-        return pad_examples([self.examples[i] for i in idx], self.pad_id)
+        return self.collate([self.examples[i] for i in idx])
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "offset": self.offset, "examples": len(self.examples)}

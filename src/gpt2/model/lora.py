@@ -24,9 +24,11 @@ LoRA matrices themselves are nn.Linear in PEFT too, so lora_A/lora_B are stored 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -81,6 +83,7 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Linear(self.in_features, rank, bias=False)
         self.lora_B = nn.Linear(rank, self.out_features, bias=False)
         self.reset_lora_parameters()
+        self.disabled = False  # adapters_disabled(model): the base layer alone (DPO's reference, PEFT's disable_adapter)
         w = base_layer.weight
         self.lora_A.to(device=w.device, dtype=w.dtype)
         self.lora_B.to(device=w.device, dtype=w.dtype)
@@ -94,6 +97,8 @@ class LoRALinear(nn.Module):
         """x (..., in) → (..., out)."""
         # The scaling multiplies the (..., r) activations, not the (..., out) ones, and the update is added in
         # place: a Linear's backward needs its input and weight, never its output, so autograd allows it.
+        if self.disabled:
+            return self.base_layer(x)
         update = self.lora_B(self.lora_A(self.lora_dropout(x)) * self.scaling)  # (..., out)
         return self.base_layer(x).add_(update)
 
@@ -186,6 +191,21 @@ def inject_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
     if hasattr(model, "score"):
         model.score.requires_grad_(True)
     return model
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block the model computes what its base does (every LoRALinear gives its base layer's
+    output), as PEFT's `disable_adapter()`: DPO's reference is the same weights with the adapters off, so
+    there is no second model in memory. Yields `model`; the adapters are back on when the block ends."""
+    layers = list(lora_layers(model).values())
+    for layer in layers:
+        layer.disabled = True
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.disabled = False
 
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:

@@ -432,6 +432,7 @@ class Trainer:
         step_loss = accumulate(self.task, self.wrapped, self.model, batches, mode=self.mode,
                                world_size=self.world_size, device=self.device, autocast=self.autocast,
                                scaler=self.scaler)
+        self.step_extra = self.task.step_metrics(world_size=self.world_size)
         self.scaler.unscale_(self.optimizer)
         # With no clipping, an infinite threshold measures the norm and scales by exactly 1. Under FSDP
         # the gradients are sharded DTensors and the norm comes back as one.
@@ -477,7 +478,8 @@ class Trainer:
                 self.said_stale_peak = True
             mfu = None
         self.logger.log({"kind": "train", "step": self.step, "tokens": self.tokens_seen, "loss": loss, "lr": lr,
-                         "grad_norm": grad_norm, "tok_per_s": tok_s, "mfu": mfu, "time": time.time() - self.t_start})
+                         "grad_norm": grad_norm, "tok_per_s": tok_s, "mfu": mfu, "time": time.time() - self.t_start,
+                         **self.step_extra})
         eta = (cfg.train.max_steps - self.step) * self.timed_seconds / max(self.timed_steps, 1)
         if self.budget is not None:  # a time-budgeted run ends when its budget does, if that comes first
             eta = min(eta, max(self.budget - (time.time() - self.t_loop), 0.0))

@@ -13,9 +13,10 @@ DDP/FSDP. A task owns the rest:
 - its model: `build_model` makes it fresh or from `model.init_from`, or loads the checkpoint to resume;
 - its batches: `train_loader` gives a resumable loader whose `next_batch()` is a tuple of CPU tensors;
 - its loss: `count(batch)` is the number of counted targets of a micro-batch (tokens that are not
-  masked, or examples, or their class weights), known before the forward; `loss_sum(model, batch)` is
-  the SUM of the per-target losses. The trainer divides by the count of the whole global batch, over
-  every micro-step and rank, so padding and masking never change how much a target weighs;
+  masked, or examples, or their class weights, or preference pairs), known before the forward;
+  `loss_sum(model, batch)` is the SUM of the per-target losses. The trainer divides by the count of the
+  whole global batch, over every micro-step and rank, so padding and masking never change how much a
+  target weighs; `step_metrics` adds what else a step measured to its train record;
 - its evaluation (`evaluate`, and for language models HellaSwag and samples), and its start record.
 """
 
@@ -101,6 +102,12 @@ class Task:
     def tokens(self, batch: Batch) -> int:
         """Tokens the forward of this micro-batch processes (throughput and MFU)."""
         return batch[0].numel()
+
+    def step_metrics(self, *, world_size: int) -> dict[str, Any]:
+        """Metrics of the step just taken besides its loss, the same on every rank (DPO: its rewards over the
+        step's pairs), logged with the step's train record. Called on every rank after every step's
+        micro-batches, so it may all-reduce what `loss_sum` gathered."""
+        return {}
 
     def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
         """Metrics on the validation data, the same on every rank; `val_loss` at least."""
