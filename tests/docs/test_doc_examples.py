@@ -59,10 +59,10 @@ FINETUNE_FAST = ("train.max_steps=4 train.max_minutes=null train.micro_batch_siz
 
 # (pattern, replacement, why): applied with re.sub to every example's text, in this order.
 SUBSTITUTIONS: list[tuple[str, str, str]] = [
-    (r"\bgpt2 train(?: (?!-)(?![\w.]+=)\S+)?", rf"\g<0> {PRETRAIN_FAST}",
+    (r"\bgpt2 train(?! --resume)(?: (?!-)(?![\w.]+=)\S+)?", rf"\g<0> {PRETRAIN_FAST}",
      "pretraining: a tiny model for 6 steps instead of minutes (recipe, then these, then the example's own overrides)"),
-    (r"\bgpt2 finetune (?:classify|instruct)(?: (?!-)(?![\w.]+=)\S+)?", rf"\g<0> {FINETUNE_FAST}",
-     "fine-tuning: 4 steps of 4 examples instead of minutes"),
+    (r"\bgpt2 finetune (?:classify|instruct)(?! --resume)(?: (?!-)(?![\w.]+=)\S+)?", rf"\g<0> {FINETUNE_FAST}",
+     "fine-tuning: 4 steps of 4 examples instead of minutes (a resumed run keeps the run's own settings)"),
     (r"(load_config\(\"tiny-test\", \[)", r'\1"data.workers=1", ',
      "the Python API's training example: one tokenizer process (the recipe is already tiny)"),
 ]
@@ -107,7 +107,7 @@ FILES: dict[str, str] = {
 }
 
 NOT_CODE = {"text"}  # shown, never run: output, listings, tables
-RUN_TIMEOUT_S = 300
+RUN_TIMEOUT_S = 600
 
 
 # ----------------------------------------------------------------------------------------- collection
