@@ -89,6 +89,8 @@ FILES: dict[str, str] = {
     "sample.txt": "To be, or not to be: that is the question.\n",
     "prompts.txt": "ROMEO:\nJULIET:\nFirst Citizen:\n",
     "messages.txt": "WINNER!! Claim your free prize now\nAre we still on for 6?\n",
+    "sms_test.tsv": "spam\tWINNER!! Claim your free prize now\nham\tAre we still on for 6?\n"
+                    "ham\tOk see you at home\nspam\tFree entry: text WIN to 80086 to claim\n",
     "corpus/a.txt": "The quick brown fox jumps over the lazy dog. " * 40,
     "corpus/b.txt": "Pack my box with five dozen liquor jugs. " * 40,
     "books/one/a.txt": "It was a dark and stormy night.\n\nThe rain fell in torrents.\n" * 20,
