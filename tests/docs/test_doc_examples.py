@@ -163,6 +163,7 @@ class Workspace:
         self.env.pop("GPT2_DEBUG", None)
         if lay_out:
             self._lay_out(shared_data)
+        self._write_files()  # cheap, and a reused workspace gets the table's newest files
         Path(self.socket).unlink(missing_ok=True)
         self.zygote = subprocess.Popen([sys.executable, str(HERE / "zygote.py"), self.socket], env=self.env,
                                        stdout=subprocess.PIPE, text=True, cwd=self.repo)
@@ -200,12 +201,14 @@ class Workspace:
         for f in (shared_data / "gpt2").iterdir():  # GPT-2's vocabulary, for the name "gpt2", offline
             shutil.copy(f, self.cache / "tokenizers" / "gpt2" / f.name)
         self._stand_in_shakespeare()
-        for name, text in FILES.items():
-            (self.repo / name).parent.mkdir(parents=True, exist_ok=True)
-            (self.repo / name).write_text(text, "utf-8")
         shim = self.bin / "gpt2"
         shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "{HERE / "client.py"}" "$@"\n')
         shim.chmod(0o755)
+
+    def _write_files(self) -> None:
+        for name, text in FILES.items():
+            (self.repo / name).parent.mkdir(parents=True, exist_ok=True)
+            (self.repo / name).write_text(text, "utf-8")
 
     def _stand_in_shakespeare(self) -> None:
         """A few "plays" cut from Tiny Shakespeare, named as the real corpus's files, the held-out two among them."""
