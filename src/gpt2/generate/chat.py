@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gpt2.errors import UserError, UserFileNotFoundError
+from gpt2.generate.budget import fit_new_tokens
 from gpt2.generate.engine import Generation, SampleConfig, stream
 from gpt2.model.gpt2 import GPT2LMHeadModel
 
@@ -396,7 +397,9 @@ class Chat:
     def __init__(self, model: GPT2LMHeadModel, tokenizer: Any, fmt: ChatFormat, config: SampleConfig | None = None,
                  *, pack: bool = True, system: str | None = None) -> None:
         self.model, self.tokenizer, self.format = model, tokenizer, fmt
-        config = config or SampleConfig(max_new_tokens=256)
+        # No config: chat's default of 256 new tokens, capped to half the context of a model with a short one.
+        config = config or SampleConfig(max_new_tokens=fit_new_tokens(model.config.n_positions, requested=None,
+                                                                      default=256)[0])
         # A growing history must never stop the chat: keep the latest tokens (with a warning) if one turn
         # alone overflows; older turns are dropped whole before that.
         self.config = config.replace(stop=[*fmt.stop, *config.stop], num_samples=1, long_prompt="truncate")
@@ -435,6 +438,8 @@ class Chat:
                 parsed = value
         except ValueError:
             raise UserError(f"{name} takes a value of type {kind}, got {value!r}") from None
+        if name == "max_new_tokens":  # refused here, not at the next message, when it leaves no room for one
+            fit_new_tokens(self.model.config.n_positions, requested=parsed, default=0, name="max_new_tokens")
         self.config = self.config.replace(**{name: parsed})
 
     def send(self, message: str, input: str = "") -> Iterator[str]:
