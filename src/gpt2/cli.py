@@ -24,14 +24,25 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("model", help="inspect model presets and checkpoints")
     msub = p.add_subparsers(dest="model_cmd", required=True, metavar="COMMAND")
     info = msub.add_parser("info", help="parameters, FLOPs per token and memory of a preset or checkpoint dir")
-    info.add_argument("source", help="a preset name (gpt2, gpt2-medium, tiny, ...) or a model directory")
+    info.add_argument("source", help="a preset name (gpt2, gpt2-medium, tiny, ...: no download), or what every "
+                      "verb takes: a run directory, RUN/best, a checkpoint or HF directory, a LoRA adapter "
+                      "(its base's shape), a hub id, preset:NAME")
     info.add_argument("--seq-len", type=int, default=None, help="context length for the FLOPs count")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
     def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from gpt2.load import describe
+        from gpt2.model.config import PRESETS
         from gpt2.model.info import model_info, render_info
 
-        info = model_info(args.source, seq_len=args.seq_len)
+        if args.source in PRESETS and not Path(args.source).exists():  # `gpt2` the preset, not the hub download
+            info = model_info(args.source, seq_len=args.seq_len)
+        else:
+            d = describe(args.source)
+            info = model_info(d.config, seq_len=args.seq_len, name=args.source)
+            info.update(directory=str(d.directory) if d.directory else None, adapter=d.adapter)
         if args.json:
             import json
 
