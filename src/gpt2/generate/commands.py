@@ -145,8 +145,10 @@ def run_generate(
         prompts = [encode_conversation([{"role": "user", "content": p}], tok, fmt, add_generation_prompt=True)[0]
                    for p in prompts]
         config = config.replace(stop=[*fmt.stop, *config.stop])
-    config = _fit(config, model, prompts=[encode_prompt(tok, p, bos=config.bos, bos_token_id=model.config.bos_token_id)[0]
-                                          for p in prompts] if fit_max_new_tokens else None, fit=fit_max_new_tokens)
+    ids = None
+    if fit_max_new_tokens:  # the default is fitted to the longest prompt, as the engine will encode it
+        ids = [encode_prompt(tok, p, bos=config.bos, bos_token_id=model.config.bos_token_id)[0] for p in prompts]
+    config = _fit(config, model, prompts=ids, fit=fit_max_new_tokens)
 
     with warnings_as_lines():
         events = stream(model, tok, prompts, config, batch_size=batch_size, pack=pack)
