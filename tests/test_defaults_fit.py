@@ -163,3 +163,28 @@ def test_serve_with_its_defaults(instruct_dir) -> None:
         assert r.status_code == 400
         error = r.json()["error"]
         assert error["param"] == "max_tokens" and error["code"] == "context_length_exceeded"
+
+
+def test_chat_default_gives_way_to_a_long_message(instruct_dir) -> None:
+    """With the default length, a message whose prompt leaves less than it gets a shorter reply, not a prompt
+    cut from the left (which would drop the format's preamble); the user's own length still cuts the prompt."""
+    import warnings
+
+    from gpt2.generate import PromptTruncatedWarning, SampleConfig
+    from gpt2.generate.chat import Chat
+    from gpt2.load import load
+
+    loaded = load(instruct_dir, device="cpu")
+    message = "the cat sat on the mat " * 30
+    chat = Chat(loaded.model, loaded.tokenizer, loaded.chat_format, SampleConfig(max_new_tokens=128, temperature=0,
+                                                                                 stop_at_eot=False))
+    chat.fit_default = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PromptTruncatedWarning)
+        "".join(chat.send(message))
+    assert 128 < len(chat.prompt) < N_POSITIONS and chat.last.truncated_tokens == 0
+    assert chat.last.prompt_tokens + chat.last.completion_tokens == N_POSITIONS
+    chat.reset()
+    chat.set("max_new_tokens", "128")
+    with pytest.warns(PromptTruncatedWarning):
+        "".join(chat.send(message))

@@ -253,7 +253,8 @@ def run_chat(
     """`gpt2 chat`: the interactive loop over stdin/stdout (see gpt2.generate.chat).
 
     With `fit_max_new_tokens`, config.max_new_tokens is a default: a chat's prompt (the conversation so far)
-    is unknown at the start, so it is capped to half the model's context (gpt2.generate.budget)."""
+    is unknown at the start, so it is capped to half the model's context (gpt2.generate.budget), and a message
+    whose prompt leaves less room gets a shorter reply rather than a cut prompt."""
     from gpt2.generate.chat import Chat, chat_loop
 
     loaded = load(source, tokenizer=tokenizer, dtype=dtype, device=device)
@@ -261,5 +262,7 @@ def run_chat(
     _say_dtype_path(model)
     fmt = _chat_format(loaded.directory or source, loaded.chat_format, format)
     config = _fit(config, model, prompts=None, fit=fit_max_new_tokens)
+    chat = Chat(model, tok, fmt, config, pack=pack)
+    chat.fit_default = fit_max_new_tokens
     with warnings_as_lines():
-        return chat_loop(Chat(model, tok, fmt, config, pack=pack))
+        return chat_loop(chat)
