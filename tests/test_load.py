@@ -155,6 +155,7 @@ def test_chat_eval_and_init_from_take_what_the_loader_takes(tmp_path, tok, gpt2_
     from the adapter's directory instead of its base's, eval refused preset:NAME, and model.init_from took
     only a checkpoint or HF directory, not a run or RUN/best."""
     import io
+    import shutil
 
     from gpt2.finetune.lora import LoRAConfig, inject_lora, save_adapter
     from gpt2.train.setup import _init_dir
@@ -174,6 +175,12 @@ def test_chat_eval_and_init_from_take_what_the_loader_takes(tmp_path, tok, gpt2_
                   "--truncate")  # the tiny BPE spells the Alpaca preamble in 141 tokens
     assert r.returncode == 0, r.stderr
     (tmp_path / "text.txt").write_text("a small corpus for a small tokenizer. " * 30)
+    lora_run = tmp_path / "lora-run"  # a LoRA fine-tune's run: its checkpoints are adapters
+    shutil.copytree(tmp_path / "adapter", lora_run / "step-000002")
+    torch.save({}, lora_run / "step-000002" / "trainer_state.pt")
+    (lora_run / "best").write_text("step-000002\n")
+    r = gpt2_main("lora", "merge", str(lora_run / "best"), str(tmp_path / "merged"))
+    assert r.returncode == 0 and (tmp_path / "merged" / "model.safetensors").is_file(), r.stderr
     r = gpt2_main("eval", "preset:tiny", "--data", str(tmp_path / "text.txt"), "--tokenizer", str(base), "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["checkpoint"] == "preset:tiny", r.stderr
     assert _init_dir(str(run)) == base and _init_dir(str(run / "best")) == base and _init_dir(str(base)) == base
