@@ -109,7 +109,8 @@ def test_a_newcomer_follows_the_readme(newcomer) -> None:
     assert (home / "runs/sft-tiny/heldout.jsonl").is_file()
     r = newcomer("chat", "runs/sft-tiny", "--greedy", input="Name the king.\n")
     assert "chat format: alpaca" in r.stderr and "note: --max-new-tokens 128 instead of the default 256" in r.stderr
-    assert len(r.stdout.splitlines()) == 1  # one reply to one message
+    # one reply (the tiny model's may hold newlines), and the Alpaca prompt is not cut: the reply gives way
+    assert r.stdout.endswith("\n") and "warning" not in r.stderr, r.stderr
 
     # a classifier from a small labelled file, then classify with it
     rng = random.Random(1)
