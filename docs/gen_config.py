@@ -24,8 +24,8 @@ HEADER = """# Configuration reference
 A run's configuration is one `RunConfig`: a section per concern, each a dataclass in
 `src/gpt2/config.py`. Precedence: these defaults < the YAML recipe (`configs/*.yaml`, or any file) <
 `key=value` overrides on the command line (`gpt2 train shakespeare-cpu train.max_steps=100`). An unknown
-key or a value of the wrong type is one `error:` line naming the key. `python -m gpt2.config RECIPE
-[key=value ...]` prints the resolved configuration of a recipe.
+key or a value of the wrong type is one `error:` line naming the key. `gpt2 train RECIPE
+[key=value ...] --print-config` prints the resolved configuration of a recipe.
 """
 
 

@@ -91,6 +91,7 @@ LONGEST_FIRST = (
     "train/test_train.py", "train/test_reproducible.py", "train/test_fsdp.py", "generate/test_hf_generate.py",
     "data/test_data_cli.py", "generate/test_generate_cli.py", "finetune/test_classify_cli.py",
     "train/test_train_features.py", "finetune/test_finetune.py", "train/test_muon.py",
+    "test_newcomer.py",  # one test of ~10 `gpt2` processes in a row
 )
 
 

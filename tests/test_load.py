@@ -111,3 +111,81 @@ def test_task_classify_loads_a_classifier_and_each_kind_refuses_the_other(tmp_pa
         load(tmp_path / "lm", device="cpu", task="classify")
     with pytest.raises(UserError, match=r"is a language model.*`gpt2 finetune classify`"):
         load("preset:tiny", tokenizer=str(tmp_path / "clf"), device="cpu", task="classify")
+
+
+def test_model_info_takes_what_the_loader_takes(tmp_path, tok, gpt2_main) -> None:
+    """`gpt2 model info` on a run, `RUN/best`, a checkpoint and an adapter (issue 29: a run directory said
+    `no config.json at RUN/config.json`), besides a preset name."""
+    from gpt2.model.lora import LoRAConfig, inject_lora, save_adapter
+
+    run = tmp_path / "run"
+    for step, n_positions in ((2, 128), (4, 64)):  # two shapes, so the output shows which checkpoint was read
+        d = run / f"step-{step:06d}"
+        GPT2LMHeadModel(GPT2Config.from_preset("tiny", vocab_size=tok.n_vocab, n_positions=n_positions)
+                        ).save_pretrained(d)
+        tok.save(d)
+        torch.save({}, d / "trainer_state.pt")
+    (run / "latest").write_text("step-000002\n")
+    (run / "best").write_text("step-000004\n")
+
+    def info(source) -> dict:
+        r = gpt2_main("model", "info", str(source), "--json")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    assert info(run)["directory"] == str(run / "step-000002") and info(run)["n_positions"] == 128
+    assert info(run / "best")["directory"] == str(run / "step-000004") and info(run / "best")["n_positions"] == 64
+    assert info(run / "step-000004")["n_positions"] == 64
+    base = run / "step-000002"
+    model = inject_lora(GPT2LMHeadModel.from_pretrained(base), LoRAConfig(rank=4))
+    save_adapter(model, tmp_path / "adapter", base_model_name_or_path=str(base))
+    adapter = info(tmp_path / "adapter")
+    # c_attn in each of tiny's 2 blocks: A (4 × 64) and B (192 × 4)
+    assert adapter["adapter"] == {"base": str(base), "rank": 4, "task_type": "CAUSAL_LM", "parameters": 2 * 4 * (64 + 192)}
+    assert adapter["parameters"] == info(base)["parameters"] and adapter["directory"] == str(tmp_path / "adapter")
+    table = gpt2_main("model", "info", str(tmp_path / "adapter")).stdout
+    assert "LoRA rank 4, 2,048 parameters" in table and str(base) in table
+    assert info("tiny")["n_positions"] == 128 and info("preset:tiny")["parameters"] == info("tiny")["parameters"]
+    r = gpt2_main("model", "info", str(tmp_path / "nothing"))
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.splitlines()) == 1
+
+
+def test_chat_eval_and_init_from_take_what_the_loader_takes(tmp_path, tok, gpt2_main, monkeypatch) -> None:
+    """The verbs that resolved a name on their own before loading: chat (and generate --chat) read chat.json
+    from the adapter's directory instead of its base's, eval refused preset:NAME, and model.init_from took
+    only a checkpoint or HF directory, not a run or RUN/best."""
+    import io
+    import shutil
+
+    from gpt2.model.lora import LoRAConfig, inject_lora, save_adapter
+    from gpt2.train.setup import _init_dir
+
+    run = tmp_path / "run"
+    base = run / "step-000002"
+    model = _save(base, tok, chat=True)
+    torch.save({}, base / "trainer_state.pt")
+    (run / "latest").write_text("step-000002\n")
+    (run / "best").write_text("step-000002\n")
+    save_adapter(inject_lora(model, LoRAConfig(rank=2)), tmp_path / "adapter", base_model_name_or_path=str(base))
+    assert not (tmp_path / "adapter" / "chat.json").exists()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Name a color.\n"))
+    r = gpt2_main("chat", str(tmp_path / "adapter"), "--greedy", "--max-new-tokens", "3")
+    assert r.returncode == 0 and "chat format: alpaca" in r.stderr, r.stderr
+    r = gpt2_main("generate", str(tmp_path / "adapter"), "Name a color.", "--chat", "--max-new-tokens", "3", "--json",
+                  "--truncate")  # the tiny BPE spells the Alpaca preamble in 141 tokens
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "text.txt").write_text("a small corpus for a small tokenizer. " * 30)
+    lora_run = tmp_path / "lora-run"  # a LoRA fine-tune's run: its checkpoints are adapters
+    shutil.copytree(tmp_path / "adapter", lora_run / "step-000002")
+    torch.save({}, lora_run / "step-000002" / "trainer_state.pt")
+    (lora_run / "best").write_text("step-000002\n")
+    r = gpt2_main("lora", "merge", str(lora_run / "best"), str(tmp_path / "merged"))
+    assert r.returncode == 0 and (tmp_path / "merged" / "model.safetensors").is_file(), r.stderr
+    r = gpt2_main("eval", "preset:tiny", "--data", str(tmp_path / "text.txt"), "--tokenizer", str(base), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["checkpoint"] == "preset:tiny", r.stderr
+    assert _init_dir(str(run)) == base and _init_dir(str(run / "best")) == base and _init_dir(str(base)) == base
+    assert _init_dir("openai-community/gpt2") == "openai-community/gpt2"  # a hub id, downloaded as before
+    with pytest.raises(UserError, match="is a LoRA adapter: fold it into its base first with `gpt2 lora merge"):
+        _init_dir(str(tmp_path / "adapter"))
+    with pytest.raises(UserError, match="set model.preset=tiny"):
+        _init_dir("preset:tiny")

@@ -25,24 +25,28 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("model", help="inspect model presets and checkpoints")
     msub = p.add_subparsers(dest="model_cmd", required=True, metavar="COMMAND")
     info = msub.add_parser("info", help="parameters, FLOPs per token and memory of a preset or checkpoint dir")
-    info.add_argument("source", help="a preset name (gpt2, gpt2-medium, tiny, ...) or a model directory")
+    info.add_argument("source", help="a preset name (gpt2, gpt2-medium, tiny, ...: no download), or what every "
+                      "verb takes: a run directory, RUN/best, a checkpoint or HF directory, a LoRA adapter "
+                      "(its base's shape), a hub id, preset:NAME")
     info.add_argument("--seq-len", type=int, default=None, help="context length for the FLOPs count")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
     def run(args: argparse.Namespace) -> int:
         from pathlib import Path
 
+        from gpt2.load import describe
+        from gpt2.model.config import PRESETS
         from gpt2.model.info import model_info, render_info
 
-        source = args.source
-        if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
-            from gpt2.load import resolve_model_dir
-
-            source = str(resolve_model_dir(source))  # a run directory: its latest checkpoint
-        info = model_info(source, seq_len=args.seq_len)
-        controls = _control_tokens_of(source)
-        if controls:
-            info["control_tokens"] = controls
+        if args.source in PRESETS and not Path(args.source).exists():  # `gpt2` the preset, not the hub download
+            info, controls = model_info(args.source, seq_len=args.seq_len), {}
+        else:
+            d = describe(args.source)
+            info = model_info(d.config, seq_len=args.seq_len, name=args.source)
+            info.update(directory=str(d.directory) if d.directory else None, adapter=d.adapter)
+            controls = _control_tokens_of(str(d.directory)) if d.directory else {}
+            if controls:
+                info["control_tokens"] = controls
         if args.json:
             import json
 
@@ -327,8 +331,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 # ---------------------------------------------------------------------------------- generate, chat
 def _add_sampling_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> None:
     g = p.add_argument_group("sampling (defaults: plain sampling at temperature 1, no filters)")
-    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N",
-                   help=f"most tokens to generate (default: {max_new_tokens})")
+    # None marks "not given", so the default can be fitted to the model's context (gpt2.generate.budget).
+    p.set_defaults(default_max_new_tokens=max_new_tokens)
+    g.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help=f"most tokens to generate (default: {max_new_tokens}, or less where the model's context "
+                   "leaves less room: said on stderr)")
     g.add_argument("--temperature", type=float, default=None, metavar="T", help="0 is greedy (default: 1.0)")
     g.add_argument("--greedy", action="store_true", help="always pick the most likely token (= --temperature 0)")
     g.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among the K most likely tokens")
@@ -362,7 +369,7 @@ def _sample_config(args: argparse.Namespace, **extra):
         return s.replace("\\n", "\n").replace("\\t", "\t")
 
     given = {
-        "max_new_tokens": args.max_new_tokens,
+        "max_new_tokens": args.default_max_new_tokens if args.max_new_tokens is None else args.max_new_tokens,
         "temperature": 0.0 if args.greedy else args.temperature,
         "top_k": args.top_k,
         "top_p": args.top_p,
@@ -408,7 +415,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         return run_generate(args.source, args.prompt, config=config, prompts_file=args.prompts_file, out=args.out,
                             batch_size=args.batch_size, tokenizer=args.tokenizer, dtype=args.dtype,
                             device=args.device, as_json=args.json, show_probs=args.show_probs,
-                            probs_plot=args.probs_plot, pack=args.pack, chat=args.chat, format=args.format)
+                            probs_plot=args.probs_plot, pack=args.pack, chat=args.chat, format=args.format,
+                            fit_max_new_tokens=args.max_new_tokens is None)
 
     p.set_defaults(func=run)
 
@@ -421,7 +429,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         from gpt2.generate.commands import run_chat
 
         return run_chat(args.source, config=_sample_config(args), format=args.format, tokenizer=args.tokenizer,
-                        dtype=args.dtype, device=args.device, pack=args.pack)
+                        dtype=args.dtype, device=args.device, pack=args.pack,
+                        fit_max_new_tokens=args.max_new_tokens is None)
 
     c.set_defaults(func=run_chat)
 
@@ -460,7 +469,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", default=None, metavar="FILE",
                    help="BERTScore: rescale with a bert-score baseline file (LAYER,P,R,F)")
     p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
-                   help="completion length (default: 64; --instruct: 256)")
+                   help="completion length (default: 64; --instruct: 256, or the room each prompt leaves in "
+                   "the model's context where that is less)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="at most N HellaSwag examples / completions")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="rows per forward pass (default: 16)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed for --completions (default: 0)")
@@ -524,7 +534,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         from gpt2.finetune.instruct_eval import run_eval_instruct
 
         run_eval_instruct(args.source, args.instruct, format=args.format, batch_size=args.batch_size,
-                          max_new_tokens=args.max_new_tokens or 256, limit=args.limit,
+                          max_new_tokens=args.max_new_tokens, limit=args.limit,
                           generate_answers=not args.no_generate, tokenizer=args.tokenizer, dtype=args.dtype,
                           device=args.device, as_json=args.json)
         return 0

@@ -3,9 +3,11 @@
     python -c "from gpt2.load import load; print(load('runs/shakespeare-cpu').directory)"
     python -c "from gpt2.load import load; print(load('preset:tiny').model)"   # random weights in a preset's shapes
 
-Every verb that takes a model (eval, generate, chat, finetune, serve) goes through `load()`, so a name
-means the same thing everywhere:
-- a training run directory → its newest complete checkpoint (the one `latest` names);
+Every verb that takes a model (eval, generate, chat, classify, finetune, serve, lora merge) goes through
+`load()`, and `gpt2 model info` through `describe()` (the config alone), so a name means the same thing
+everywhere:
+- a training run directory → its newest complete checkpoint (the one `latest` names); `RUN/best` → the
+  checkpoint a fine-tune's `best` file names;
 - a checkpoint or any HF GPT-2 directory (config.json + weights) → that directory;
 - `owner/name` or an alias such as `gpt2` → the Hugging Face hub snapshot (cached);
 - `preset:NAME` → a fresh model of that preset's shapes (random weights, for benchmarks and tests);
@@ -18,6 +20,7 @@ kind and finding the other is a one-line error naming the verb that fits the che
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -137,6 +140,11 @@ def load(
     return Loaded(model, tok, directory, chat_format)
 
 
+def is_adapter(source: str | Path) -> bool:
+    """Whether `source` is a local LoRA adapter directory (adapter_config.json), which `load` applies to its base."""
+    return _adapter_dir(source) is not None
+
+
 def _adapter_dir(source: str | Path) -> Path | None:
     """`source` as a local LoRA adapter directory (one holding adapter_config.json), else None."""
     from gpt2.model.lora import ADAPTER_CONFIG
@@ -196,6 +204,40 @@ def _adapter_tokenizer(directory: Path) -> Any:
         return load_tokenizer(directory)
     except FileNotFoundError:
         return None
+
+
+@dataclass
+class Described:
+    """What a model name resolves to, read from its config.json alone (no weights loaded)."""
+
+    config: Any  # gpt2.model.config.GPT2Config: the model's, or an adapter's base's
+    directory: Path | None  # the directory read (an adapter's own directory for an adapter; None for a preset)
+    adapter: dict[str, Any] | None = None  # an adapter's base, rank and parameter count
+
+
+def describe(source: str | Path) -> Described:
+    """The config a name resolves to, without loading weights: for `gpt2 model info` and anything that needs a
+    model's shape only. Takes what `load` takes (run, RUN/best, checkpoint, HF directory, hub id, preset:NAME,
+    adapter); an adapter is described by its base's config and its own size."""
+    from gpt2.model.config import GPT2Config
+
+    if str(source).startswith(PRESET_PREFIX):
+        return Described(GPT2Config.from_preset(str(source)[len(PRESET_PREFIX):]), None)
+    directory = resolve_model_dir(source)
+    if _adapter_dir(directory) is None:
+        return Described(GPT2Config.load(directory), directory)
+    from safetensors import safe_open
+
+    from gpt2.model.lora import ADAPTER_WEIGHTS, read_adapter_config
+
+    raw = read_adapter_config(directory)
+    name = raw.get("base_model_name_or_path")
+    if not name or _adapter_dir(name) is not None:
+        raise UserError(f"{directory}: its base {name!r} is not a model (adapter_config.json: base_model_name_or_path)")
+    with safe_open(str(directory / ADAPTER_WEIGHTS), framework="pt") as f:
+        n = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 (not iterable); shapes only
+    return Described(describe(name).config, directory,
+                     {"base": str(name), "rank": raw.get("r"), "task_type": raw.get("task_type"), "parameters": n})
 
 
 def task_of(source: str | Path) -> Task:

@@ -212,7 +212,7 @@ class Workspace:
 
     def _stand_in_shakespeare(self) -> None:
         """A few "plays" cut from Tiny Shakespeare, named as the real corpus's files, the held-out two among them."""
-        from gpt2.data.sources import _MARKER, SHAKESPEARE_VAL
+        from gpt2.sources import _MARKER, SHAKESPEARE_VAL
 
         root = self.cache / "corpora" / "shakespeare"
         root.mkdir(parents=True)

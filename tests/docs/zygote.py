@@ -56,7 +56,7 @@ def serve(path: str) -> None:
     # What the verbs import lazily, paid once here too (matplotlib draws loss.png, TensorBoard logs
     # every run); each child then starts in milliseconds.
     for name in ("gpt2.cli", "gpt2.load", "gpt2.train", "gpt2.train.loop", "gpt2.finetune.commands",
-                 "gpt2.eval.commands", "gpt2.generate.commands", "gpt2.finetune.lora", "gpt2.tokenizer",
+                 "gpt2.eval.commands", "gpt2.generate.commands", "gpt2.model.lora", "gpt2.tokenizer",
                  "gpt2.data.prepare", "matplotlib.pyplot", "torch.utils.tensorboard", "safetensors.torch"):
         with contextlib.suppress(ImportError):
             importlib.import_module(name)

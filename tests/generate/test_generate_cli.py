@@ -162,7 +162,7 @@ def test_chat_in_a_pseudo_terminal(chat_ckpt) -> None:
 
 
 def test_a_run_directory_resolves_to_its_latest_checkpoint(ckpt, tmp_path) -> None:
-    from gpt2.generate.commands import resolve_model_dir
+    from gpt2.load import resolve_model_dir
 
     run = tmp_path / "run"
     for step in ("step-000002", "step-000004"):

@@ -53,8 +53,11 @@ def _what_to_evaluate(source: str | Path, *, data: str | None, hellaswag: str | 
 
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be a positive number of examples, got {limit}")
-    checkpoint = resolve_model_dir(source)
-    run_dir = run_dir_of(checkpoint)
+    from gpt2.load import PRESET_PREFIX
+
+    preset = str(source).startswith(PRESET_PREFIX)
+    checkpoint = Path(str(source)) if preset else resolve_model_dir(source)
+    run_dir = None if preset else run_dir_of(checkpoint)
     if data is None and run_dir is not None:
         data = str(_run_shards(run_dir))
     if data is None and hellaswag is None and completions is None:
@@ -104,7 +107,7 @@ def run_eval(
 ) -> dict[str, Any]:
     """Evaluate a checkpoint; print and return the results (see the module docstring)."""
     from gpt2.eval.loss import check_vocabulary, evaluate_source
-    from gpt2.load import load_model_and_tokenizer
+    from gpt2.load import PRESET_PREFIX, load_model_and_tokenizer
 
     checkpoint, run_dir, data = _what_to_evaluate(source, data=data, hellaswag=hellaswag, completions=completions,
                                                   references=references, limit=limit)
@@ -114,9 +117,12 @@ def run_eval(
         return _score_files(checkpoint, run_dir, completions, references, field=field, column=column,  # type: ignore[arg-type]
                             delimiter=delimiter, header=header, limit=limit, encoder=encoder,
                             encoder_layer=encoder_layer, idf=idf, baseline=baseline, as_json=as_json, record=record)
-    model, tok = load_model_and_tokenizer(checkpoint, tokenizer=tokenizer, dtype=dtype, device=device)  # type: ignore[arg-type]
+    # preset:NAME has no directory (random weights, a baseline to compare a run with): load takes it as it is.
+    preset = str(source).startswith(PRESET_PREFIX)
+    model, tok = load_model_and_tokenizer(str(source) if preset else checkpoint,  # type: ignore[arg-type]
+                                          tokenizer=tokenizer, dtype=dtype, device=device)
     check_vocabulary(model, tok)
-    result: dict[str, Any] = {"checkpoint": str(checkpoint), "step": _step_of(checkpoint)}
+    result: dict[str, Any] = {"checkpoint": str(checkpoint), "step": None if preset else _step_of(checkpoint)}
     t0 = time.perf_counter()
     if data is not None:
         score = evaluate_source(model, tok, data, split=split, field=field, column=column, delimiter=delimiter,

@@ -48,8 +48,8 @@ def evaluate_preference(model: torch.nn.Module, reference: torch.nn.Module | Non
                         batch_size: int = 16) -> dict[str, Any]:
     """The metrics of the module docstring; `reference` None means `model` with its LoRA adapters off."""
     from gpt2.finetune.dpo import pair_logps, preference_stats, score_pairs, stats_to_metrics
-    from gpt2.model.lora import adapters_disabled
     from gpt2.finetune.preference_data import encode_pairs
+    from gpt2.model.lora import adapters_disabled
 
     device = next(model.parameters()).device
     pairs, _, truncated = encode_pairs(preferences, tokenizer, fmt, max_tokens=model.config.n_positions)
@@ -89,9 +89,9 @@ def run_eval_preference(source: str | Path, file: str, *, reference: str | None 
     """`gpt2 eval SOURCE --preference FILE`: load the model and its reference, score, print."""
     from gpt2.finetune.dpo import load_reference
     from gpt2.finetune.instruct import chat_format
-    from gpt2.model.lora import lora_layers
     from gpt2.finetune.preference_data import read_preference
     from gpt2.load import load
+    from gpt2.model.lora import lora_layers
 
     if beta is not None and beta <= 0:
         raise UserError(f"--beta {beta} must be positive")

@@ -18,9 +18,11 @@ def merge_adapter_dir(adapter_dir: str | Path, out: str | Path) -> Path:
     """`gpt2 lora merge`: the adapter's base with the adapter folded in, written to `out` as a plain HF
     checkpoint (config.json + model.safetensors, the tokenizer files, chat.json if any), atomically."""
     from gpt2.common import atomic_directory
-    from gpt2.load import load, task_of
+    from gpt2.load import load, resolve_model_dir, task_of
 
     adapter_dir = Path(adapter_dir)
+    if (adapter_dir / "latest").is_file() or (adapter_dir.is_file() and adapter_dir.name in ("latest", "best")):
+        adapter_dir = resolve_model_dir(adapter_dir)  # a LoRA fine-tune's run or RUN/best: its adapter checkpoint
     read_adapter_config(adapter_dir)  # a missing or foreign directory: one line before anything loads
     out = Path(out)
     if out.resolve() == adapter_dir.resolve():

@@ -11,7 +11,8 @@
 engine.py runs batches (prefill once, decode from a preallocated cache, stream, stop); sampling.py
 holds the controls as pure functions over logits; reference.py is the no-cache generator the engine
 is tested against; fastpath.py packs linear weights for oneDNN on CPU; chat.py holds prompt formats
-and the interactive loop; show.py renders the token-probability table and heatmap.
+and the interactive loop; show.py renders the token-probability table and heatmap; budget.py is the rule
+for how many new tokens a verb asks for when the user names none (a default capped to the context).
 """
 
 import sys

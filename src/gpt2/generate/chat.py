@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from gpt2.errors import UserError
+from gpt2.generate.budget import fit_new_tokens
 from gpt2.generate.engine import Generation, SampleConfig, stream
 from gpt2.model.gpt2 import GPT2LMHeadModel
 from gpt2.tokenizer.chat import (
@@ -52,11 +53,16 @@ class Chat:
     def __init__(self, model: GPT2LMHeadModel, tokenizer: Any, fmt: ChatFormat, config: SampleConfig | None = None,
                  *, pack: bool = True, system: str | None = None) -> None:
         self.model, self.tokenizer, self.format = model, tokenizer, fmt
-        config = config or SampleConfig(max_new_tokens=256)
+        # No config: chat's default of 256 new tokens, capped to half the context of a model with a short one.
+        config = config or SampleConfig(max_new_tokens=fit_new_tokens(model.config.n_positions, requested=None,
+                                                                      default=256)[0])
         # A growing history must never stop the chat: keep the latest tokens (with a warning) if one turn
         # alone overflows; older turns are dropped whole before that.
         self.config = config.replace(stop=[*fmt.stop, *config.stop], num_samples=1, long_prompt="truncate")
         self.pack = pack
+        # config.max_new_tokens is a default (gpt2 chat without --max-new-tokens): when a message's prompt leaves
+        # less room, the reply is shortened to fit instead of the prompt being cut (set by run_chat).
+        self.fit_default = False
         self.system: list[Message] = [{"role": "system", "content": system}] if system else []
         self.history: list[tuple[Message, Message]] = []  # past exchanges: (user message, assistant reply)
         self.prompt: list[int] = []  # the ids the last reply was prompted with
@@ -91,6 +97,9 @@ class Chat:
                 parsed = value
         except ValueError:
             raise UserError(f"{name} takes a value of type {kind}, got {value!r}") from None
+        if name == "max_new_tokens":  # refused here, not at the next message, when it leaves no room for one
+            fit_new_tokens(self.model.config.n_positions, requested=parsed, default=0, name="max_new_tokens")
+            self.fit_default = False  # the user's value from now on
         self.config = self.config.replace(**{name: parsed})
 
     def send(self, message: str, input: str = "") -> Iterator[str]:
@@ -105,8 +114,13 @@ class Chat:
                 break
             self.history.pop(0)
         self.prompt = prompt
+        config = self.config
+        room = self.model.config.n_positions - len(prompt)
+        if self.fit_default and 0 < room < config.max_new_tokens:
+            # A default length (not the user's) gives way to the message: a shorter reply, not a cut prompt.
+            config = config.replace(max_new_tokens=room)
         gen: Generation | None = None
-        for event in stream(self.model, self.tokenizer, [prompt], self.config, pack=self.pack):
+        for event in stream(self.model, self.tokenizer, [prompt], config, pack=self.pack):
             if event.text:
                 yield event.text
             gen = event.generation or gen

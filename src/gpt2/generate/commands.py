@@ -22,8 +22,9 @@ from typing import Any
 import torch
 
 from gpt2.errors import UserError, UserFileNotFoundError
-from gpt2.generate.engine import Generation, PromptTruncatedWarning, SampleConfig, stream
-from gpt2.load import DtypeName, resolve_model_dir
+from gpt2.generate.budget import fit_new_tokens
+from gpt2.generate.engine import Generation, PromptTruncatedWarning, SampleConfig, encode_prompt, stream
+from gpt2.load import DtypeName, load
 from gpt2.load import load_model_and_tokenizer as _load_model_and_tokenizer
 from gpt2.model.gpt2 import GPT2LMHeadModel
 
@@ -151,29 +152,34 @@ def run_generate(
     pack: bool = True,
     chat: bool = False,
     format: str | None = None,
+    fit_max_new_tokens: bool = False,
 ) -> int:
     """`gpt2 generate`: stream one prompt to the terminal, print JSON, or complete a prompts file.
 
     With `chat`, each prompt is one user message, written in the checkpoint's prompt format (chat.json, or
     `format`) as `gpt2 chat` writes a first turn; the format's stop strings join the config's, and only
-    the answer is printed."""
+    the answer is printed. With `fit_max_new_tokens`, config.max_new_tokens is a default rather than the
+    user's choice: it is capped to the room the longest prompt leaves (gpt2.generate.budget), saying so on
+    stderr; otherwise a length with no room for a prompt is an error."""
     _check_generate_args(prompt, prompts_file=prompts_file, out=out, show_probs=show_probs, probs_plot=probs_plot,
                          chat=chat, format=format)
     if show_probs or probs_plot:
         config = config.replace(top_probs=show_probs or 5)
     prompts = read_prompts(prompts_file) if prompts_file is not None else [prompt]
-    fmt = None
+    loaded = load(source, tokenizer=tokenizer, dtype=dtype, device=device)  # type: ignore[arg-type]
+    model, tok = loaded.model, loaded.tokenizer
+    _say_dtype_path(model)
     if chat:
-        from gpt2.generate.chat import load_chat_format
-
-        fmt = load_chat_format(resolve_model_dir(source), format=format)  # before the model loads: fail fast
-    model, tok = load_model_and_tokenizer(source, tokenizer=tokenizer, dtype=dtype, device=device)
-    if fmt is not None:
         from gpt2.generate.chat import encode_conversation
 
+        fmt = _chat_format(loaded.directory or source, loaded.chat_format, format)
         prompts = [encode_conversation([{"role": "user", "content": p}], tok, fmt, add_generation_prompt=True)[0]
                    for p in prompts]
         config = config.replace(stop=[*fmt.stop, *config.stop])
+    ids = None
+    if fit_max_new_tokens:  # the default is fitted to the longest prompt, as the engine will encode it
+        ids = [encode_prompt(tok, p, bos=config.bos, bos_token_id=model.config.bos_token_id)[0] for p in prompts]
+    config = _fit(config, model, prompts=ids, fit=fit_max_new_tokens)
 
     with warnings_as_lines():
         events = stream(model, tok, prompts, config, batch_size=batch_size, pack=pack)
@@ -226,6 +232,28 @@ def _complete_file(events: Iterator, prompts: list[str], config: SampleConfig, o
     return 0
 
 
+def _chat_format(source: str | Path, own: Any, format: str | None) -> Any:
+    """The prompt format: `format` if named, else the one the model came with (its chat.json, or its base's for
+    an adapter), else a one-line error saying how to name one."""
+    from gpt2.generate.chat import load_chat_format
+
+    if format is not None or own is None:
+        return load_chat_format(Path(str(source)), format=format)  # FORMATS[format], or the clear error
+    return own
+
+
+def _fit(config: SampleConfig, model: GPT2LMHeadModel, *, prompts: list[list[int]] | None, fit: bool) -> SampleConfig:
+    """config with max_new_tokens fitted to the model's context (gpt2.generate.budget): a default (`fit`) is
+    capped to the room the longest prompt leaves (half the context for an unknown prompt), with a note on
+    stderr; a value the user gave is kept, or refused when it leaves no room for a prompt."""
+    longest = max(len(p) for p in prompts) if prompts else None
+    n, note = fit_new_tokens(model.config.n_positions, requested=None if fit else config.max_new_tokens,
+                             default=config.max_new_tokens, prompt_tokens=longest)
+    if note:
+        print(note, file=sys.stderr)
+    return config.replace(max_new_tokens=n)
+
+
 def run_chat(
     source: str,
     *,
@@ -235,12 +263,21 @@ def run_chat(
     dtype: DtypeName = "fp32",
     device: str = "auto",
     pack: bool = True,
+    fit_max_new_tokens: bool = False,
 ) -> int:
-    """`gpt2 chat`: the interactive loop over stdin/stdout (see gpt2.generate.chat)."""
-    from gpt2.generate.chat import Chat, chat_loop, load_chat_format
+    """`gpt2 chat`: the interactive loop over stdin/stdout (see gpt2.generate.chat).
 
-    directory = resolve_model_dir(source)
-    fmt = load_chat_format(directory, format=format)
-    model, tok = load_model_and_tokenizer(directory, tokenizer=tokenizer, dtype=dtype, device=device)
+    With `fit_max_new_tokens`, config.max_new_tokens is a default: a chat's prompt (the conversation so far)
+    is unknown at the start, so it is capped to half the model's context (gpt2.generate.budget), and a message
+    whose prompt leaves less room gets a shorter reply rather than a cut prompt."""
+    from gpt2.generate.chat import Chat, chat_loop
+
+    loaded = load(source, tokenizer=tokenizer, dtype=dtype, device=device)
+    model, tok = loaded.model, loaded.tokenizer
+    _say_dtype_path(model)
+    fmt = _chat_format(loaded.directory or source, loaded.chat_format, format)
+    config = _fit(config, model, prompts=None, fit=fit_max_new_tokens)
+    chat = Chat(model, tok, fmt, config, pack=pack)
+    chat.fit_default = fit_max_new_tokens
     with warnings_as_lines():
-        return chat_loop(Chat(model, tok, fmt, config, pack=pack))
+        return chat_loop(chat)

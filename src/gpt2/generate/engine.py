@@ -43,6 +43,7 @@ import torch
 
 from gpt2.errors import UserError
 from gpt2.generate import sampling
+from gpt2.generate.budget import fit_new_tokens
 from gpt2.generate.fastpath import inference_view
 from gpt2.model.gpt2 import GPT2LMHeadModel, KVCache
 from gpt2.tokenizer.controls import check_controls
@@ -264,6 +265,23 @@ def _eos_id(model: GPT2LMHeadModel, tokenizer: Any) -> int:
     return int(model.config.eos_token_id)
 
 
+def encode_prompt(tokenizer: Any, prompt: str | Sequence[int], *, bos: BosPolicy, bos_token_id: int
+                  ) -> tuple[list[int], str | None]:
+    """One prompt's token ids (the BOS policy applied) and its text (None for a token-id prompt)."""
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise UserError("text prompts need a tokenizer; pass one, or give token ids")
+        # Special tokens written out in a prompt (e.g. <|endoftext|>, <|stars=5|>) mean the token itself;
+        # a control token with a value the training data lacked is refused, not read as text.
+        check_controls(tokenizer, prompt)
+        ids, text = list(tokenizer.encode(prompt, allowed_special="all")), prompt
+    else:
+        ids, text = [int(t) for t in prompt], None
+    if bos == "always" or (bos == "if-empty" and not ids):
+        ids = [bos_token_id, *ids]
+    return ids, text
+
+
 def prepare_prompts(
     model: GPT2LMHeadModel, tokenizer: Any, prompts: Prompts, config: SampleConfig
 ) -> list[tuple[list[int], str | None, int]]:
@@ -276,23 +294,11 @@ def prepare_prompts(
     if isinstance(prompts[0], int):
         raise UserError("token-id prompts go in a list of lists, e.g. [[464, 3290]], one list per prompt")
     cfg = model.config
+    fit_new_tokens(cfg.n_positions, requested=config.max_new_tokens, default=0, name="max_new_tokens")
     limit = cfg.n_positions - config.max_new_tokens
-    if limit < 1:
-        raise UserError(f"max_new_tokens={config.max_new_tokens} leaves no room for a prompt in the model's "
-                         f"context of n_positions={cfg.n_positions} tokens")
     out = []
     for i, p in enumerate(prompts):
-        if isinstance(p, str):
-            if tokenizer is None:
-                raise UserError("text prompts need a tokenizer; pass one, or give token ids")
-            # Special tokens written out in a prompt (e.g. <|endoftext|>, <|stars=5|>) mean the token itself;
-            # a control token with a value the training data lacked is refused, not read as text.
-            check_controls(tokenizer, p)
-            ids, text = list(tokenizer.encode(p, allowed_special="all")), p
-        else:
-            ids, text = [int(t) for t in p], None
-        if config.bos == "always" or (config.bos == "if-empty" and not ids):
-            ids = [cfg.bos_token_id, *ids]
+        ids, text = encode_prompt(tokenizer, p, bos=config.bos, bos_token_id=cfg.bos_token_id)
         if not ids:
             raise UserError(f"prompt {i} is empty and the BOS policy is 'never': a GPT-2 needs at least one "
                              "token to condition on; give a prompt, or set bos='if-empty' (CLI: --bos if-empty) "

@@ -1,7 +1,11 @@
 """Model size summaries: parameters, FLOPs per token and memory, for a preset or a model directory.
 
     gpt2 model info gpt2-xl
+    gpt2 model info runs/sft-alpaca        # anything gpt2.load takes: a run, RUN/best, a checkpoint, an adapter
     gpt2 model info gpt2 --seq-len 256
+
+This module reads a preset name or a directory holding config.json; `gpt2 model info` resolves every other
+name (a run, `RUN/best`, a hub id, an adapter: its base's shape) through gpt2.load.describe first.
 
 FLOPs follow the usual accounting (Kaplan et al. 2020, PaLM appendix B): a forward pass costs 2 FLOPs
 per weight of every matmul (the tied LM head included, embedding look-ups excluded) plus 4·n_layer·T·n_embd
@@ -40,25 +44,28 @@ def flops_per_token(config: GPT2Config, seq_len: int | None = None, *, training:
     return 3 * forward if training else forward
 
 
-def model_info(source: str | Path | GPT2Config, *, seq_len: int | None = None) -> dict[str, Any]:
-    """The numbers `gpt2 model info` prints, as a dict."""
+def model_info(source: str | Path | GPT2Config, *, seq_len: int | None = None, name: str | None = None
+               ) -> dict[str, Any]:
+    """The numbers `gpt2 model info` prints, as a dict (`name`: what to call a GPT2Config source)."""
     config = source if isinstance(source, GPT2Config) else resolve_config(source)
     T = seq_len or config.n_positions
     if T > config.n_positions:
         raise UserError(f"--seq-len {T} is longer than the model's n_positions={config.n_positions}")
     with torch.device("meta"):
         model = GPT2LMHeadModel(config)
-    n = model.num_parameters()
+    head = config.num_labels * config.n_embd  # a classifier's score head (no bias) replaces the tied LM head
+    n = model.num_parameters() + head
     gib = 1024**3
     return {
-        "source": str(source) if not isinstance(source, GPT2Config) else "config",
+        "source": name or (str(source) if not isinstance(source, GPT2Config) else "config"),
         "parameters": n,
-        "parameters_without_embeddings": model.num_parameters(exclude_embeddings=True),
+        "parameters_without_embeddings": model.num_parameters(exclude_embeddings=True) + head,
         "n_layer": config.n_layer,
         "n_head": config.n_head,
         "n_embd": config.n_embd,
         "n_positions": config.n_positions,
         "vocab_size": config.vocab_size,
+        "labels": list(config.id2label.values()),
         "padded_vocab_size": config.padded_vocab_size,
         "seq_len": T,
         "forward_flops_per_token": flops_per_token(config, T, training=False),
@@ -76,8 +83,16 @@ def model_info(source: str | Path | GPT2Config, *, seq_len: int | None = None) -
 def render_info(info: dict[str, Any]) -> str:
     """A short table for people."""
     m = info["memory_gib"]
-    rows = [
-        ("source", info["source"]),
+    rows = [("source", info["source"])]
+    if info.get("directory") and info["directory"] != info["source"]:
+        rows.append(("directory", info["directory"]))
+    if info.get("adapter"):
+        a = info["adapter"]
+        rows += [("adapter", f"LoRA rank {a['rank']}, {a['parameters']:,} parameters ({a['task_type']})"),
+                 ("base (counted below)", a["base"])]
+    if info.get("labels"):
+        rows.append(("labels", ", ".join(info["labels"])))
+    rows += [
         ("parameters", f"{info['parameters']:,}"),
         ("  without embeddings", f"{info['parameters_without_embeddings']:,}"),
         ("layers × heads × width", f"{info['n_layer']} × {info['n_head']} × {info['n_embd']}"),

@@ -42,6 +42,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from gpt2.errors import UserError
+from gpt2.generate.budget import fit_new_tokens
 from gpt2.serve.protocol import ApiError, ChatCompletionRequest, CompletionRequest, usage, validation_message
 from gpt2.serve.scheduler import Job, Piece, QueueFull, Scheduler, SeqParams, TokenLogprob
 from gpt2.tokenizer.controls import check_controls
@@ -363,7 +364,10 @@ async def _completions(served: Served, body: CompletionRequest, request: Request
     if body.best_of is not None and body.best_of != body.n:
         raise ApiError(400, "best_of is not supported (only best_of == n)", param="best_of")
     prompts = _encode_prompts(served, body.prompt)
-    max_tokens = 16 if body.max_tokens is None else body.max_tokens
+    # OpenAI's default of 16, capped to the room the longest prompt leaves (gpt2.generate.budget, as the CLI).
+    given = body.max_tokens if "max_tokens" in body.model_fields_set else None
+    max_tokens = given if given is not None else fit_new_tokens(
+        served.n_positions, requested=None, default=16, prompt_tokens=max(len(p) for p in prompts))[0]
     if max_tokens == 0 and not body.echo:
         raise ApiError(400, "max_tokens 0 only makes sense with echo: true (scoring the prompt)", param="max_tokens")
     _check_room(served, prompts, max_tokens)
@@ -490,10 +494,11 @@ def _chat_prompt(served: Served, body: ChatCompletionRequest) -> list[int]:
 async def _chat(served: Served, body: ChatCompletionRequest, request: Request) -> Response:
     _check_common(served, body)
     prompt = _chat_prompt(served, body)
-    room = served.n_positions - len(prompt)
-    # By default the reply may fill the context; a prompt that fills it already leaves room for no token at all
-    # (max(room, 1) makes _check_room refuse it: found by Schemathesis, a negative room crashed the prefill).
-    max_tokens = body.max_completion_tokens or body.max_tokens or max(room, 1)
+    # No max_tokens: the room the prompt leaves (vLLM's rule), through the rule every verb uses; a prompt that
+    # fills the context already gets half of it, which _check_room then refuses (found by Schemathesis: a
+    # negative room crashed the prefill).
+    max_tokens = body.max_completion_tokens or body.max_tokens or fit_new_tokens(
+        served.n_positions, requested=None, default=served.n_positions, prompt_tokens=len(prompt))[0]
     _check_room(served, [prompt], max_tokens)
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")

@@ -172,11 +172,28 @@ def model_config(cfg: ModelConfig, train: TrainConfig, *, vocab_size: int, eot: 
     return config
 
 
+def _init_dir(init_from: str) -> Path | str:
+    """model.init_from as gpt2.load resolves it (a run, RUN/best, a checkpoint, an HF directory; a hub id as it
+    is); an adapter or a preset is refused with what to do instead."""
+    from gpt2.load import PRESET_PREFIX, is_adapter, resolve_model_dir
+
+    if str(init_from).startswith(PRESET_PREFIX):
+        raise UserError(f"model.init_from={init_from} names random weights: set model.preset="
+                        f"{str(init_from)[len(PRESET_PREFIX):]} to train from scratch")
+    if not Path(init_from).expanduser().exists():
+        return init_from  # a hub id: downloaded by from_pretrained
+    directory = resolve_model_dir(init_from)
+    if is_adapter(directory):
+        raise UserError(f"model.init_from={init_from} is a LoRA adapter: fold it into its base first with "
+                        "`gpt2 lora merge ADAPTER OUT`, then set model.init_from=OUT")
+    return directory
+
+
 def build_model(cfg: ModelConfig, train: TrainConfig, *, vocab_size: int, eot: int) -> GPT2LMHeadModel:
     """A fresh model, or pretrained weights when model.init_from is set (continued pretraining)."""
     if cfg.init_from:
         model = GPT2LMHeadModel.from_pretrained(
-            cfg.init_from, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout
+            _init_dir(cfg.init_from), resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout
         )
         if model.config.vocab_size < vocab_size:
             raise UserError(f"model.init_from={cfg.init_from} has {model.config.vocab_size} token ids, the "
