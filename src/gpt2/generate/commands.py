@@ -23,6 +23,7 @@ import torch
 
 from gpt2.errors import UserError, UserFileNotFoundError
 from gpt2.generate.engine import Generation, PromptTruncatedWarning, SampleConfig, stream
+from gpt2.generate.quant import check_quantization
 from gpt2.load import DtypeName, resolve_model_dir
 from gpt2.load import load_model_and_tokenizer as _load_model_and_tokenizer
 from gpt2.model.gpt2 import GPT2LMHeadModel
@@ -38,11 +39,18 @@ def warnings_as_lines() -> Iterator[None]:
 
 
 def load_model_and_tokenizer(
-    source: str | Path, *, tokenizer: str | None = None, dtype: DtypeName = "fp32", device: str = "auto"
+    source: str | Path, *, tokenizer: str | None = None, dtype: DtypeName = "fp32", device: str = "auto",
+    quantize: str | None = None,
 ) -> tuple[GPT2LMHeadModel, Any]:
-    """gpt2.load's (model, tokenizer), saying on stderr which path bf16 generation takes on this CPU."""
+    """gpt2.load's (model, tokenizer), saying on stderr which path bf16 generation takes on this CPU;
+    quantize="int8": its matrices in int8 (gpt2.generate.quant; a LoRA adapter merged first)."""
+    from gpt2.generate.quant import quantize as quantized
+
+    check_quantization(quantize)  # before the model loads: fail fast
     model, tok = _load_model_and_tokenizer(source, tokenizer=tokenizer, dtype=dtype, device=device)
     _say_dtype_path(model)
+    if quantize is not None:
+        model = quantized(model, quantize)  # type: ignore[arg-type]
     return model, tok
 
 
@@ -109,6 +117,7 @@ def run_generate(
     pack: bool = True,
     chat: bool = False,
     format: str | None = None,
+    quantize: str | None = None,
 ) -> int:
     """`gpt2 generate`: stream one prompt to the terminal, print JSON, or complete a prompts file.
 
@@ -130,13 +139,14 @@ def run_generate(
         config = config.replace(top_probs=show_probs or 5)
     if format is not None and not chat:
         raise UserError("--format names the prompt format of --chat; give --chat too")
+    check_quantization(quantize)
     prompts = read_prompts(prompts_file) if prompts_file is not None else [prompt]
     fmt = None
     if chat:
         from gpt2.generate.chat import load_chat_format
 
         fmt = load_chat_format(resolve_model_dir(source), format=format)  # before the model loads: fail fast
-    model, tok = load_model_and_tokenizer(source, tokenizer=tokenizer, dtype=dtype, device=device)
+    model, tok = load_model_and_tokenizer(source, tokenizer=tokenizer, dtype=dtype, device=device, quantize=quantize)
     if fmt is not None:
         from gpt2.generate.chat import encode_conversation
 
@@ -220,12 +230,15 @@ def run_chat(
     dtype: DtypeName = "fp32",
     device: str = "auto",
     pack: bool = True,
+    quantize: str | None = None,
 ) -> int:
-    """`gpt2 chat`: the interactive loop over stdin/stdout (see gpt2.generate.chat)."""
+    """`gpt2 chat`: the interactive loop over stdin/stdout (see gpt2.generate.chat); quantize as for generate."""
     from gpt2.generate.chat import Chat, chat_loop, load_chat_format
 
+    check_quantization(quantize)
     directory = resolve_model_dir(source)
     fmt = load_chat_format(directory, format=format)
-    model, tok = load_model_and_tokenizer(directory, tokenizer=tokenizer, dtype=dtype, device=device)
+    model, tok = load_model_and_tokenizer(directory, tokenizer=tokenizer, dtype=dtype, device=device,
+                                          quantize=quantize)
     with warnings_as_lines():
         return chat_loop(Chat(model, tok, fmt, config, pack=pack))
