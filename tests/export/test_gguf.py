@@ -239,3 +239,97 @@ def test_llama_cpp_logits_equal_ours(gpt2_main, trained_ckpt, tmp_path, llama_cp
     with torch.no_grad():
         ours = loaded.model(torch.tensor([ids])).logits[0].numpy()
     np.testing.assert_allclose(theirs, ours, atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------- llama.cpp's converter, transformers
+@pytest.fixture(scope="module")
+def gpt2_vocab_ckpt(gpt2_vocab, tmp_path_factory) -> Path:
+    """A checkpoint of ours (tiny shapes, random weights) that uses GPT-2's own vocabulary, as saved."""
+    ckpt = tmp_path_factory.mktemp("gpt2-vocab")
+    loaded = load("preset:tiny", device="cpu", seed=2)
+    loaded.model.save_pretrained(ckpt)
+    loaded.tokenizer.save(ckpt)
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def converter(tmp_path_factory) -> Path:
+    """llama.cpp's convert_hf_to_gguf.py from the llama-cpp-python sdist (LLAMA_CPP_SDIST, else pip download)."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    version = "0.3.36"
+    root = tmp_path_factory.mktemp("llama.cpp")
+    sdist = os.environ.get("LLAMA_CPP_SDIST")
+    if not sdist:
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                            f"llama-cpp-python=={version}", "-d", str(root)], capture_output=True, text=True)
+        found = list(root.glob("llama_cpp_python-*.tar.gz"))
+        if r.returncode != 0 or not found:
+            pytest.skip(f"llama-cpp-python's sdist is not reachable (set LLAMA_CPP_SDIST): {r.stderr[-300:]}")
+        sdist = str(found[0])
+    prefix = f"{Path(sdist).name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
+    with tarfile.open(sdist) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith(prefix) and m.isfile() and (
+            m.name == prefix + "convert_hf_to_gguf.py" or m.name.startswith((prefix + "conversion/",
+                                                                              prefix + "gguf-py/")))]
+        tar.extractall(root, members=members, filter="data")
+    return root / prefix / "convert_hf_to_gguf.py"
+
+
+@pytest.mark.slow
+def test_llama_cpps_converter_accepts_our_checkpoint(gpt2_main, gpt2_vocab_ckpt, converter, tmp_path):
+    """convert_hf_to_gguf.py reads our checkpoint as saved; its tensors and vocabulary equal our export's."""
+    import subprocess
+    import sys
+
+    from gguf import GGUFReader
+
+    theirs = tmp_path / "theirs.gguf"
+    r = subprocess.run([sys.executable, str(converter), str(gpt2_vocab_ckpt), "--outfile", str(theirs),
+                        "--outtype", "f32"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ours = export(gpt2_main, gpt2_vocab_ckpt, tmp_path / "ours.gguf")
+    a, b = read_metadata(theirs), read_metadata(ours)
+    for key in ("general.architecture", "gpt2.context_length", "gpt2.embedding_length", "gpt2.feed_forward_length",
+                "gpt2.block_count", "gpt2.attention.head_count", "gpt2.attention.layer_norm_epsilon",
+                "general.file_type", "tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens",
+                "tokenizer.ggml.token_type", "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id",
+                "tokenizer.ggml.eos_token_id"):
+        assert a[key] == b[key], key
+    ta = {t.name: np.asarray(t.data) for t in GGUFReader(theirs).tensors}
+    tb = {t.name: np.asarray(t.data) for t in GGUFReader(ours).tensors}
+    assert ta.keys() == tb.keys()
+    for name in ta:
+        np.testing.assert_array_equal(ta[name], tb[name], err_msg=name)
+
+
+@pytest.mark.slow
+def test_llama_cpp_runs_the_converters_file_with_our_logits(gpt2_vocab_ckpt, converter, tmp_path, llama_cpp):
+    import subprocess
+    import sys
+
+    theirs = tmp_path / "theirs.gguf"
+    subprocess.run([sys.executable, str(converter), str(gpt2_vocab_ckpt), "--outfile", str(theirs),
+                    "--outtype", "f32"], capture_output=True, check=True, timeout=600)
+    loaded = load(gpt2_vocab_ckpt, device="cpu")
+    ids = loaded.tokenizer.encode_ordinary("The quick brown fox jumps over the lazy dog. 中文 🙂")
+    llm = llama(theirs, logits_all=True)
+    llm.eval(ids)
+    with torch.no_grad():
+        ours = loaded.model(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(np.asarray(llm.scores[: len(ids)]), ours, atol=1e-4, rtol=0)
+
+
+def test_transformers_loads_our_gguf_with_our_logits(gpt2_main, gpt2_vocab_ckpt, tmp_path):
+    """transformers' own GGUF reader (from_pretrained(dir, gguf_file=...)) gives our model's logits."""
+    from transformers import GPT2LMHeadModel as HFGPT2
+
+    export(gpt2_main, gpt2_vocab_ckpt, tmp_path / "m.gguf")
+    hf = HFGPT2.from_pretrained(tmp_path, gguf_file="m.gguf").eval()
+    loaded = load(gpt2_vocab_ckpt, device="cpu")
+    ids = torch.tensor([loaded.tokenizer.encode_ordinary("The quick brown fox jumps over the lazy dog.")])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, loaded.model(ids).logits, atol=1e-4, rtol=0)
