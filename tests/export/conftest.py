@@ -23,7 +23,8 @@ def trained_ckpt(tmp_path_factory, shared_data) -> Path:
     corpus = root / "corpus.txt"
     corpus.write_text((shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8")[:60_000] + EXTRA,
                       encoding="utf-8")
-    cfg = load_config("tiny-test", [f"train.out_dir={root / 'run'}", f"data.source={corpus}", "data.workers=1",
+    cfg = load_config("tiny-test", [f"train.out_dir={root / 'run'}", f"data.source={corpus}", "data.delimiter=blank",
+                                    "data.val_fraction=0.1", "data.workers=1",
                                     "train.threads=1", "train.max_steps=12", "checkpoint.interval=12",
                                     "eval.interval=12"])
     result = train(cfg, progress=False)

@@ -109,7 +109,7 @@ def classifier(tmp_path_factory) -> Path:
     from gpt2.tokenizer import train_bpe
 
     tok = train_bpe(["spam ham eggs and more words"] * 20, vocab_size=270)
-    config = GPT2Config.from_preset("tiny", vocab_size=tok.n_vocab, num_labels=2, id2label={0: "ham", 1: "spam"},
+    config = GPT2Config.from_preset("tiny", vocab_size=tok.n_vocab, id2label={0: "ham", 1: "spam"},
                                     pad_token_id=tok.eot_token)
     d = tmp_path_factory.mktemp("cls")
     GPT2ForSequenceClassification(config).save_pretrained(d)
