@@ -360,6 +360,14 @@ def _add_sampling_args(p: argparse.ArgumentParser, *, max_new_tokens: int) -> No
     m.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     m.add_argument("--no-fast-path", dest="pack", action="store_false",
                    help="plain F.linear instead of oneDNN packed weights on CPU (for comparison)")
+    _add_quantize_arg(m)
+
+
+def _add_quantize_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    # Checked by gpt2.generate.quant (not argparse's choices), so a wrong value is one `error:` line.
+    p.add_argument("--quantize", default=None, metavar="int8",
+                   help="int8 weight-only matrices on CPU (a quarter of fp32's bytes per token; a LoRA adapter "
+                   "is merged first)")
 
 
 def _sample_config(args: argparse.Namespace, **extra):
@@ -416,7 +424,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                             batch_size=args.batch_size, tokenizer=args.tokenizer, dtype=args.dtype,
                             device=args.device, as_json=args.json, show_probs=args.show_probs,
                             probs_plot=args.probs_plot, pack=args.pack, chat=args.chat, format=args.format,
-                            fit_max_new_tokens=args.max_new_tokens is None)
+                            fit_max_new_tokens=args.max_new_tokens is None, quantize=args.quantize)
 
     p.set_defaults(func=run)
 
@@ -430,7 +438,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
         return run_chat(args.source, config=_sample_config(args), format=args.format, tokenizer=args.tokenizer,
                         dtype=args.dtype, device=args.device, pack=args.pack,
-                        fit_max_new_tokens=args.max_new_tokens is None)
+                        fit_max_new_tokens=args.max_new_tokens is None, quantize=args.quantize)
 
     c.set_defaults(func=run_chat)
 
@@ -612,6 +620,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer to use instead of the checkpoint's own")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
+    _add_quantize_arg(p)
 
     def run(args: argparse.Namespace) -> int:
         from gpt2.serve.app import run_serve
@@ -619,7 +628,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         return run_serve(args.source, host=args.host, port=args.port, api_key=args.api_key,
                          max_batch=args.max_batch, max_queue=args.max_queue, model_name=args.model_name,
                          chat_format=args.chat_format, tokenizer=args.tokenizer, dtype=args.dtype,
-                         device=args.device)
+                         device=args.device, quantize=args.quantize)
 
     p.set_defaults(func=run)
 
@@ -683,6 +692,29 @@ def _add_lora(sub: argparse._SubParsersAction) -> None:
     merge.set_defaults(func=run_merge)
 
 
+# -------------------------------------------------------------------------------------------- export
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a model in another runtime's format (GGUF for llama.cpp)")
+    esub = p.add_subparsers(dest="export_cmd", required=True, metavar="FORMAT")
+    g = esub.add_parser("gguf", help="one .gguf file that llama.cpp, Ollama and LM Studio run")
+    g.add_argument("source", help="what `gpt2 generate` takes: a run, RUN/best, a checkpoint, an HF directory, "
+                   "a LoRA adapter (merged into its base on the way out)")
+    g.add_argument("out", help="the .gguf file to write (its directory must exist)")
+    # Checked by export_gguf, not argparse's choices, so an unknown type is one `error:` line like any other.
+    g.add_argument("--type", dest="file_type", default="f32", metavar="TYPE",
+                   help="weight type of the matrices: f32, f16, bf16 or q8_0 (default: f32)")
+    g.add_argument("--tokenizer", default=None, help="tokenizer to use instead of the model's own")
+
+    def run_gguf(args: argparse.Namespace) -> int:
+        from gpt2.export import export_gguf
+
+        out = export_gguf(args.source, args.out, file_type=args.file_type, tokenizer=args.tokenizer)
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {args.file_type}): llama.cpp loads it")
+        return 0
+
+    g.set_defaults(func=run_gguf)
+
+
 # ------------------------------------------------------------------------------------------ finetune
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="fine-tune a pretrained GPT-2: classification, instruction or preference "
@@ -739,6 +771,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_checkpoint(sub)
     _add_serve(sub)
     _add_lora(sub)
+    _add_export(sub)
     _add_finetune(sub)
     return parser
 

@@ -24,6 +24,7 @@ import torch
 from gpt2.errors import UserError, UserFileNotFoundError
 from gpt2.generate.budget import fit_new_tokens
 from gpt2.generate.engine import Generation, PromptTruncatedWarning, SampleConfig, encode_prompt, stream
+from gpt2.generate.quant import check_quantization
 from gpt2.load import DtypeName, load
 from gpt2.load import load_model_and_tokenizer as _load_model_and_tokenizer
 from gpt2.model.gpt2 import GPT2LMHeadModel
@@ -39,12 +40,21 @@ def warnings_as_lines() -> Iterator[None]:
 
 
 def load_model_and_tokenizer(
-    source: str | Path, *, tokenizer: str | None = None, dtype: DtypeName = "fp32", device: str = "auto"
+    source: str | Path, *, tokenizer: str | None = None, dtype: DtypeName = "fp32", device: str = "auto",
+    quantize: str | None = None,
 ) -> tuple[GPT2LMHeadModel, Any]:
-    """gpt2.load's (model, tokenizer), saying on stderr which path bf16 generation takes on this CPU."""
+    """gpt2.load's (model, tokenizer), saying on stderr which path bf16 generation takes on this CPU;
+    quantize="int8": its matrices in int8 (gpt2.generate.quant; a LoRA adapter merged first)."""
+    check_quantization(quantize)  # before the model loads: fail fast
     model, tok = _load_model_and_tokenizer(source, tokenizer=tokenizer, dtype=dtype, device=device)
     _say_dtype_path(model)
-    return model, tok
+    return _quantized(model, quantize), tok
+
+
+def _quantized(model: GPT2LMHeadModel, quantize: str | None) -> GPT2LMHeadModel:
+    from gpt2.generate.quant import quantize as quantized
+
+    return model if quantize is None else quantized(model, quantize)  # type: ignore[arg-type]
 
 
 def _say_dtype_path(model: GPT2LMHeadModel) -> None:
@@ -153,6 +163,7 @@ def run_generate(
     chat: bool = False,
     format: str | None = None,
     fit_max_new_tokens: bool = False,
+    quantize: str | None = None,
 ) -> int:
     """`gpt2 generate`: stream one prompt to the terminal, print JSON, or complete a prompts file.
 
@@ -166,8 +177,9 @@ def run_generate(
     if show_probs or probs_plot:
         config = config.replace(top_probs=show_probs or 5)
     prompts = read_prompts(prompts_file) if prompts_file is not None else [prompt]
+    check_quantization(quantize)
     loaded = load(source, tokenizer=tokenizer, dtype=dtype, device=device)  # type: ignore[arg-type]
-    model, tok = loaded.model, loaded.tokenizer
+    model, tok = _quantized(loaded.model, quantize), loaded.tokenizer
     _say_dtype_path(model)
     if chat:
         from gpt2.generate.chat import encode_conversation
@@ -264,16 +276,18 @@ def run_chat(
     device: str = "auto",
     pack: bool = True,
     fit_max_new_tokens: bool = False,
+    quantize: str | None = None,
 ) -> int:
-    """`gpt2 chat`: the interactive loop over stdin/stdout (see gpt2.generate.chat).
+    """`gpt2 chat`: the interactive loop over stdin/stdout (see gpt2.generate.chat); quantize as for generate.
 
     With `fit_max_new_tokens`, config.max_new_tokens is a default: a chat's prompt (the conversation so far)
     is unknown at the start, so it is capped to half the model's context (gpt2.generate.budget), and a message
     whose prompt leaves less room gets a shorter reply rather than a cut prompt."""
     from gpt2.generate.chat import Chat, chat_loop
 
+    check_quantization(quantize)
     loaded = load(source, tokenizer=tokenizer, dtype=dtype, device=device)
-    model, tok = loaded.model, loaded.tokenizer
+    model, tok = _quantized(loaded.model, quantize), loaded.tokenizer
     _say_dtype_path(model)
     fmt = _chat_format(loaded.directory or source, loaded.chat_format, format)
     config = _fit(config, model, prompts=None, fit=fit_max_new_tokens)

@@ -562,18 +562,25 @@ async def _stream_chat(served: Served, run: _Run, body: ChatCompletionRequest, m
 def run_serve(source: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
               max_batch: int = 32, max_queue: int = 128, model_name: str | None = None,
               chat_format: str | None = None, tokenizer: str | None = None, dtype: str = "fp32",
-              device: str = "auto", log_level: str = "info") -> int:
-    """`gpt2 serve`: load the model through gpt2.load (as every verb does), then serve it until Ctrl-C."""
+              device: str = "auto", log_level: str = "info", quantize: str | None = None) -> int:
+    """`gpt2 serve`: load the model through gpt2.load (as every verb does), then serve it until Ctrl-C.
+
+    quantize="int8": int8 weights (gpt2.generate.quant), a LoRA adapter merged first."""
     import uvicorn
 
     from gpt2.errors import UserError
     from gpt2.generate.chat import load_chat_format
+    from gpt2.generate.quant import check_quantization
+    from gpt2.generate.quant import quantize as quantized
     from gpt2.load import load
 
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {port}")
+    check_quantization(quantize)
     loaded = load(source, tokenizer=tokenizer, dtype=dtype, device=device)  # type: ignore[arg-type]
     model, tok, fmt = loaded.model, loaded.tokenizer, loaded.chat_format
+    if quantize is not None:
+        model = quantized(model, quantize)  # type: ignore[arg-type]
     if chat_format is not None:
         fmt = load_chat_format(loaded.directory or ".", format=chat_format)
     name = model_name or Path(str(source).rstrip("/")).name or str(source)
