@@ -19,6 +19,7 @@ can still be saved, resumed on the same layout, and turned into an HF directory 
 
 from __future__ import annotations
 
+import pickle
 import tempfile
 import warnings
 from pathlib import Path
@@ -153,13 +154,60 @@ def save_sharded(directory: Path, model: torch.nn.Module, optimizer: torch.optim
     dcp.save(_state(model, optimizer), checkpoint_id=str(directory / SHARDED_DIR))
 
 
+# What a DCP checkpoint's .metadata is made of, beyond the classes of torch.distributed.checkpoint.metadata.
+_METADATA_GLOBALS = {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+                     ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),
+                     ("collections", "OrderedDict")}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles DCP's `.metadata` naming only the classes checkpoint metadata is built from (and torch
+    dtypes), so a crafted file cannot call anything else: torch's own reader uses a bare pickle.load."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        import torch.distributed.checkpoint.metadata as meta
+
+        if module == meta.__name__ and isinstance(getattr(meta, name, None), type):
+            return getattr(meta, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if (module, name) in _METADATA_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint's metadata")
+
+
+def _safe_reader(path: Path) -> Any:
+    """A DCP FileSystemReader whose metadata goes through _MetadataUnpickler; the shards themselves are read
+    by DCP with torch.load(weights_only=True)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    class SafeMetadataReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                with open(path / ".metadata", "rb") as f:
+                    metadata = _MetadataUnpickler(f).load()
+            except pickle.UnpicklingError as e:
+                raise UserError(f"refusing to read {path / '.metadata'}: {e} (it could run code when loaded)") from None
+            if hasattr(metadata, "storage_meta"):  # as torch's reader does, where its version has one
+                from torch.distributed.checkpoint.metadata import StorageMeta
+
+                if metadata.storage_meta is None:
+                    metadata.storage_meta = StorageMeta()
+                metadata.storage_meta.load_id = getattr(self, "load_id", None)
+            return metadata
+
+    reader = SafeMetadataReader(str(path))
+    reader.read_metadata()  # refused here, as one UserError, rather than inside DCP's collective load
+    return reader
+
+
 def load_sharded(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Read directory/sharded back into the sharded model and optimizer (collective; same layout)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
     state = _state(model, optimizer)  # also creates the optimizer's state tensors for DCP to fill
-    dcp.load(state, checkpoint_id=str(directory / SHARDED_DIR))
+    dcp.load(state, storage_reader=_safe_reader(directory / SHARDED_DIR))
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, optimizer, state["optimizer"])
 
@@ -191,7 +239,7 @@ def consolidate(checkpoint: str | Path, out: str | Path) -> Path:
     state = {"model": model.state_dict()}
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.simplefilter("ignore", UserWarning)
-        dcp.load(state, checkpoint_id=str(checkpoint / SHARDED_DIR), no_dist=True)
+        dcp.load(state, storage_reader=_safe_reader(checkpoint / SHARDED_DIR), no_dist=True)
     model.load_state_dict(state["model"])
     with atomic_directory(out) as tmp:
         save_pretrained(model, tmp)  # type: ignore[arg-type]
