@@ -101,6 +101,7 @@ def test_bertscore_without_transformers(ckpt, tmp_path) -> None:
     encoder = tmp_path / "encoder"
     encoder.mkdir()
     (encoder / "config.json").write_text("{}")
+    (encoder / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n")  # an encoder with a tokenizer: transformers is what is missing
     r = gpt2_without(["transformers"], "eval", str(ckpt), "--completions", str(_texts(tmp_path)),
                      "--encoder", str(encoder), "--max-new-tokens", "2", "--no-record")
     one_error_line(r, "pip install 'gpt2-scratch[hf]'")

@@ -38,13 +38,13 @@ from gpt2.errors import UserError, UserFileNotFoundError
 
 FileType = Literal["f32", "f16", "bf16", "q8_0"]
 FILE_TYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0")
-# Our split pattern's name (gpt2.tokenizer.bpe.PATTERNS) → the `tokenizer.ggml.pre` llama.cpp runs it as.
+# Our split pattern's name (gpt2.tokenizer.core.PATTERNS) → the `tokenizer.ggml.pre` llama.cpp runs it as.
 PRE_TOKENIZERS = {"gpt2": "gpt-2", "gpt4": "dbrx"}
 
 
 def pre_tokenizer(tokenizer: Any) -> str:
     """llama.cpp's name for the tokenizer's split pattern; a pattern it has no name for is a UserError."""
-    from gpt2.tokenizer.bpe import PATTERNS
+    from gpt2.tokenizer.core import PATTERNS
 
     for ours, theirs in PRE_TOKENIZERS.items():
         if tokenizer.pattern == PATTERNS[ours]:
