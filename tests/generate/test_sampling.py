@@ -55,6 +55,17 @@ def test_top_p_keeps_smallest_set_reaching_p_with_ties() -> None:
             sampling.top_p_filter(x, bad)
 
 
+@pytest.mark.parametrize("p", [5e-324, 1e-300, 1e-46, 1e-8])
+def test_top_p_below_float32_keeps_the_most_likely(p: float) -> None:
+    """A p that float32 rounds to 0 (Schemathesis sent 5e-324 to the server, which crashed) keeps the top
+    token, as any p does, and its ties."""
+    x = logits_of(0.125, 0.5, 0.125, 0.25)
+    assert kept(sampling.top_p_filter(x, p)) == [1]
+    tied = torch.tensor([[1.0, 3.0, 3.0, 0.0], [2.0, 1.0, 0.0, 0.0]])
+    assert torch.isfinite(sampling.top_p_filter(tied, p)).tolist() == [[False, True, True, False],
+                                                                      [True, False, False, False]]
+
+
 def test_min_p_keeps_tokens_above_fraction_of_top() -> None:
     x = logits_of(0.125, 0.5, 0.125, 0.25)
     assert kept(sampling.min_p_filter(x, 0.6)) == [1]  # floor 0.3

@@ -211,3 +211,18 @@ def test_a_whole_float_is_an_integer(http) -> None:
     body = r.json()
     assert len(body["choices"]) == 2 and body["usage"]["prompt_tokens"] == 2
     assert body["usage"]["completion_tokens"] <= 8
+
+
+@pytest.mark.parametrize("field,value", [
+    ("top_p", 5e-324), ("top_p", 1e-300), ("temperature", 5e-324), ("temperature", 1.7e308),
+    ("repetition_penalty", 5e-324), ("repetition_penalty", 1.7e308), ("min_p", 5e-324),
+    ("top_k", 2**62), ("seed", 2**62),
+])
+def test_extreme_sampling_values_in_the_schema_are_answered(http, field, value) -> None:
+    """Values the schema allows at its far ends (Schemathesis found top_p=5e-324 crashing the step) are
+    sampled from, not a 500: a sampler never sees a NaN or an empty row."""
+    for route, body in (("/v1/completions", {"prompt": "Once upon", "max_tokens": 3}),
+                        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})):
+        r = http.post(route, json={**body, field: value})
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] >= 1

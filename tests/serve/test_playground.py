@@ -33,6 +33,17 @@ def _length(page) -> int:
     return len(page.text_content("#output-text") or "")
 
 
+def _seed_that_runs_long(url: str, prompt: str, max_tokens: int) -> int:
+    """A seed with which the page's default sampling (temperature 0.8, top_p 0.95) runs all max_tokens without
+    sampling end-of-text: the tiny random model can end early, and a stream that stops growing is no test."""
+    for seed in range(32):
+        r = httpx.post(url + "/v1/completions", json={"prompt": prompt, "max_tokens": max_tokens, "seed": seed,
+                                                     "temperature": 0.8, "top_p": 0.95}, timeout=60)
+        if r.json()["choices"][0]["finish_reason"] == "length":
+            return seed
+    raise AssertionError("no seed in 0..31 runs the tiny model to max_tokens")
+
+
 @pytest.mark.slow
 def test_playground_streams_and_stops(browser, start_server, tmp_path) -> None:
     s = start_server(max_batch=2, max_queue=2, step_delay=0.03)
@@ -43,8 +54,9 @@ def test_playground_streams_and_stops(browser, start_server, tmp_path) -> None:
     page.wait_for_function("document.querySelector('#model').textContent.includes('tiny')")
     page.fill("#max_tokens", "100")  # a range input: fill sets its value
     page.fill("#prompt", "Once upon a time")
+    page.fill("#seed", str(_seed_that_runs_long(s.url, "Once upon a time", 100)))
     page.click("#send")
-    page.wait_for_function("document.querySelector('#output-text').textContent.length > 3", timeout=10_000)
+    page.wait_for_function("document.querySelector('#output-text').textContent.length > 3", timeout=20_000)
     first = _length(page)
     page.wait_for_function(f"document.querySelector('#output-text').textContent.length > {first}", timeout=10_000)
     assert _length(page) > first, "the streamed text should grow"

@@ -62,7 +62,8 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     sorted_logits, _ = torch.sort(logits, dim=-1, descending=True)  # (B, V)
     probs = torch.softmax(sorted_logits.float(), dim=-1)
     mass_before = torch.cumsum(probs, dim=-1) - probs  # (B, V): mass of the tokens ranked above
-    keep = (mass_before < p).sum(dim=-1, keepdim=True)  # (B, 1), always >= 1 since mass_before[0] = 0
+    # (B, 1); at least the most likely token: a p below float32's smallest number compares as 0 < 0
+    keep = (mass_before < p).sum(dim=-1, keepdim=True).clamp(min=1)
     threshold = sorted_logits.gather(-1, keep - 1)  # (B, 1): the least likely kept logit
     return logits.masked_fill(logits < threshold, NEG_INF)
 
