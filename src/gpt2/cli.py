@@ -297,16 +297,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="print the resolved config (recipe, overrides, or the run's run.yaml) as YAML, and stop")
 
     def run(args: argparse.Namespace) -> int:
-        from gpt2.config import DEFAULT_RECIPE, load_config, load_run_config, to_yaml
+        from gpt2.config import DEFAULT_RECIPE, config_from_args, to_yaml
         from gpt2.train import TrainingStopped, train
 
-        recipe = args.args[0] if args.args and "=" not in args.args[0] else None
-        overrides = args.args[1:] if recipe else args.args
-        if args.resume and recipe is None:
-            # the resolved config the run was started with, so `--resume DIR` alone continues it
-            cfg = load_run_config(args.resume, overrides)
-        else:
-            cfg = load_config(recipe or DEFAULT_RECIPE, overrides)
+        cfg = config_from_args(args.args, resume=args.resume, default=DEFAULT_RECIPE)
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0

@@ -360,6 +360,23 @@ def load_run_config(run: str | Path, overrides: list[str] | tuple[str, ...] = ()
     return load_config(run_config_path(run), overrides)
 
 
+def config_from_args(args: list[str], *, resume: str | Path | None = None, default: str | None = None,
+                     example: str = "shakespeare-cpu") -> RunConfig:
+    """The one parser of a verb's `[RECIPE] [key=value ...]` words (train, every finetune verb).
+
+    The first word is the recipe unless it holds '='; with --resume and no recipe the run's own run.yaml is
+    the recipe; else `default`, and without one a UserError naming `example`.
+    """
+    recipe = args[0] if args and "=" not in args[0] else None
+    overrides = args[1:] if recipe else list(args)
+    if resume and recipe is None:
+        return load_run_config(resume, overrides)  # what the run was started with, so `--resume DIR` continues it
+    recipe = recipe or default
+    if recipe is None:
+        raise UserError(f"give a recipe (e.g. {example}, a YAML file) or --resume RUN_DIR")
+    return load_config(recipe, overrides)
+
+
 def load_config(
     recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *,
     resume: str | Path | None = None, **sections: Any

@@ -97,11 +97,11 @@ GOOD = {"ctx": "A man", "endings": ["runs.", "sits.", "eats.", "sleeps."], "labe
 
 
 @pytest.mark.parametrize(("obj", "message"), [
-    ({"ctx": "A man", "label": 0}, r"hs.jsonl:2: no `endings` \(keys: ctx, label\)"),
+    ({"ctx": "A man", "label": 0}, r"hs.jsonl:2: no 'endings' \(keys: ctx, label\); HellaSwag's jsonl"),
     ({**GOOD, "label": 4}, r"hs.jsonl:2: label 4 is out of range for 4 endings \(0..3\)"),
     ({**GOOD, "label": -1}, "out of range"),
     ({**GOOD, "endings": "runs."}, "`endings` must be a list"),
-    ("not json", "hs.jsonl:2 is not valid JSON"),
+    ("not json", "hs.jsonl:2: not valid JSON"),
 ])
 def test_bad_lines_are_named(tmp_path, obj, message):
     line = obj if isinstance(obj, str) else json.dumps(obj)

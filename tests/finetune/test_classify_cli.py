@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from gpt2.finetune.classify import classify, encode_for_classification
-from gpt2.finetune.data import read_labelled
+from gpt2.finetune.classify import classify
+from gpt2.finetune.data import encode_for_classification, read_labelled
 
 TEXTS = [
     "Free entry! Win a prize now",
@@ -35,11 +35,15 @@ def test_batches_equal_one_by_one_in_input_order(classifier, tok) -> None:
 
 
 def test_encoding_truncates_on_either_side(tok) -> None:
+    """The one encoding of training and `gpt2 classify` (gpt2.finetune.data): cut either side, cuts counted."""
     full = tok.encode_ordinary(TEXTS[3])
-    assert encode_for_classification(tok, [TEXTS[3]], max_length=10, truncation_side="right") == [full[:10]]
-    assert encode_for_classification(tok, [TEXTS[3]], max_length=10, truncation_side="left") == [full[-10:]]
+    assert len(full) > 10
+    assert encode_for_classification(tok, [TEXTS[3]], max_length=10, truncation_side="right") == ([full[:10]], 1)
+    assert encode_for_classification(tok, [TEXTS[3]], max_length=10, truncation_side="left") == ([full[-10:]], 1)
+    assert encode_for_classification(tok, [TEXTS[3], "hi"], max_length=len(full), truncation_side="left") == \
+        ([full, tok.encode_ordinary("hi")], 0)
     assert encode_for_classification(tok, ["<|endoftext|>"], max_length=99, truncation_side="right") == \
-        [tok.encode_ordinary("<|endoftext|>")]  # a special token written in a text is plain text
+        ([tok.encode_ordinary("<|endoftext|>")], 0)  # a special token written in a text is plain text
 
 
 def test_classify_prints_label_tab_probability(clf_ckpt, classifier, tok) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from gpt2.common import atomic_write_text
 from gpt2.errors import UserError, UserFileNotFoundError
+from gpt2.sources import read_json_records
 from gpt2.tokenizer.controls import control_token
 
 
@@ -33,16 +34,8 @@ def _records(path: Path) -> Iterator[dict[str, Any]]:
         return
     if suffix not in (".jsonl", ".ndjson", ".json"):
         raise UserError(f"control_fields reads records from .jsonl, .json, .csv or .tsv files, not {path.name}")
-    text = path.read_text(encoding="utf-8-sig")
-    if suffix == ".json" and text.lstrip().startswith("["):
-        yield from json.loads(text)
-        return
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n}: not a JSON line ({e.msg})") from None
+    for _, record in read_json_records(path):
+        yield record
 
 
 def with_controls(source: str | Path, *, field: str, control_fields: Sequence[str], out_dir: str | Path

@@ -18,7 +18,6 @@ A context too long for the model keeps its end: the model sees the last n_positi
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ import torch
 
 from gpt2.errors import UserError, UserFileNotFoundError
 from gpt2.model.gpt2 import GPT2LMHeadModel
+from gpt2.sources import json_object, read_json_records
 
 VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 SPLIT_URLS = {"val": VAL_URL, "train": VAL_URL.replace("_val.", "_train.")}
@@ -99,35 +99,23 @@ def load_examples(spec: str | Path, *, limit: int | None = None) -> list[Example
     """Read and check a HellaSwag jsonl file (the first `limit` examples)."""
     path = resolve_path(spec)
     out: list[Example] = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if limit is not None and len(out) >= limit:
-                break
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where} is not valid JSON ({e})") from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{where}: expected a JSON object with ctx, endings and label")
-            for key in ("ctx", "endings", "label"):
-                if key not in obj:
-                    raise UserError(f"{where}: no `{key}` (keys: {', '.join(obj) or 'none'}); "
-                                     "HellaSwag's jsonl has ctx, endings and label")
-            endings, label = obj["endings"], obj["label"]
-            if not isinstance(obj["ctx"], str):
-                raise UserError(f"{where}: `ctx` must be a string")
-            if (not isinstance(endings, list) or len(endings) < 2
-                    or not all(isinstance(e, str) and e.strip() for e in endings)):
-                raise UserError(f"{where}: `endings` must be a list of at least 2 non-empty strings")
-            if isinstance(label, str) and label.strip().isdigit():
-                label = int(label)
-            if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(endings):
-                raise UserError(f"{where}: label {obj['label']!r} is out of range for {len(endings)} endings "
-                                 f"(0..{len(endings) - 1})")
-            out.append(Example(obj["ctx"], tuple(endings), label, obj.get("ind")))
+    for where, record in read_json_records(path):
+        if limit is not None and len(out) >= limit:
+            break
+        obj = json_object(where, record, ("ctx", "endings", "label"),
+                          hint="HellaSwag's jsonl has ctx, endings and label")
+        endings, label = obj["endings"], obj["label"]
+        if not isinstance(obj["ctx"], str):
+            raise UserError(f"{where}: `ctx` must be a string")
+        if (not isinstance(endings, list) or len(endings) < 2
+                or not all(isinstance(e, str) and e.strip() for e in endings)):
+            raise UserError(f"{where}: `endings` must be a list of at least 2 non-empty strings")
+        if isinstance(label, str) and label.strip().isdigit():
+            label = int(label)
+        if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(endings):
+            raise UserError(f"{where}: label {obj['label']!r} is out of range for {len(endings)} endings "
+                            f"(0..{len(endings) - 1})")
+        out.append(Example(obj["ctx"], tuple(endings), label, obj.get("ind")))
     if not out:
         raise UserError(f"{path} holds no HellaSwag examples")
     return out

@@ -21,23 +21,9 @@ from typing import Any
 import torch
 
 from gpt2.errors import UserError
+from gpt2.finetune.data import encode_for_classification, pad_right
 from gpt2.model.classify import GPT2ForSequenceClassification
 from gpt2.model.config import TruncationSide
-
-
-def encode_for_classification(
-    tokenizer: Any, texts: Sequence[str], *, max_length: int, truncation_side: TruncationSide
-) -> list[list[int]]:
-    """Token ids of each text, at most max_length, cut on the right (keep the start) or left (keep the end)."""
-    if max_length < 1:
-        raise UserError(f"max_length must be a positive number of tokens, got {max_length}")
-    if truncation_side not in ("left", "right"):
-        raise UserError(f"truncation_side must be 'left' or 'right', got {truncation_side!r}")
-    out = []
-    for ids in tokenizer.encode_ordinary_batch(list(texts)):
-        assert ids, "empty texts are skipped before encoding"
-        out.append(ids[:max_length] if truncation_side == "right" else ids[-max_length:])
-    return out
 
 
 def _settings(model: GPT2ForSequenceClassification, max_length: int | None,
@@ -63,7 +49,7 @@ def classify(
     if batch_size < 1:
         raise UserError(f"batch_size must be positive, got {batch_size}")
     max_length, side = _settings(model, max_length, truncation_side)
-    encoded = encode_for_classification(tokenizer, texts, max_length=max_length, truncation_side=side)
+    encoded, _ = encode_for_classification(tokenizer, texts, max_length=max_length, truncation_side=side)
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else tokenizer.eot_token
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     probs: list[list[float]] = [[] for _ in encoded]
@@ -73,12 +59,7 @@ def classify(
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 rows = order[start : start + batch_size]
-                T = max(len(encoded[i]) for i in rows)
-                ids = torch.full((len(rows), T), pad, dtype=torch.long)  # (B, T), right-padded
-                mask = torch.zeros((len(rows), T), dtype=torch.long)  # (B, T)
-                for r, i in enumerate(rows):
-                    ids[r, : len(encoded[i])] = torch.tensor(encoded[i])
-                    mask[r, : len(encoded[i])] = 1
+                ids, mask = pad_right([encoded[i] for i in rows], pad)  # (B, T) each, as training batches them
                 logits = model(ids.to(model.device), attention_mask=mask.to(model.device)).logits  # (B, num_labels)
                 p = torch.softmax(logits.float(), dim=-1).cpu().tolist()
                 for r, i in enumerate(rows):

@@ -77,16 +77,9 @@ def _report(metrics: dict[str, Any], names: list[str]) -> str:
 
 def _config(args: argparse.Namespace) -> RunConfig:
     """The run's config: a recipe and overrides, or --resume RUN (its run.yaml) and overrides."""
-    from gpt2.config import load_config, load_run_config
-    from gpt2.errors import UserError
+    from gpt2.config import config_from_args
 
-    recipe = args.args[0] if args.args and "=" not in args.args[0] else None
-    overrides = args.args[1:] if recipe else args.args
-    if args.resume and recipe is None:
-        return load_run_config(args.resume, overrides)
-    if recipe is None:
-        raise UserError(f"give a recipe (e.g. {args.example_recipe}, a YAML file) or --resume RUN_DIR")
-    return load_config(recipe, overrides)
+    return config_from_args(args.args, resume=args.resume, example=args.example_recipe)
 
 
 def run_classify(args: argparse.Namespace) -> int:

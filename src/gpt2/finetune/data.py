@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from gpt2.errors import UserError, UserFileNotFoundError
-from gpt2.sources import FORMATS, decode_utf8
+from gpt2.sources import FORMATS, decode_utf8, read_json_records
 
 _BOM = "\ufeff"
 
@@ -116,35 +116,10 @@ def _read_table(path: Path, fmt: str, text_field: str, label_field: str | None,
     return texts, labels, skipped
 
 
-def json_records(path: Path) -> list[tuple[str, Any]]:
-    """(where, record) for each record of a JSON-lines file or a .json list; invalid JSON names its line.
-
-    `where` is `path: entry i` for a list and `path:n` for line n, for the callers' own error messages.
-    """
-    text, _ = decode_utf8(path.read_bytes())
-    text = text.removeprefix(_BOM)
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-        return [(f"{path}: entry {i}", obj) for i, obj in enumerate(items)]
-    out = []
-    for n, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append((f"{path}:{n}", json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); each line must be one "
-                            "JSON object") from None
-    return out
-
-
 def _read_json(path: Path, text_field: str, label_field: str | None) -> tuple[list[str], list[str], int]:
     texts, labels, skipped = [], [], 0
     fields = [text_field] if label_field is None else [text_field, label_field]
-    for where, obj in json_records(path):
+    for where, obj in read_json_records(path):
         if not isinstance(obj, dict):
             raise UserError(f"{where}: expected a JSON object with the field(s) {', '.join(map(repr, fields))}, "
                             f"got {type(obj).__name__}")
@@ -312,3 +287,32 @@ def check_label_coverage(
             names = ", ".join(f"{name!r} ({k} example{'s' * (k != 1)})" for name, k in sorted(only.items()))
             raise UserError(f"label {names} appears in the {split} split but never in train, so the model cannot "
                             "learn it: use more data, another split seed, or drop or merge that label")
+
+
+# ------------------------------------------------------------------------ encoding and batching
+def encode_for_classification(
+    tokenizer: Any, texts: Sequence[str], *, max_length: int, truncation_side: str
+) -> tuple[list[list[int]], int]:
+    """(token ids of each text, at most max_length, cut on the right (keep the start) or the left (keep the
+    end); how many texts were cut): the one encoding of training, evaluation and `gpt2 classify`."""
+    if max_length < 1:
+        raise UserError(f"max_length must be a positive number of tokens, got {max_length}")
+    if truncation_side not in ("left", "right"):
+        raise UserError(f"truncation_side must be 'left' or 'right', got {truncation_side!r}")
+    out, cut = [], 0
+    for ids in tokenizer.encode_ordinary_batch(list(texts)):
+        assert ids, "empty texts are skipped before encoding"
+        cut += len(ids) > max_length
+        out.append(ids[:max_length] if truncation_side == "right" else ids[-max_length:])
+    return out, cut
+
+
+def pad_right(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest: (input_ids (B, T), attention_mask (B, T)), the one batching of classification."""
+    T = max(map(len, ids))
+    x = torch.full((len(ids), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), T), dtype=torch.long)
+    for i, seq in enumerate(ids):
+        x[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[i, : len(seq)] = 1
+    return x, mask

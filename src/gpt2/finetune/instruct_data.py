@@ -49,9 +49,9 @@ Example = tuple[list[int], list[bool]]  # (ids, target mask), as encode_conversa
 # ----------------------------------------------------------------------------------------- reading
 def _records(path: Path) -> list[tuple[str, Any]]:
     """(where, record) for each record of a JSON list or a JSON-lines file; invalid JSON names its line."""
-    from gpt2.finetune.data import json_records
+    from gpt2.sources import read_json_records
 
-    records = json_records(path)
+    records = read_json_records(path)
     if not records:
         raise UserError(f"{path} holds no examples (an empty file or an empty list): give Alpaca entries "
                         "({\"instruction\", \"input\", \"output\"}) or chat lines ({\"messages\": [...]})")

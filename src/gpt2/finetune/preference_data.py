@@ -2,7 +2,7 @@
 
     python -m gpt2.finetune.preference_data ../shared/data/instruction-data-with-preference.json --tokenizer gpt2
 
-**Files** (`read_preference`, through the one JSON/JSON-lines reader gpt2.finetune.data.json_records), the
+**Files** (`read_preference`, through the one JSON/JSON-lines reader gpt2.sources.read_json_records), the
 form detected per record:
 - Alpaca with preferences (LLMs-from-scratch ch07's instruction-data-with-preference.json): {"instruction",
   "input" (optional), "chosen", "rejected"}; the prompt is the user message [instruction, input];
@@ -130,12 +130,12 @@ def parse_preference(where: str, record: Any) -> Preference:
 
 def read_preference(path: str | Path) -> list[Preference]:
     """The pairs of a preference file (module docstring); bad input is a one-line UserError naming the entry."""
-    from gpt2.finetune.data import json_records
+    from gpt2.sources import read_json_records
 
     path = Path(path)
     if not path.is_file():
         raise UserFileNotFoundError(f"preference file {path} not found")
-    records = json_records(path)
+    records = read_json_records(path)
     if not records:
         raise UserError(f"{path} holds no preference pairs (an empty file or an empty list)")
     return [parse_preference(where, record) for where, record in records]

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from gpt2.config import RunConfig
 from gpt2.errors import UserError
 from gpt2.finetune.base import FinetuneTask
+from gpt2.finetune.data import pad_right
 from gpt2.train.task import Batch, EvalContext, Loader
 
 
@@ -44,12 +45,7 @@ class Split:
 
 def pad_batch(ids: list[list[int]], labels: list[int], weights: list[float], pad_id: int) -> Batch:
     """Right-pad to the longest example: (input_ids (B, T), attention_mask (B, T), labels (B,), weights (B,))."""
-    T = max(map(len, ids))
-    x = torch.full((len(ids), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), T), dtype=torch.long)
-    for i, seq in enumerate(ids):
-        x[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[i, : len(seq)] = 1
+    x, mask = pad_right(ids, pad_id)
     return x, mask, torch.tensor(labels, dtype=torch.long), torch.tensor(weights, dtype=torch.float32)
 
 
@@ -178,9 +174,11 @@ class ClassificationTask(FinetuneTask):
         self.id2label, label2id = D.label_maps(parts["train"][1])
         if f.balance == "class_weights":
             self.class_weights = D.class_weights(parts["train"][1], label2id)
-        side, self.truncated = f.truncation_side, 0
+        self.truncated = 0
         for name, (t, y) in parts.items():
-            ids = [self._encode(s, seq_len, side) for s in t]
+            ids, cut = D.encode_for_classification(self.tokenizer, t, max_length=seq_len,
+                                                   truncation_side=f.truncation_side)
+            self.truncated += cut
             self.splits[name] = Split(ids=ids, labels=[label2id[v] for v in y])
         if not len(self.splits["val"]):
             raise UserError("the validation split is empty: give finetune.val_file or a larger finetune.split[1]")
@@ -192,13 +190,6 @@ class ClassificationTask(FinetuneTask):
         }
         if skipped:
             print(f"skipped {skipped} empty text(s)", file=sys.stderr)
-
-    def _encode(self, text: str, seq_len: int, side: str) -> list[int]:
-        ids = self.tokenizer.encode_ordinary(text)
-        if len(ids) > seq_len:
-            self.truncated += 1
-            ids = ids[:seq_len] if side == "right" else ids[-seq_len:]
-        return ids
 
     # ---------------------------------------------------------------------------------- model
     def build_model(self, checkpoint: Path | None) -> torch.nn.Module:

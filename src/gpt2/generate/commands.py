@@ -28,6 +28,7 @@ from gpt2.generate.quant import check_quantization
 from gpt2.load import DtypeName, load
 from gpt2.load import load_model_and_tokenizer as _load_model_and_tokenizer
 from gpt2.model.gpt2 import GPT2LMHeadModel
+from gpt2.sources import read_json_records
 
 
 @contextlib.contextmanager
@@ -78,22 +79,16 @@ def read_prompts(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise UserFileNotFoundError(f"prompts file {path} not found")
-    prompts = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n} is not valid JSON: {e}") from None
+    if path.suffix != ".jsonl":
+        prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        prompts = []
+        for where, obj in read_json_records(path):
             if isinstance(obj, dict) and isinstance(obj.get("prompt"), str):
                 obj = obj["prompt"]
             if not isinstance(obj, str):
-                raise UserError(f"{path}:{n}: expected a JSON string or an object with a \"prompt\" string")
+                raise UserError(f"{where}: expected a JSON string or an object with a \"prompt\" string")
             prompts.append(obj)
-        else:
-            prompts.append(line)
     if not prompts:
         raise UserError(f"prompts file {path} holds no prompts")
     return prompts
