@@ -169,16 +169,17 @@ async function prepare(text, chat, signal) {
   let count = null;
   if (chat) {
     const user = { role: "user", content: text };
-    if (state.n) {
+    body.messages = [...systemMessages(), ...state.messages.map(({ role, content }) => ({ role, content })), user];
+    if (state.n) {  // exactly the messages counted are sent
       const fit = await fitChat(user, asked, signal);
       state.first = fit.first;
+      body.messages = fit.messages;
       body.max_tokens = fit.maxTokens;
       count = fit.count;
     }
     const div = addMessage("user", text);
     state.messages.push({ ...user, div });
     showDropped(asked);
-    body.messages = [...systemMessages(), ...state.messages.slice(state.first).map(({ role, content }) => ({ role, content }))];
     if (state.first) notes.push(`${state.first / 2} older turn${state.first > 2 ? "s" : ""} dropped to fit the context`);
   } else {
     if (state.n) {
