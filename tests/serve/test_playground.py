@@ -130,11 +130,14 @@ def _count(url: str, messages: list[dict]) -> int:
     return httpx.post(url + "/tokenize", json={"messages": messages}, timeout=10).json()["count"]
 
 
-def _long_message(url: str) -> str:
-    """A message that, with the system message, leaves fewer than REPLY tokens of the context (but some)."""
+def _long_message(url: str, *, chat: bool = True) -> str:
+    """A chat message (with the system message) or a completion prompt that leaves fewer than REPLY tokens of
+    the context, but some."""
     for k in range(1, 200):
         text = "Tell me about the lazy dog and the fox. " * k
-        if _count(url, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]) > N_CTX - REPLY:
+        payload = ({"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]} if chat
+                   else {"prompt": text})
+        if httpx.post(url + "/tokenize", json=payload, timeout=10).json()["count"] > N_CTX - REPLY:
             return text
     raise AssertionError("no message long enough")
 
@@ -165,9 +168,9 @@ def _turns(page) -> list[dict]:
 def test_playground_chat_fits_a_small_context(browser, small_context, tmp_path) -> None:
     url = small_context.url
     page = browser.new_page()
-    sent: list[dict] = []
+    sent: list[dict] = []  # the generation requests' bodies
     page.on("request", lambda r: sent.append(json.loads(r.post_data or "{}"))
-            if r.url.endswith("/v1/chat/completions") else None)
+            if r.url.endswith(("/v1/chat/completions", "/v1/completions")) else None)
     page.goto(url + "/")
     page.wait_for_function("!document.querySelector('#mode-chat').disabled")
     assert page.input_value("#max_tokens") == str(min(128, N_CTX // 2))  # the default: half a short context
@@ -205,6 +208,21 @@ def test_playground_chat_fits_a_small_context(browser, small_context, tmp_path) 
     if os.environ.get("GPT2_TEST_ARTIFACTS"):
         Path(os.environ["GPT2_TEST_ARTIFACTS"]).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(os.environ["GPT2_TEST_ARTIFACTS"]) / "playground-chat.png")
+    # a message the context cannot hold even alone: refused in the page, nothing sent, the text kept to edit
+    page.fill("#prompt", "the lazy dog " * 200)
+    page.click("#send")
+    page.wait_for_function("!document.querySelector('#send').disabled", timeout=15_000)
+    assert f"the model's context holds {N_CTX}" in page.text_content("#status") and len(sent) == 10
+    assert page.input_value("#prompt").startswith("the lazy dog") and len(_turns(page)) == 20
+    # completion mode caps max_tokens to the room a long prompt leaves, counted by the server too
+    page.check("#mode-completion")
+    prompt = _long_message(url, chat=False)
+    page.fill("#prompt", prompt)
+    page.click("#send")
+    page.wait_for_function("!document.querySelector('#send').disabled", timeout=15_000)
+    assert page.text_content("#status").startswith("done"), page.text_content("#status")
+    count = httpx.post(url + "/tokenize", json={"prompt": prompt}, timeout=10).json()["count"]
+    assert count > N_CTX - REPLY and sent[-1]["prompt"] == prompt and sent[-1]["max_tokens"] == N_CTX - count
     page.close()
     # the API itself stays strict: the whole conversation, unfitted, with the same max_tokens is refused
     whole = [{"role": "system", "content": SYSTEM}, *history[:-1]]
