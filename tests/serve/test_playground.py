@@ -1,8 +1,11 @@
 """The playground in a real browser: Debian's chromium driven by Playwright (its own browser download never
-runs): open the page, send a prompt, watch the streamed text grow, press Stop; a screenshot is saved."""
+runs): open the page, send a prompt, watch the streamed text grow, press Stop; a screenshot is saved. A chat of
+ten turns on a 256-token context keeps going: the page drops the oldest turns that no longer fit, keeps the
+system message, caps max_tokens to the room left, and says so (a second screenshot)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -101,3 +104,127 @@ def test_playground_chat_keeps_the_conversation(browser, start_server) -> None:
     assert roles == ["user", "assistant", "user", "assistant"]
     assert int(page.text_content("#prompt-tokens")) > 5  # the second turn's prompt holds the first turn
     page.close()
+
+
+# ------------------------------------------------------------------------------ a chat on a small context
+N_CTX = 256  # runs/sft-alpaca's context
+SYSTEM = "You answer in one short line."
+REPLY = 24  # the page's max_tokens: a few turns fit beside it, then the oldest must go
+
+
+@pytest.fixture(scope="module")
+def small_context(tok):
+    """A stand-in for a 256-token instruct model: the tiny model with n_positions=256 and a chat format."""
+    from serve_helpers import LiveServer, sharp_model
+
+    from gpt2.generate.chat import FORMATS
+    from gpt2.serve.app import create_app
+
+    server = LiveServer(create_app(sharp_model(tok.n_vocab, n_positions=N_CTX), tok, name="tiny-instruct",
+                                   chat_format=FORMATS["plain"], max_batch=2, max_queue=2))
+    yield server
+    server.stop()
+
+
+def _count(url: str, messages: list[dict]) -> int:
+    return httpx.post(url + "/tokenize", json={"messages": messages}, timeout=10).json()["count"]
+
+
+def _long_message(url: str, *, chat: bool = True) -> str:
+    """A chat message (with the system message) or a completion prompt that leaves fewer than REPLY tokens of
+    the context, but some."""
+    for k in range(1, 200):
+        text = "Tell me about the lazy dog and the fox. " * k
+        payload = ({"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]} if chat
+                   else {"prompt": text})
+        if httpx.post(url + "/tokenize", json=payload, timeout=10).json()["count"] > N_CTX - REPLY:
+            return text
+    raise AssertionError("no message long enough")
+
+
+def _check_fitted(url: str, body: dict, history: list[dict]) -> int:
+    """One chat request the page sent: the system message, then the newest part of the conversation so far, and
+    room for its max_tokens; only what had to go was dropped (the CLI's rule). The turns it dropped."""
+    system, *kept = body["messages"]
+    assert system == {"role": "system", "content": SYSTEM}
+    assert kept == history[len(history) - len(kept):], "the page sent the newest turns, whole"
+    count = _count(url, body["messages"])
+    assert count + body["max_tokens"] <= N_CTX
+    if body["max_tokens"] < REPLY:  # capped: only when the newest message alone leaves less room
+        assert len(kept) == 1 and body["max_tokens"] == N_CTX - count
+    dropped = len(history) - len(kept)
+    if dropped:  # one more turn would not have fit beside the reply
+        assert _count(url, [system, *history[dropped - 2:]]) + REPLY > N_CTX
+    return dropped // 2
+
+
+def _turns(page) -> list[dict]:
+    return page.eval_on_selector_all("#conversation .msg", """els => els.map(e => ({
+        role: e.querySelector('.role').textContent, content: e.querySelector('.text').textContent,
+        dropped: e.classList.contains('dropped')}))""")
+
+
+@pytest.mark.slow
+def test_playground_chat_fits_a_small_context(browser, small_context, tmp_path) -> None:
+    url = small_context.url
+    page = browser.new_page()
+    sent: list[dict] = []  # the generation requests' bodies
+    page.on("request", lambda r: sent.append(json.loads(r.post_data or "{}"))
+            if r.url.endswith(("/v1/chat/completions", "/v1/completions")) else None)
+    page.goto(url + "/")
+    page.wait_for_function("!document.querySelector('#mode-chat').disabled")
+    assert page.input_value("#max_tokens") == str(min(128, N_CTX // 2))  # the default: half a short context
+    page.check("#mode-chat")
+    page.fill("#system", SYSTEM)
+    page.fill("#max_tokens", str(REPLY))
+    page.fill("#temperature", "0")  # greedy: the same replies every run
+    messages = [f"Question {i}: what did the quick brown fox do next?" for i in range(10)]
+    messages[7] = _long_message(url)
+    notes = []
+    for message in messages:
+        page.fill("#prompt", message)
+        page.click("#send")
+        page.wait_for_function("!document.querySelector('#send').disabled", timeout=15_000)
+        assert page.text_content("#status").startswith("done"), page.text_content("#status")
+        notes.append(page.text_content("#fit"))
+    turns = _turns(page)
+    assert [t["role"] for t in turns] == ["user", "assistant"] * 10
+    assert all(t["content"] for t in turns), "every turn answered"
+    history = [{"role": t["role"], "content": t["content"]} for t in turns]
+    assert len(sent) == 10
+    dropped = [_check_fitted(url, body, history[:2 * i + 1]) for i, body in enumerate(sent)]
+    assert 0 < dropped[-1] < 9 and dropped == sorted(dropped), dropped  # older turns went, oldest first
+    assert sent[7]["max_tokens"] < REPLY and f"max_tokens {sent[7]['max_tokens']} instead of {REPLY}" in notes[7]
+    assert [t["dropped"] for t in turns] == [i < 2 * dropped[-1] for i in range(20)]
+    note = page.text_content("#dropped-note")
+    assert f"{dropped[-1]} older turns dropped" in note and "system message stays" in note
+    assert f"{dropped[-1]} older turns dropped" in notes[-1]
+    used = page.text_content("#context-used")
+    assert used.endswith(f"/ {N_CTX} tokens ({round(100 * int(used.split()[0]) / N_CTX)}%)")
+    assert int(used.split()[0]) == int(page.text_content("#prompt-tokens")) + int(page.text_content("#completion-tokens"))
+    shot = tmp_path / "playground-chat.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 5_000
+    if os.environ.get("GPT2_TEST_ARTIFACTS"):
+        Path(os.environ["GPT2_TEST_ARTIFACTS"]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(os.environ["GPT2_TEST_ARTIFACTS"]) / "playground-chat.png")
+    # a message the context cannot hold even alone: refused in the page, nothing sent, the text kept to edit
+    page.fill("#prompt", "the lazy dog " * 200)
+    page.click("#send")
+    page.wait_for_function("!document.querySelector('#send').disabled", timeout=15_000)
+    assert f"the model's context holds {N_CTX}" in page.text_content("#status") and len(sent) == 10
+    assert page.input_value("#prompt").startswith("the lazy dog") and len(_turns(page)) == 20
+    # completion mode caps max_tokens to the room a long prompt leaves, counted by the server too
+    page.check("#mode-completion")
+    prompt = _long_message(url, chat=False)
+    page.fill("#prompt", prompt)
+    page.click("#send")
+    page.wait_for_function("!document.querySelector('#send').disabled", timeout=15_000)
+    assert page.text_content("#status").startswith("done"), page.text_content("#status")
+    count = httpx.post(url + "/tokenize", json={"prompt": prompt}, timeout=10).json()["count"]
+    assert count > N_CTX - REPLY and sent[-1]["prompt"] == prompt and sent[-1]["max_tokens"] == N_CTX - count
+    page.close()
+    # the API itself stays strict: the whole conversation, unfitted, with the same max_tokens is refused
+    whole = [{"role": "system", "content": SYSTEM}, *history[:-1]]
+    r = httpx.post(url + "/v1/chat/completions", json={"messages": whole, "max_tokens": REPLY}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"

@@ -46,7 +46,7 @@ def fuzzed_server(tok):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)  # the bound: 5 routes × 30 examples, ~10 s on 2 loaded cores
+@pytest.mark.timeout(120)  # the bound: 6 routes × 30 examples, ~10 s on 2 loaded cores
 @pytest.mark.parametrize("mode", ["positive", "negative"])
 def test_every_route_from_the_schema(fuzzed_server, mode) -> None:
     """Each route the schema lists, MAX_EXAMPLES requests drawn from it (positive: bodies that fit the schema;
@@ -56,7 +56,7 @@ def test_every_route_from_the_schema(fuzzed_server, mode) -> None:
 
     schema = schemathesis.openapi.from_url(fuzzed_server.url + "/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 5
+    assert len(operations) == 6
     skipped = []
     for operation in operations:
         strategy = operation.as_strategy(generation_mode=schemathesis.GenerationMode(mode))
@@ -80,4 +80,5 @@ def test_the_schema_names_every_route(fuzzed_server) -> None:
     import httpx
 
     paths = httpx.get(fuzzed_server.url + "/openapi.json").json()["paths"]
-    assert {"/health", "/v1/models", "/v1/models/{model_id}", "/v1/completions", "/v1/chat/completions"} <= set(paths)
+    assert {"/health", "/v1/models", "/v1/models/{model_id}", "/v1/completions", "/v1/chat/completions",
+            "/tokenize"} <= set(paths)

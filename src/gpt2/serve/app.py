@@ -8,7 +8,9 @@ browser playground at /.
     print(client.completions.create(model="checkpoint", prompt="ROMEO:", max_tokens=20).choices[0].text)
 
 Routes: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (models with a prompt format),
-GET /health, GET / (the playground; its files under /static). Every refusal is OpenAI's error object
+POST /tokenize (vLLM's: a prompt or a chat's messages as the model's token ids, so a client such as the
+playground counts tokens exactly as the server does), GET /health, GET / (the playground; its files under
+/static). Every refusal is OpenAI's error object
 `{"error": {"message", "type", "param", "code"}}` with the right status: 400 for a bad request
 (FastAPI's 422 validation errors included), 401 for a missing or wrong API key, 404 for an unknown
 model, 413 for a body over the limit, 429 with Retry-After when the queue is full. An unexpected
@@ -43,7 +45,15 @@ from starlette.exceptions import HTTPException
 
 from gpt2.errors import UserError
 from gpt2.generate.budget import fit_new_tokens
-from gpt2.serve.protocol import ApiError, ChatCompletionRequest, CompletionRequest, usage, validation_message
+from gpt2.serve.protocol import (
+    ApiError,
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    TokenizeRequest,
+    usage,
+    validation_message,
+)
 from gpt2.serve.scheduler import Job, Piece, QueueFull, Scheduler, SeqParams, TokenLogprob
 from gpt2.tokenizer.controls import check_controls
 
@@ -112,6 +122,10 @@ def create_app(model: Any, tokenizer: Any, *, name: str = "gpt2", chat_format: A
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         return await _chat(served, body, request)
 
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
+        return _tokenize(served, body)
+
     return app
 
 
@@ -154,13 +168,13 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 class _Guard:
-    """ASGI middleware for /v1: the API key (before anything is parsed) and the body-size limit."""
+    """ASGI middleware for /v1 and /tokenize: the API key (before anything is parsed) and the body-size limit."""
 
     def __init__(self, app: Any, *, api_key: str | None, max_body_bytes: int) -> None:
         self.app, self.api_key, self.limit = app, api_key, max_body_bytes
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1"):
+        if scope["type"] != "http" or not scope["path"].startswith(("/v1", "/tokenize")):
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         refused = self._refuse(headers)
@@ -461,7 +475,7 @@ async def _stream_completion(served: Served, run: _Run, body: CompletionRequest,
 
 
 # ------------------------------------------------------------------------------------------ chat
-def _chat_prompt(served: Served, body: ChatCompletionRequest) -> list[int]:
+def _chat_prompt(served: Served, chat: list[ChatMessage]) -> list[int]:
     """The conversation in the model's prompt format, encoded as `gpt2 chat` and transformers'
     apply_chat_template encode it (gpt2.generate.chat.encode_conversation): the system text first (system and
     developer messages joined), then user turns and assistant replies, each reply closed by <|endoftext|>.
@@ -474,11 +488,11 @@ def _chat_prompt(served: Served, body: ChatCompletionRequest) -> list[int]:
         raise ApiError(400, f"the model {served.name!r} has no prompt format (no chat.json), so it cannot chat: use "
                        "/v1/completions, or start the server with --chat-format (alpaca, plain)",
                        param="messages", code="chat_not_supported")
-    if body.messages[-1].role != "user":
+    if chat[-1].role != "user":
         raise ApiError(400, "the last message must be the user's (the model answers it)", param="messages")
-    system = "\n\n".join(m.text() for m in body.messages if m.role in ("system", "developer"))
+    system = "\n\n".join(m.text() for m in chat if m.role in ("system", "developer"))
     messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    for m in body.messages:
+    for m in chat:
         if m.role not in ("user", "assistant"):
             continue
         if len(messages) > (1 if system else 0) and messages[-1]["role"] == m.role:
@@ -493,7 +507,7 @@ def _chat_prompt(served: Served, body: ChatCompletionRequest) -> list[int]:
 
 async def _chat(served: Served, body: ChatCompletionRequest, request: Request) -> Response:
     _check_common(served, body)
-    prompt = _chat_prompt(served, body)
+    prompt = _chat_prompt(served, body.messages)
     # No max_tokens: the room the prompt leaves (vLLM's rule), through the rule every verb uses; a prompt that
     # fills the context already gets half of it, which _check_room then refuses (found by Schemathesis: a
     # negative room crashed the prefill).
@@ -556,6 +570,19 @@ async def _stream_chat(served: Served, run: _Run, body: ChatCompletionRequest, m
     if include_usage:
         yield _sse({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
     yield "data: [DONE]\n\n"
+
+
+# -------------------------------------------------------------------------------------- tokenize
+def _tokenize(served: Served, body: TokenizeRequest) -> dict[str, Any]:
+    """vLLM's /tokenize: the ids a completion's prompt or a chat's messages become, through the very functions
+    the two generation routes call, so a client's count is the server's (the playground fits a conversation
+    to the context with it). No length limit: a prompt longer than the context is counted, not refused."""
+    _check_model(served, body.model)
+    if (body.prompt is None) == (body.messages is None):
+        raise ApiError(400, "give exactly one of prompt (a completion's prompt) and messages (a chat's messages)",
+                       param="prompt" if body.prompt is not None else "messages")
+    ids = _chat_prompt(served, body.messages) if body.messages is not None else _encode_prompts(served, body.prompt)[0]
+    return {"count": len(ids), "max_model_len": served.n_positions, "tokens": ids}
 
 
 # ------------------------------------------------------------------------------------ the command

@@ -146,6 +146,15 @@ class ChatCompletionRequest(_Sampling):
     response_format: ResponseFormat | None = None
 
 
+class TokenizeRequest(_Strict):
+    """POST /tokenize (vLLM's route, its two shapes in one body): a completion's `prompt`, or a chat's
+    `messages` rendered in the model's prompt format up to the response header (a chat completion's prompt)."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+
+
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
