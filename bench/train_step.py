@@ -8,9 +8,10 @@
     python bench/train_step.py --device cuda --models gpt2 --dtypes bf16 --seq-len 1024 --batch 16 --optimizer \
         --tf32 --compile --no-hf --json /tmp/step.jsonl      # on a GPU: MFU against the datasheet peak
 
-Without --optimizer a step is forward + backward (issue #2's model benchmark); with it, the whole step
-`gpt2 train` takes: forward, backward, gradient clipping and AdamW (ours: gpt2.train.optim's groups,
-foreach; HF: torch.optim.AdamW on model.parameters(), as HF-based training scripts write it).
+Without --optimizer a step is the model's forward + backward; with it, ours is `Trainer.train_step` itself,
+the code `gpt2 train` runs (reading its micro-batches from random shards, autocast, backward, clipping, the
+spike guard, gpt2.train.optim's AdamW), built through the same config and Trainer as a run; HF runs
+forward, backward, clipping and torch.optim.AdamW on model.parameters(), as HF-based training scripts do.
 
 Both models get the same config, the same weights and the same batch; steps alternate between them
 (ours, HF, ours, HF, ...) so machine noise hits both alike, and the median step time is reported.
@@ -33,7 +34,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -96,30 +100,78 @@ def training_step(model, forward, opt, x: torch.Tensor, targets: torch.Tensor, d
     return step
 
 
+def trainer_for(preset: str, *, seq_len: int, batch: int, dtype_name: str, device: torch.device, compile: bool,
+                tmp: Path) -> Any:
+    """The Trainer `gpt2 train` builds (AdamW, the recipe's clipping, spike guard, loader, autocast), on random
+    shards in llm.c's format (bench/synthetic_shards.py), so its own `train_step` is what gets timed."""
+    from synthetic_shards import write_synthetic_shards
+
+    from gpt2.config import load_config
+    from gpt2.tokenizer import train_bpe
+    from gpt2.train.loop import LanguageModelTask, Trainer
+
+    # A small tokenizer and random shards below its vocabulary; model.vocab_size keeps the preset's width of
+    # the embedding and the LM head, so the step costs what the preset's costs (ids do not change FLOPs).
+    tok = train_bpe(["the quick brown fox jumps over the lazy dog"] * 8, vocab_size=300,
+                    special_tokens=["<|endoftext|>"], progress=False)
+    tok.save(tmp / "tokenizer")
+    preset_config = GPT2Config.from_preset(preset)
+    shards = write_synthetic_shards(tmp / "shards", train_tokens=max(200_000, 4 * batch * (seq_len + 1) * 64),
+                                    val_tokens=20_000, vocab=tok.n_vocab, doc_len=seq_len * 4)
+    cfg = load_config(None, [
+        f"model.preset={preset}", f"model.vocab_size={preset_config.vocab_size}",
+        f"model.n_positions={max(seq_len, preset_config.n_positions)}", "model.dropout=0.0",
+        f"data.dir={shards}", f"data.tokenizer.name={tmp / 'tokenizer'}", "optim.name=adamw",
+        "optim.warmup_steps=0", f"train.seq_len={seq_len}", f"train.micro_batch_size={batch}",
+        f"train.global_batch_tokens={batch * seq_len}", f"train.dtype={dtype_name}", f"train.device={device}",
+        f"train.compile={str(compile).lower()}", f"train.out_dir={tmp / 'run'}", "train.max_steps=1000000",
+        "eval.interval=0", "checkpoint.interval=0",
+    ])
+    return Trainer(cfg, LanguageModelTask(cfg), resume=None, progress=False)
+
+
 def run(preset: str, *, seq_len: int, batch: int, steps: int, dtype_name: str, optimizer: bool,
         device: torch.device | None = None, compile: bool = False, with_hf: bool = True) -> dict:
     device = device or torch.device("cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        return _run(preset, seq_len=seq_len, batch=batch, steps=steps, dtype_name=dtype_name, optimizer=optimizer,
+                    device=device, compile=compile, with_hf=with_hf, tmp=Path(tmp))
+
+
+def _run(preset: str, *, seq_len: int, batch: int, steps: int, dtype_name: str, optimizer: bool,
+         device: torch.device, compile: bool, with_hf: bool, tmp: Path) -> dict:
     config, ours, hf = build_pair(preset, seq_len, with_hf=with_hf)
+    trainer = None
+    if optimizer:  # ours is the trainer's own step; HF gets the trainer's weights
+        trainer = trainer_for(preset, seq_len=seq_len, batch=batch, dtype_name=dtype_name, device=device,
+                              compile=compile, tmp=tmp)
+        ours = trainer.model
+        assert ours.config.vocab_size == config.vocab_size and ours.config.n_embd == config.n_embd
+        if hf is not None:
+            missing, unexpected = hf.load_state_dict(to_hf_state_dict(ours), strict=False)
+            assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+            hf.tie_weights()
     ours.to(device)
     if hf is not None:
         hf.to(device)
-    opt_ours = opt_hf = None
-    if optimizer:
-        from gpt2.config import OptimConfig
-        from gpt2.train.optim import build_optimizer
-
-        opt_ours = build_optimizer(ours, OptimConfig(), device=device)
-        if hf is not None:
-            opt_hf = torch.optim.AdamW(hf.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1,
-                                       fused=device.type == "cuda" or None)
-    fwd_ours = torch.compile(ours) if compile else ours
+    opt_hf = None
+    if optimizer and hf is not None:
+        opt_hf = torch.optim.AdamW(hf.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1,
+                                   fused=device.type == "cuda" or None)
+    fwd_ours = torch.compile(ours) if compile and trainer is None else ours
     fwd_hf = torch.compile(hf) if compile and hf is not None else hf
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, config.vocab_size, (batch, seq_len), generator=g)
     targets = torch.cat([x[:, 1:], torch.full((batch, 1), -100)], dim=1)
     x, targets = x.to(device), targets.to(device)
 
-    step_ours = training_step(ours, fwd_ours, opt_ours, x, targets, dtype_name, hf=False)
+    if trainer is not None:
+        lr = trainer.cfg.optim.lr
+
+        def step_ours() -> float:
+            return trainer.train_step(lr)[0]
+    else:
+        step_ours = training_step(ours, fwd_ours, None, x, targets, dtype_name, hf=False)
     step_hf = training_step(hf, fwd_hf, opt_hf, x, targets, dtype_name, hf=True) if hf is not None else None
 
     # warm-up (allocator, oneDNN primitives, compilation); twice when compiled (the first backward compiles too)
@@ -146,7 +198,8 @@ def run(preset: str, *, seq_len: int, batch: int, steps: int, dtype_name: str, o
         "ratio": med["hf"] / med["ours"] if "hf" in med else nan,
         "gflops_ours": flops / med["ours"] / 1e9,
         "gflops_hf": flops / med["hf"] / 1e9 if "hf" in med else nan,
-        "loss_diff": abs(losses["ours"] - losses["hf"]) if "hf" in losses else nan,
+        # the trainer reads its own (random) batches, so its loss is comparable only without --optimizer
+        "loss_diff": abs(losses["ours"] - losses["hf"]) if "hf" in losses and trainer is None else nan,
     }
 
 
