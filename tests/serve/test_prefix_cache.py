@@ -40,7 +40,7 @@ def test_a_block_is_found_only_after_the_same_tokens_and_up_to_the_limit() -> No
     tokens = list(range(10))
     k, v = kv(10)
     assert cache.insert(tokens, k, v) == 2  # two whole blocks; the last 2 tokens are not a block
-    hit = cache.lookup(tokens + [99], limit=10)
+    hit = cache.lookup([*tokens, 99], limit=10)
     assert hit.tokens == 8 and len(hit.blocks) == 2
     torch.testing.assert_close(torch.cat([b[0] for b in hit.blocks], dim=2), k[:, :, :8], rtol=0, atol=0)
     torch.testing.assert_close(torch.cat([b[1] for b in hit.blocks], dim=2), v[:, :, :8], rtol=0, atol=0)
@@ -188,6 +188,36 @@ def test_the_budget_holds_under_many_distinct_prompts(model, tok, budget_blocks)
     # A full cache still takes a new prefix (evicting the least recently used) and serves it next time.
     fresh = [rng.randrange(tok.n_vocab - 1) for _ in range(40)]
     for cached in (0, 32):
-        job, out = run_job(sched, fresh + [cached], max_tokens=3, temperature=0)
+        job, out = run_job(sched, [*fresh, cached], max_tokens=3, temperature=0)
         run_until(sched, out)
         assert job.cached_tokens == [min(cached, budget_blocks * 16)]
+
+
+# ------------------------------------------------------------------------------------------ the API
+def test_usage_reports_cached_tokens_for_completions_chat_and_streams(start_server, tok) -> None:
+    from openai import OpenAI
+
+    server = start_server(max_batch=4)
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=20)
+    prompt = "The quick brown fox jumps over the lazy dog. Once upon a time there was a little model"
+    n = len(tok.encode(prompt))
+    first = client.completions.create(model="tiny", prompt=prompt, max_tokens=4, temperature=0)
+    again = client.completions.create(model="tiny", prompt=prompt, max_tokens=4, temperature=0)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    assert again.usage.prompt_tokens_details.cached_tokens == (n - 1) // 16 * 16 > 0
+    assert again.choices[0].text == first.choices[0].text
+    chunks = list(client.completions.create(model="tiny", prompt=prompt + " that", max_tokens=4, temperature=0,
+                                            stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens >= 16
+
+    messages = [{"role": "user", "content": "Once upon a time there was a little model that wanted to write"}]
+    turn1 = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0)
+    messages += [{"role": "assistant", "content": turn1.choices[0].message.content},
+                 {"role": "user", "content": "héllo wörld"}]
+    turn2 = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0)
+    assert turn1.usage.prompt_tokens_details.cached_tokens == 0
+    assert 16 <= turn2.usage.prompt_tokens_details.cached_tokens < turn2.usage.prompt_tokens
+    off = start_server(max_batch=4, prefix_cache_mb=0)
+    r = OpenAI(base_url=off.url + "/v1", api_key="unused", max_retries=0, timeout=20).chat.completions.create(
+        model="tiny", messages=messages, max_tokens=8, temperature=0)
+    assert r.usage.prompt_tokens_details.cached_tokens == 0 and r.choices[0].message == turn2.choices[0].message

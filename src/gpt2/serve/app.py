@@ -8,11 +8,11 @@ browser playground at /.
     print(client.completions.create(model="checkpoint", prompt="ROMEO:", max_tokens=20).choices[0].text)
 
 Routes: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (models with a prompt format),
-GET /health, GET /metrics (Prometheus, gpt2.serve.metrics), GET / (the playground; its files under /static). Every refusal is OpenAI's error object
-`{"error": {"message", "type", "param", "code"}}` with the right status: 400 for a bad request
-(FastAPI's 422 validation errors included), 401 for a missing or wrong API key, 404 for an unknown
-model, 413 for a body over the limit, 429 with Retry-After when the queue is full. An unexpected
-exception is a 500 whose traceback goes to the server log, never a 4xx.
+GET /health, GET /metrics (Prometheus, gpt2.serve.metrics), GET / (the playground; its files under
+/static). Every refusal is OpenAI's error object `{"error": {"message", "type", "param", "code"}}` with
+the right status: 400 for a bad request (FastAPI's 422 validation errors included), 401 for a missing or
+wrong API key, 404 for an unknown model, 413 for a body over the limit, 429 with Retry-After when the
+queue is full. An unexpected exception is a 500 whose traceback goes to the server log, never a 4xx.
 
 A request becomes one scheduler Job; the scheduler thread hands each step's pieces to the event loop
 through an asyncio queue. A watcher task listens for the client's disconnect and cancels the job, so a

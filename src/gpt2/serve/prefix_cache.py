@@ -7,7 +7,7 @@ few-shot header), so that only the rest of the prompt is prefilled.
     cache = PrefixCache(budget_bytes=64 * 2**20, block_size=16)
     cache.insert(tokens, k, v)               # k, v (n_layer, n_head, len(tokens), head_dim)
     hit = cache.lookup(prompt, limit=len(prompt) - 1)
-    hit.tokens, hit.blocks                   # tokens reused (a multiple of 16), their (2, n_layer, n_head, 16, head_dim) blocks
+    hit.tokens, hit.blocks   # tokens reused (a multiple of 16); blocks of (2, n_layer, n_head, 16, head_dim)
 
 The design is vLLM's automatic prefix caching (hashed KV blocks) on the CPU, without a paged attention
 kernel: a prompt is cut into blocks of `block_size` tokens, and block i is keyed by a hash chain, the SHA-256

@@ -361,13 +361,14 @@ class Scheduler:
 
     def load(self) -> dict[str, int]:
         """Sequences running (admitted, or being admitted) and waiting, the rows held in the KV cache, its
-        capacity in positions, the prefix cache's bytes and budget, and the counters in `stats`."""
+        capacity in positions, the prefix cache's bytes, budget and evicted blocks, and the counters in `stats`."""
         with self._lock:
             waiting = sum(job.n for job, _ in self.waiting)
             prefix = self.prefix
             return {"running": self.inflight - waiting, "waiting": waiting, "cache_rows": self.cache.rows,
                     "cache_capacity": self.cache.max_len, "prefix_cache_bytes": prefix.bytes if prefix else 0,
-                    "prefix_cache_budget": prefix.budget if prefix else 0, **self.stats}
+                    "prefix_cache_budget": prefix.budget if prefix else 0,
+                    "prefix_cache_evictions": prefix.evicted if prefix else 0, **self.stats}
 
     def close(self) -> None:
         with self._lock:
@@ -517,6 +518,7 @@ class Scheduler:
                 self.prefix.insert(p, k, v)
             if params.max_tokens == 0:  # scoring only: nothing to generate
                 job.emit([Piece(job.n * i + s, "", None, "length", 0, prompt_lp) for s in range(job.n)])
+                self.stats["finished_length"] += job.n
                 self._release(job.n)
                 continue
             for s in range(job.n):
