@@ -50,6 +50,7 @@ def test_a_block_is_found_only_after_the_same_tokens_and_up_to_the_limit() -> No
     assert cache.lookup([9, 9, 9, 9, 4, 5, 6, 7], limit=8).tokens == 0
     assert cache.insert(tokens, k, v) == 0 and cache.bytes == 2 * BLOCK_BYTES  # nothing twice
     assert block_keys([1, 23], 2, 1) != block_keys([12, 3], 2, 1)
+    assert cache.lookup(tokens, limit=10, salt=b"adapter-a").tokens == 0  # other weights: other keys
 
 
 def test_eviction_is_least_recently_used_and_takes_leaves_before_their_parents() -> None:

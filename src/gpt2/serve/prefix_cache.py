@@ -39,9 +39,11 @@ BLOCK_SIZE = 16
 """Tokens per cached block (vLLM's default): a prompt reuses its prefix rounded down to a multiple of it."""
 
 
-def block_keys(tokens: Sequence[int], block_size: int, n_blocks: int) -> list[bytes]:
-    """The hash-chain keys of the first n_blocks whole blocks of tokens: key i covers tokens[: (i+1) * block_size]."""
-    keys, parent = [], b""
+def block_keys(tokens: Sequence[int], block_size: int, n_blocks: int, *, salt: bytes = b"") -> list[bytes]:
+    """The hash-chain keys of the first n_blocks whole blocks of tokens: key i covers tokens[: (i+1) * block_size].
+    `salt` starts the chain: keys/values computed by other weights (a LoRA adapter) must use another salt, as
+    vLLM puts the adapter into its block hashes."""
+    keys, parent = [], salt
     for i in range(n_blocks):
         block = tokens[i * block_size : (i + 1) * block_size]
         # Fixed-width little-endian ids, so (1, 23) and (12, 3) can never hash alike.
@@ -74,9 +76,9 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self.blocks)
 
-    def lookup(self, tokens: Sequence[int], *, limit: int) -> Hit:
+    def lookup(self, tokens: Sequence[int], *, limit: int, salt: bytes = b"") -> Hit:
         """The longest run of cached blocks at the start of tokens, covering at most `limit` tokens."""
-        keys = block_keys(tokens, self.block_size, max(0, min(limit, len(tokens))) // self.block_size)
+        keys = block_keys(tokens, self.block_size, max(0, min(limit, len(tokens))) // self.block_size, salt=salt)
         found = []
         for key in keys:
             block = self.blocks.get(key)
@@ -86,12 +88,12 @@ class PrefixCache:
         self._touch([key for key, _ in found])
         return Hit(len(found) * self.block_size, [block for _, block in found])
 
-    def insert(self, tokens: Sequence[int], k: torch.Tensor, v: torch.Tensor) -> int:
+    def insert(self, tokens: Sequence[int], k: torch.Tensor, v: torch.Tensor, *, salt: bytes = b"") -> int:
         """Store the whole blocks of tokens whose keys/values, k and v (n_layer, n_head, >= len(tokens),
         head_dim), are not cached yet, evicting least recently used blocks of other prefixes to make room (the
         budget holds at every moment). Returns the number of blocks added."""
         n = min(len(tokens), k.shape[2]) // self.block_size
-        keys = block_keys(tokens, self.block_size, n)
+        keys = block_keys(tokens, self.block_size, n, salt=salt)
         self._touch([key for key in keys if key in self.blocks])
         chain = set(keys)
         need = 2 * k.shape[0] * k.shape[1] * self.block_size * k.shape[3] * k.element_size()  # one block's bytes
