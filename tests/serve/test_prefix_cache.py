@@ -131,7 +131,7 @@ def test_requests_sharing_a_header_in_one_batch_match_no_cache_and_the_engine(mo
         sched = Scheduler(model, tok, max_batch=8, start=False, prefix_cache_mb=mb)
         groups = []
         prefill = sched._prefill
-        sched._prefill = lambda units, hits, f=prefill, g=groups: (g.append(len(units)), f(units, hits))[1]
+        sched._prefill = lambda units, f=prefill, g=groups: (g.append(len(units)), f(units))[1]
         first = run_job(sched, tok.encode(texts[0]), max_tokens=30, **GREEDY)
         for _ in range(3):
             sched.step_once()

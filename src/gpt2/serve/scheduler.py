@@ -323,6 +323,7 @@ class Scheduler:
         self.waiting: collections.deque[tuple[Job, int]] = collections.deque()  # (job, prompt index)
         self.inflight = 0  # sequences running or waiting
         self._admitting: list[Job] = []
+        self._hits: dict[tuple[Job, int], Hit] = {}  # during _admit: the prefix-cache blocks each prompt starts from
         # Counters since start (GET /health shows them): decode steps, tokens generated, prompts prefilled, rows
         # dropped for a cancelled job, requests accepted, requests refused as the queue was full, jobs
         # cancelled (a client that went away before its job finished), prompt tokens prefilled, sequences
@@ -441,7 +442,7 @@ class Scheduler:
         jobs = {id(row.job): row.job for row in self.rows}
         for job in self._admitting:
             jobs[id(job)] = job
-        self._admitting = []
+        self._admitting, self._hits = [], {}
         with self._lock:
             for job, _ in self.waiting:
                 jobs[id(job)] = job
@@ -467,11 +468,11 @@ class Scheduler:
                 units.append((job, i))
                 free -= job.n
         self._admitting = [job for job, _ in units]  # so a failing prefill still reaches its jobs (_fail_all)
-        hits = {unit: self._lookup(*unit) for unit in units}
-        cached = {unit: hit.tokens for unit, hit in hits.items()}
+        self._hits = {unit: self._lookup(*unit) for unit in units}  # what each prompt's prefill starts from
+        cached = {unit: hit.tokens for unit, hit in self._hits.items()}
         for group in _prefill_groups(units, cached, n_positions=self.config.n_positions):
-            self._prefill(group, hits)
-        self._admitting = []
+            self._prefill(group)
+        self._admitting, self._hits = [], {}
 
     def _lookup(self, job: Job, i: int) -> Hit:
         """The cached blocks a prompt starts with; at least its last token is left to prefill (its logits start
@@ -484,7 +485,7 @@ class Scheduler:
         self.stats["prefix_cache_hits"] += hit.tokens
         return hit
 
-    def _prefill(self, units: list[tuple[Job, int]], hits: dict[tuple[Job, int], Hit]) -> None:
+    def _prefill(self, units: list[tuple[Job, int]]) -> None:
         """Run a group of prompts in one forward, each after its cached prefix, then copy each one's keys/values
         into its n rows; a max_tokens=0 request (scoring only) finishes here.
 
@@ -493,10 +494,11 @@ class Scheduler:
         each. The mask hides the padding (and any gap between the two parts) and positions count unmasked
         columns, so every token gets the keys and the position it has in its own prompt."""
         prompts = [job.prompts[i] for job, i in units]
-        cached = [hits[u].tokens for u in units]
+        hits = [self._hits.get(u) or Hit() for u in units]  # none: a prefill outside _admit (tests) starts cold
+        cached = [hit.tokens for hit in hits]
         news = [len(p) - c for p, c in zip(prompts, cached)]
         C, S = max(cached), max(news)
-        single = self._group_cache(units, hits, C, S)
+        single = self._group_cache(hits, C, S)
         ids = torch.zeros(len(prompts), S, dtype=torch.long, device=self.device)  # (G, S), left-padded
         mask = torch.zeros(len(prompts), C + S, dtype=torch.long, device=self.device)  # 1 = real token
         for g, (p, c, n) in enumerate(zip(prompts, cached, news)):
@@ -527,13 +529,11 @@ class Scheduler:
                 row_logits = last[g : g + 1]  # (1, V)
                 self.logits = row_logits if self.logits is None else torch.cat([self.logits, row_logits])
 
-    def _group_cache(self, units: list[tuple[Job, int]], hits: dict[tuple[Job, int], Hit], C: int,
-                     S: int) -> KVCache:
+    def _group_cache(self, hits: list[Hit], C: int, S: int) -> KVCache:
         """The prefill's cache for C cached + S new positions, each row's cached blocks ending at column C."""
-        single = KVCache(self.config, batch_size=len(units), max_len=C + S, device=self.device,
+        single = KVCache(self.config, batch_size=len(hits), max_len=C + S, device=self.device,
                          dtype=self.cache.k.dtype)
-        for g, unit in enumerate(units):
-            hit = hits[unit]
+        for g, hit in enumerate(hits):
             start = C - hit.tokens
             for block in hit.blocks:  # (2, n_layer, n_head, block, head_dim)
                 end = start + block.shape[3]
