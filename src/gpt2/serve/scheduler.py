@@ -269,7 +269,7 @@ def _prefill_groups(units: list[tuple[Job, int]], cached: dict[tuple[Job, int], 
     """Prompts admitted together, grouped for batched prefill by the tokens they still need (their length less
     what the prefix cache holds, `cached`): so that a group's padding stays under a quarter of its new tokens,
     at most PREFILL_TOKENS padded new tokens per group, and its cache (longest past + longest new part per
-    row) within 2 × PREFILL_TOKENS positions and n_positions. With nothing cached the last bound never binds."""
+    row) within 2 × PREFILL_TOKENS positions and n_positions. With nothing cached that bound never binds."""
     cached = cached or {}
 
     def new(u: tuple[Job, int]) -> int:
@@ -546,11 +546,12 @@ class Scheduler:
     @staticmethod
     def _row_kv(single: KVCache, g: int, C: int, S: int, cached: int, new: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Row g's keys and values after its prefill, (n_layer, n_head, cached + new, head_dim): its cached
-        columns then its new ones (one slice where they touch, else the two joined)."""
-        parts = [slice(C - cached, C + S)] if new == S else [slice(C - cached, C), slice(C + S - new, C + S)]
-        k = torch.cat([single.k[:, g, :, s] for s in parts], dim=2) if len(parts) > 1 else single.k[:, g, :, parts[0]]
-        v = torch.cat([single.v[:, g, :, s] for s in parts], dim=2) if len(parts) > 1 else single.v[:, g, :, parts[0]]
-        return k, v
+        columns then its new ones (a view where they touch, else a copy of the two without the gap)."""
+        if new == S:
+            cols = slice(C - cached, C + S)
+            return single.k[:, g, :, cols], single.v[:, g, :, cols]
+        idx = torch.cat([torch.arange(C - cached, C), torch.arange(C + S - new, C + S)]).to(single.k.device)
+        return single.k[:, g].index_select(2, idx), single.v[:, g].index_select(2, idx)
 
     def _remember(self, r: int) -> None:
         """Offer row r's keys/values (its prompt and the tokens fed back so far) to the prefix cache."""
