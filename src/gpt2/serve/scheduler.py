@@ -14,7 +14,10 @@ How a step runs (`Scheduler._loop`):
    forward, left-padded and grouped by length so that padding stays small (a burst of 16 requests costs
    one pass over the weights, not 16); each prompt's keys/values are then copied into the shared
    `BatchKVCache` and its last logits join the batch's logits. A prompt with n samples is prefilled once
-   and copied into n rows.
+   and copied into n rows. With the prefix cache (gpt2.serve.prefix_cache) a prompt whose first blocks
+   were seen before (an earlier turn, a shared header) starts from their cached keys/values and prefills
+   only the rest; its own whole blocks are cached after the prefill, and a row's whole sequence when it
+   leaves the batch (the next turn of a conversation begins with it).
 3. Every row's next token is picked from its logits with the engine's own sampling functions
    (gpt2.generate.sampling), rows grouped by their sampling settings; the noise of a row comes from the
    engine's `row_generator(seed, prompt, sample index)`, so a seeded request draws the same numbers
@@ -54,6 +57,7 @@ from gpt2.generate import sampling
 from gpt2.generate.engine import _TextStream, row_generator
 from gpt2.generate.fastpath import inference_view
 from gpt2.model.gpt2 import GPT2LMHeadModel, KVCache
+from gpt2.serve.prefix_cache import BLOCK_SIZE, Hit, PrefixCache
 
 log = logging.getLogger("gpt2.serve")
 
@@ -128,6 +132,7 @@ class Job:
         self.prompts = [list(p) for p in prompts]
         self.params, self.n, self.emit = params, n, emit
         self.cancelled = False
+        self.cached_tokens = [0] * len(self.prompts)  # per prompt: tokens taken from the prefix cache (set at prefill)
         self.seed = params.seed if params.seed is not None or params.greedy else \
             int.from_bytes(os.urandom(8), "little") >> 1
 
@@ -254,21 +259,35 @@ class BatchKVCache:
 # ----------------------------------------------------------------------------------------- scheduler
 PREFILL_TOKENS = 2048
 """Most (padded) tokens in one prefill forward: bounds its memory and the pause it puts on decoding."""
+PREFIX_CACHE_MB = 256.0
+"""The prefix cache's default budget (`gpt2 serve --prefix-cache-mb`): 3,500 tokens of GPT-2 124M's keys and
+values in fp32 (72 KiB a token), three and a half full 1,024-token contexts."""
 
 
-def _prefill_groups(units: list[tuple[Job, int]]) -> list[list[tuple[Job, int]]]:
-    """Prompts admitted together, grouped for batched prefill: by length, so that a group's padding stays
-    under a quarter of its tokens, and at most PREFILL_TOKENS padded tokens per group."""
+def _prefill_groups(units: list[tuple[Job, int]], cached: dict[tuple[Job, int], int] | None = None, *,
+                    n_positions: int | None = None) -> list[list[tuple[Job, int]]]:
+    """Prompts admitted together, grouped for batched prefill by the tokens they still need (their length less
+    what the prefix cache holds, `cached`): so that a group's padding stays under a quarter of its new tokens,
+    at most PREFILL_TOKENS padded new tokens per group, and its cache (longest past + longest new part per
+    row) within 2 × PREFILL_TOKENS positions and n_positions. With nothing cached that bound never binds."""
+    cached = cached or {}
+
+    def new(u: tuple[Job, int]) -> int:
+        return len(u[0].prompts[u[1]]) - cached.get(u, 0)
+
     groups: list[list[tuple[Job, int]]] = []
-    real = 0
-    for unit in sorted(units, key=lambda u: len(u[0].prompts[u[1]])):
-        L = len(unit[0].prompts[unit[1]])
-        if groups and (len(groups[-1]) + 1) * L <= min(PREFILL_TOKENS, 1.25 * (real + L)):
-            groups[-1].append(unit)
-            real += L
-        else:
-            groups.append([unit])
-            real = L
+    real = past = 0
+    for unit in sorted(units, key=new):
+        L, c = new(unit), cached.get(unit, 0)
+        if groups:
+            G, width = len(groups[-1]) + 1, max(past, c) + L
+            if G * L <= min(PREFILL_TOKENS, 1.25 * (real + L)) and G * width <= 2 * PREFILL_TOKENS and \
+                    width <= (n_positions or width):
+                groups[-1].append(unit)
+                real, past = real + L, max(past, c)
+                continue
+        groups.append([unit])
+        real, past = L, c
     return groups
 
 
@@ -276,12 +295,18 @@ class Scheduler:
     """Owns the model in one thread; see the module docstring for the step."""
 
     def __init__(self, model: GPT2LMHeadModel, tokenizer: Any, *, max_batch: int = 32, max_queue: int = 128,
-                 pack: bool = True, step_delay: float = 0.0, start: bool = True) -> None:
+                 pack: bool = True, step_delay: float = 0.0, start: bool = True,
+                 prefix_cache_mb: float = PREFIX_CACHE_MB, prefix_block: int = BLOCK_SIZE) -> None:
         """max_batch: rows decoded together; max_queue: sequences that may wait for a row beyond those.
         step_delay: seconds to sleep after each decode step (tests use it to watch a stream grow).
-        start=False runs no thread: the caller drives the scheduler with step_once() (tests do)."""
+        start=False runs no thread: the caller drives the scheduler with step_once() (tests do).
+        prefix_cache_mb: the prefix cache's budget in MiB (0: no prefix cache); prefix_block: its block size."""
         if max_batch < 1 or max_queue < 0:
             raise UserError(f"--max-batch must be >= 1 and --max-queue >= 0, got {max_batch} and {max_queue}")
+        if not prefix_cache_mb >= 0:  # NaN too
+            raise UserError(f"--prefix-cache-mb must be >= 0 (0 turns the prefix cache off), got {prefix_cache_mb}")
+        self.prefix = PrefixCache(budget_bytes=int(prefix_cache_mb * 2**20), block_size=prefix_block) \
+            if prefix_cache_mb > 0 else None
         self.model = inference_view(model, pack=pack)
         self.tokenizer = tokenizer
         self.config = model.config
@@ -298,11 +323,14 @@ class Scheduler:
         self.waiting: collections.deque[tuple[Job, int]] = collections.deque()  # (job, prompt index)
         self.inflight = 0  # sequences running or waiting
         self._admitting: list[Job] = []
+        self._hits: dict[tuple[Job, int], Hit] = {}  # during _admit: the prefix-cache blocks each prompt starts from
         # Counters since start (GET /health shows them): decode steps, tokens generated, prompts prefilled, rows
-        # dropped for a cancelled job, requests accepted, requests refused as the queue was full, and jobs
-        # cancelled (a client that went away before its job finished).
+        # dropped for a cancelled job, requests accepted, requests refused as the queue was full, jobs
+        # cancelled (a client that went away before its job finished), prompt tokens prefilled, sequences
+        # finished by reason, and the prefix cache's queries and hits in tokens (vLLM counts them so).
         self.stats = {"steps": 0, "tokens": 0, "prefills": 0, "cancelled": 0, "requests": 0, "rejected": 0,
-                      "cancelled_jobs": 0}
+                      "cancelled_jobs": 0, "prompt_tokens": 0, "finished_stop": 0, "finished_length": 0,
+                      "prefix_cache_queries": 0, "prefix_cache_hits": 0}
         self._lock = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="gpt2-serve-scheduler", daemon=True)
@@ -334,11 +362,14 @@ class Scheduler:
 
     def load(self) -> dict[str, int]:
         """Sequences running (admitted, or being admitted) and waiting, the rows held in the KV cache, its
-        capacity in positions, and the counters in `stats`."""
+        capacity in positions, the prefix cache's bytes, budget and evicted blocks, and the counters in `stats`."""
         with self._lock:
             waiting = sum(job.n for job, _ in self.waiting)
+            prefix = self.prefix
             return {"running": self.inflight - waiting, "waiting": waiting, "cache_rows": self.cache.rows,
-                    "cache_capacity": self.cache.max_len, **self.stats}
+                    "cache_capacity": self.cache.max_len, "prefix_cache_bytes": prefix.bytes if prefix else 0,
+                    "prefix_cache_budget": prefix.budget if prefix else 0,
+                    "prefix_cache_evictions": prefix.evicted if prefix else 0, **self.stats}
 
     def close(self) -> None:
         with self._lock:
@@ -394,7 +425,9 @@ class Scheduler:
         self.stats["cancelled"] += len(dropped) + sum(job.n for job, _ in gone)
 
     def _remove(self, r: int) -> None:
-        """Row r leaves: cache, row list and logits move the last row into its place together."""
+        """Row r leaves: cache, row list and logits move the last row into its place together. Its keys and
+        values go to the prefix cache first (the next turn of a conversation starts with them)."""
+        self._remember(r)
         self.cache.remove_row(r)
         last = self.rows.pop()
         if r < len(self.rows):
@@ -409,7 +442,7 @@ class Scheduler:
         jobs = {id(row.job): row.job for row in self.rows}
         for job in self._admitting:
             jobs[id(job)] = job
-        self._admitting = []
+        self._admitting, self._hits = [], {}
         with self._lock:
             for job, _ in self.waiting:
                 jobs[id(job)] = job
@@ -435,40 +468,98 @@ class Scheduler:
                 units.append((job, i))
                 free -= job.n
         self._admitting = [job for job, _ in units]  # so a failing prefill still reaches its jobs (_fail_all)
-        for group in _prefill_groups(units):
+        self._hits = {unit: self._lookup(*unit) for unit in units}  # what each prompt's prefill starts from
+        cached = {unit: hit.tokens for unit, hit in self._hits.items()}
+        for group in _prefill_groups(units, cached, n_positions=self.config.n_positions):
             self._prefill(group)
-        self._admitting = []
+        self._admitting, self._hits = [], {}
+
+    def _lookup(self, job: Job, i: int) -> Hit:
+        """The cached blocks a prompt starts with; at least its last token is left to prefill (its logits start
+        the reply). A request that scores its prompt (echo with logprobs) needs every position: no lookup."""
+        if self.prefix is None or job.params.prompt_logprobs:
+            return Hit()
+        prompt = job.prompts[i]
+        hit = self.prefix.lookup(prompt, limit=len(prompt) - 1)
+        self.stats["prefix_cache_queries"] += len(prompt)
+        self.stats["prefix_cache_hits"] += hit.tokens
+        return hit
 
     def _prefill(self, units: list[tuple[Job, int]]) -> None:
-        """Run a group of prompts in one forward (left-padded), then copy each one's keys/values into its n
-        rows; a max_tokens=0 request (scoring only) finishes here."""
+        """Run a group of prompts in one forward, each after its cached prefix, then copy each one's keys/values
+        into its n rows; a max_tokens=0 request (scoring only) finishes here.
+
+        Layout of the group's cache, (G, C + S) positions with C the longest cached prefix and S the longest
+        new part: row g's cached tokens end at column C, its new tokens end at C + S, masked padding before
+        each. The mask hides the padding (and any gap between the two parts) and positions count unmasked
+        columns, so every token gets the keys and the position it has in its own prompt."""
         prompts = [job.prompts[i] for job, i in units]
-        P = max(map(len, prompts))
-        ids = torch.zeros(len(prompts), P, dtype=torch.long, device=self.device)  # (G, P), left-padded
-        mask = torch.zeros(len(prompts), P, dtype=torch.long, device=self.device)  # 1 = real token
-        for g, p in enumerate(prompts):
-            ids[g, P - len(p) :] = torch.tensor(p, device=self.device)
-            mask[g, P - len(p) :] = 1
-        single = KVCache(self.config, batch_size=len(prompts), max_len=P, device=self.device,
-                         dtype=self.cache.k.dtype)
-        padded = any(len(p) < P for p in prompts)
-        x = self.model.transformer(ids, attention_mask=mask if padded else None, kv_cache=single)  # (G, P, C)
+        hits = [self._hits.get(u) or Hit() for u in units]  # none: a prefill outside _admit (tests) starts cold
+        cached = [hit.tokens for hit in hits]
+        news = [len(p) - c for p, c in zip(prompts, cached)]
+        C, S = max(cached), max(news)
+        single = self._group_cache(hits, C, S)
+        ids = torch.zeros(len(prompts), S, dtype=torch.long, device=self.device)  # (G, S), left-padded
+        mask = torch.zeros(len(prompts), C + S, dtype=torch.long, device=self.device)  # 1 = real token
+        for g, (p, c, n) in enumerate(zip(prompts, cached, news)):
+            ids[g, S - n :] = torch.tensor(p[c:], device=self.device)
+            mask[g, C - c : C] = 1
+            mask[g, C + S - n :] = 1
+        padded = bool((mask == 0).any())
+        x = self.model.transformer(ids, attention_mask=mask if padded else None, kv_cache=single)  # (G, S, C)
         self.stats["prefills"] += len(prompts)
+        self.stats["prompt_tokens"] += sum(map(len, prompts))
         last = self.model.lm_head(x[:, -1])[:, : self.V].float()  # (G, V)
         for g, ((job, i), p) in enumerate(zip(units, prompts)):
+            job.cached_tokens[i] = cached[g]
             params = job.params
-            prompt_lp = self._prompt_logprobs(x[g, P - len(p) :], p, params.logprobs or 0) \
-                if params.prompt_logprobs else None
+            prompt_lp = self._prompt_logprobs(x[g, S - news[g] :], p, params.logprobs or 0) \
+                if params.prompt_logprobs else None  # cached[g] == 0 here: such prompts skip the lookup
+            k, v = self._row_kv(single, g, C, S, cached[g], news[g])  # (n_layer, n_head, L, head_dim)
+            if self.prefix is not None:
+                self.prefix.insert(p, k, v)
             if params.max_tokens == 0:  # scoring only: nothing to generate
                 job.emit([Piece(job.n * i + s, "", None, "length", 0, prompt_lp) for s in range(job.n)])
+                self.stats["finished_length"] += job.n
                 self._release(job.n)
                 continue
-            k, v = single.k[:, g, :, P - len(p) :], single.v[:, g, :, P - len(p) :]  # (n_layer, n_head, L, hd)
             for s in range(job.n):
                 self.cache.add_row(k, v)
                 self.rows.append(self._new_row(job, job.n * i + s, p, s, prompt_lp))
                 row_logits = last[g : g + 1]  # (1, V)
                 self.logits = row_logits if self.logits is None else torch.cat([self.logits, row_logits])
+
+    def _group_cache(self, hits: list[Hit], C: int, S: int) -> KVCache:
+        """The prefill's cache for C cached + S new positions, each row's cached blocks ending at column C."""
+        single = KVCache(self.config, batch_size=len(hits), max_len=C + S, device=self.device,
+                         dtype=self.cache.k.dtype)
+        for g, hit in enumerate(hits):
+            start = C - hit.tokens
+            for block in hit.blocks:  # (2, n_layer, n_head, block, head_dim)
+                end = start + block.shape[3]
+                single.k[:, g, :, start:end] = block[0]
+                single.v[:, g, :, start:end] = block[1]
+                start = end
+        single.pos = C
+        return single
+
+    @staticmethod
+    def _row_kv(single: KVCache, g: int, C: int, S: int, cached: int, new: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row g's keys and values after its prefill, (n_layer, n_head, cached + new, head_dim): its cached
+        columns then its new ones (a view where they touch, else a copy of the two without the gap)."""
+        if new == S:
+            cols = slice(C - cached, C + S)
+            return single.k[:, g, :, cols], single.v[:, g, :, cols]
+        idx = torch.cat([torch.arange(C - cached, C), torch.arange(C + S - new, C + S)]).to(single.k.device)
+        return single.k[:, g].index_select(2, idx), single.v[:, g].index_select(2, idx)
+
+    def _remember(self, r: int) -> None:
+        """Offer row r's keys/values (its prompt and the tokens fed back so far) to the prefix cache."""
+        if self.prefix is None:
+            return
+        row, n, pos = self.rows[r], self.cache.lengths[r], self.cache.pos
+        tokens = (row.prompt + row.tokens)[:n]  # the last token picked was never fed: n covers the ones that were
+        self.prefix.insert(tokens, self.cache.k[:, r, :, pos - n : pos], self.cache.v[:, r, :, pos - n : pos])
 
     def _new_row(self, job: Job, choice: int, prompt: list[int], sample: int,
                  prompt_lp: list[TokenLogprob] | None) -> _Row:
@@ -513,6 +604,7 @@ class Scheduler:
             per_job.setdefault(id(row.job), (row.job, []))[1].append(piece)
             if piece.finish_reason is not None:
                 finished.append(r)
+                self.stats[f"finished_{piece.finish_reason}"] += 1
         self.stats["steps"] += 1
         self.stats["tokens"] += len(self.rows)
         for job, pieces in per_job.values():
