@@ -175,19 +175,24 @@ def test_llama_cpp_greedy_equals_gpt2_generate(gpt2_main, trained_ckpt, tmp_path
     path = export(gpt2_main, trained_ckpt, tmp_path / "m.gguf")
     tok = load(trained_ckpt, device="cpu").tokenizer
     llm = llama(path)
+    context = load(trained_ckpt, device="cpu").model.config.n_positions
     for prompt in PROMPTS:
-        ours = _greedy_ours(gpt2_main, trained_ckpt, prompt, 24)
-        assert _greedy_llama(llm, tok.encode(prompt, allowed_special="all"), 24) == ours, prompt
+        ids = tok.encode(prompt, allowed_special="all")
+        n = min(24, context - len(ids))  # as many new tokens as the tiny model's context leaves (>= 8 here)
+        assert n >= 8, (prompt, len(ids), context)
+        ours = _greedy_ours(gpt2_main, trained_ckpt, prompt, n)
+        assert _greedy_llama(llm, ids, n) == ours, prompt
 
 
 @pytest.mark.slow
 def test_gpt2_vocabulary_on_124m_shapes(gpt2_main, gpt2_vocab, tmp_path, llama_cpp):
     """GPT-2's own 50,257 tokens and merges, 124M shapes with random weights: tokens and greedy text agree."""
     ckpt = tmp_path / "gpt2-random"
+    # GPT-2's own init, unsharpened: llama.cpp's f32 graph differs from ours by ~1.5e-3 in the logits at these
+    # widths (ggml's CPU GELU reads an fp16 table; 768- and 3072-long sums in another order), and the
+    # difference grows with the activations' scale (weights x3: 0.35), so sharpened weights turn greedy
+    # near-ties into a coin toss. At x1 the top two logits of these prompts are 0.05-0.27 apart.
     loaded = load("preset:gpt2", device="cpu", seed=1)
-    with torch.no_grad():  # sharpen: at GPT-2's init the logits are nearly flat and greedy picks are near-ties
-        for p in loaded.model.parameters():
-            p.mul_(3.0)
     loaded.model.save_pretrained(ckpt)
     loaded.tokenizer.save(ckpt)
     path = export(gpt2_main, ckpt, tmp_path / "gpt2.gguf")
@@ -197,6 +202,12 @@ def test_gpt2_vocabulary_on_124m_shapes(gpt2_main, gpt2_vocab, tmp_path, llama_c
     for prompt in PROMPTS:
         ours = _greedy_ours(gpt2_main, ckpt, prompt, 8)
         assert _greedy_llama(llm, loaded.tokenizer.encode(prompt, allowed_special="all"), 8) == ours, prompt
+    ids = loaded.tokenizer.encode_ordinary(PROMPTS[0])
+    scored = llama(path, n_ctx=256, logits_all=True)
+    scored.eval(ids)
+    with torch.no_grad():
+        logits = loaded.model(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(np.asarray(scored.scores[: len(ids)]), logits, atol=5e-3, rtol=0)
 
 
 def test_llama_cpp_chat_template_renders_our_prompt_ids(gpt2_main, trained_ckpt, tmp_path, llama_cpp):
@@ -233,6 +244,8 @@ def test_llama_cpp_logits_equal_ours(gpt2_main, trained_ckpt, tmp_path, llama_cp
     path = export(gpt2_main, trained_ckpt, tmp_path / "m.gguf")
     loaded = load(trained_ckpt, device="cpu")
     ids = loaded.tokenizer.encode_ordinary("ROMEO:\nBut, soft! what light through yonder window breaks?")
+    ids = ids[: loaded.model.config.n_positions]  # the tiny model's 32 positions (llama.cpp asserts past them)
+    assert len(ids) >= 16
     llm = llama(path, logits_all=True)
     llm.eval(ids)
     theirs = np.asarray(llm.scores[: len(ids)])
@@ -318,9 +331,25 @@ def test_llama_cpp_runs_the_converters_file_with_our_logits(gpt2_vocab_ckpt, con
     ids = loaded.tokenizer.encode_ordinary("The quick brown fox jumps over the lazy dog. 中文 🙂")
     llm = llama(theirs, logits_all=True)
     llm.eval(ids)
+    scores = np.asarray(llm.scores[: len(ids)])
     with torch.no_grad():
         ours = loaded.model(torch.tensor([ids])).logits[0].numpy()
-    np.testing.assert_allclose(np.asarray(llm.scores[: len(ids)]), ours, atol=1e-4, rtol=0)
+        # llama.cpp's f32 GELU (ggml-cpu/vec.h, GGML_GELU_FP16) rounds its input to fp16 and reads an fp16
+        # table. Measured on this checkpoint: 1.6e-4 at most, 0.18% of the logits over 1e-4; with that one
+        # step emulated, 1.3e-4 and 0.008% (the rest is f32 sums in another order). So 2e-4, not 1e-4, and
+        # the emulated GELU must explain most of the difference.
+        for block in loaded.model.transformer.h:
+            block.mlp.act = ggml_gelu
+        emulated = loaded.model(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(scores, ours, atol=2e-4, rtol=0)
+    np.testing.assert_allclose(scores, emulated, atol=2e-4, rtol=0)
+    assert (np.abs(scores - emulated) > 1e-4).mean() < 0.2 * (np.abs(scores - ours) > 1e-4).mean()
+
+
+def ggml_gelu(x: torch.Tensor) -> torch.Tensor:
+    """ggml's CPU GELU in f32: 0 below -10, x above 10, else the fp16 table of the tanh GELU at fp16(x)."""
+    table = torch.nn.functional.gelu(x.half().float(), approximate="tanh").half().float()
+    return torch.where(x <= -10, torch.zeros_like(x), torch.where(x >= 10, x, table))
 
 
 def test_transformers_loads_our_gguf_with_our_logits(gpt2_main, gpt2_vocab_ckpt, tmp_path):
