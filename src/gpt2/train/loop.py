@@ -59,9 +59,10 @@ from gpt2.train.checkpoint import (
     plain_numpy_rng,
     save_checkpoint,
 )
+from gpt2.train.evaluators import EvalContext, Evaluator, sample_text
 from gpt2.train.metrics import MetricsLogger, peak_flops
 from gpt2.train.optim import LRSchedule, build_optimizer, describe, set_lr
-from gpt2.train.task import Batch, EvalContext, LanguageModelTask, Task, sample_text
+from gpt2.train.task import Batch, LanguageModelTask, Task
 
 __all__ = ["SpikeGuard", "TrainResult", "TrainingStopped", "accumulate", "run", "sample_text", "train"]
 
@@ -266,6 +267,9 @@ class Trainer:
         seed_everything(cfg.train.seed + self.rank)
 
         self.train_loader = task.train_loader(rank=self.rank, world_size=self.world_size)
+        self.evaluators = task.evaluators(rank=self.rank, world_size=self.world_size)
+        if not self.evaluators or self.evaluators[0].kind != "val":
+            raise TypeError(f"{type(task).__name__}.evaluators() must list its validation (kind 'val') first")
         # The optimizer is built on the wrapped model: FSDP2 replaces every parameter with a sharded one.
         self.wrapped = dist_utils.wrap_model(self.model, mode=self.mode, device=self.device, compile=cfg.train.compile)
         self.optimizer = build_optimizer(self.model, cfg.optim, device=self.device)
@@ -357,14 +361,22 @@ class Trainer:
         return EvalContext(model=self.model, mode=self.mode, rank=self.rank, world_size=self.world_size,
                            device=self.device, autocast=self.autocast, step=self.step, run_dir=self.run_dir)
 
-    def evaluate(self) -> dict[str, Any]:
+    def _measure(self, evaluator: Evaluator) -> dict[str, Any] | None:
+        """Run one evaluator on the model in eval mode and log its record (rank 0)."""
         self.model.eval()
-        metrics = self.task.evaluate(self._context())
+        metrics = evaluator(self._context())
         dist_utils.reshard_after_eval(self.model, mode=self.mode)
         self.model.train()
-        if self.master:
-            self.logger.log({"kind": "val", "step": self.step, "tokens": self.tokens_seen, **metrics})
-            self.logger.plot()
+        if self.master and metrics is not None:
+            self.logger.log({"kind": evaluator.kind, "step": self.step, "tokens": self.tokens_seen, **metrics})
+            if evaluator.kind == "val":
+                self.logger.plot()
+        return metrics
+
+    def evaluate(self) -> dict[str, Any]:
+        """The validation evaluator's metrics (the same on every rank)."""
+        metrics = self._measure(self.evaluators[0])
+        assert metrics is not None, "a validation evaluator reports on every rank"
         return metrics
 
     def _improves(self, metrics: dict[str, Any]) -> bool:
@@ -379,17 +391,15 @@ class Trainer:
         self.best = {"metric": name, "value": value, "step": self.step, "checkpoint": checkpoint_name(self.step)}
         return True
 
-    def hellaswag(self) -> None:
-        hs = self.task.hellaswag(self._context())
-        if self.master and hs is not None:
-            self.logger.log({"kind": "hellaswag", "step": self.step, "tokens": self.tokens_seen, **hs})
-
-    def sample(self) -> list[str]:
-        texts = self.task.sample(self._context())
-        if texts is None:
-            return []
-        self.logger.log({"kind": "sample", "step": self.step, "samples": texts})
-        return texts
+    def _evaluate_others(self, *, final: str | None = None) -> list[dict[str, Any]]:
+        """The evaluators after the validation: those due at this step, or at the end (`final`: "hellaswag"
+        runs before the last checkpoint, "sample" after it). Returns what they reported."""
+        out = []
+        for ev in self.evaluators[1:]:
+            due = ev.kind == final if final else bool(ev.interval) and self.step % ev.interval == 0
+            if due and (m := self._measure(ev)) is not None:
+                out.append(m)
+        return out
 
     def checkpoint(self) -> Path | None:
         rng = [None] * self.world_size
@@ -497,15 +507,12 @@ class Trainer:
         if step == cfg.train.max_steps or stopping:
             return
         new_best = False
-        if cfg.eval.interval and step % cfg.eval.interval == 0:
+        every = self.evaluators[0].interval
+        if every and step % every == 0:
             metrics = self.evaluate()
             self.last_val = metrics["val_loss"]
             new_best = self._improves(metrics)
-        hs_interval = cfg.eval.hellaswag_interval or cfg.eval.interval
-        if hs_interval and step % hs_interval == 0:
-            self.hellaswag()
-        if cfg.sample.interval and step % cfg.sample.interval == 0:
-            self.sample()
+        self._evaluate_others()
         if (cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0) or new_best:
             self.checkpoint()
 
@@ -574,10 +581,10 @@ class Trainer:
         result.metrics = metrics
         result.val_loss, result.val_bpb = metrics["val_loss"], metrics.get("val_bpb")
         self._improves(metrics)
-        self.hellaswag()
+        self._evaluate_others(final="hellaswag")
         self.checkpoint()
-        if not result.interrupted:
-            result.samples = self.sample()
+        if not result.interrupted:  # samples last, and not when stopping: a Ctrl-C exits at once
+            result.samples = [t for m in self._evaluate_others(final="sample") for t in m["samples"]]
         if self.master:
             end = {"kind": "end", "step": self.step, "tokens": self.tokens_seen,
                    "seconds": time.time() - self.t_start, "val_loss": result.val_loss, "val_bpb": result.val_bpb,
