@@ -47,6 +47,7 @@ from gpt2.common import (
     seed_everything,
 )
 from gpt2.config import RunConfig, to_yaml
+from gpt2.model.info import flops_per_token
 from gpt2.train import distributed as dist_utils
 from gpt2.train.checkpoint import checkpoint_name, clean_stale, load_trainer_state
 from gpt2.train.checkpointer import Checkpointer, LoopClock, RNGState
@@ -268,7 +269,8 @@ class Trainer:
         self.said_stale_peak = False
         self.autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32
                          else contextlib.nullcontext())
-        self.flops_per_token = task.flops_per_token(self.model)
+        # training FLOPs per forward token (MFU): every task trains a GPT-2 body at train.seq_len
+        self.flops_per_token = flops_per_token(self.model.config, cfg.train.seq_len, training=True)
         self.peak = peak_flops(self.device, self.dtype) if self.master else None
         self.logger = MetricsLogger(self.run_dir, enabled=self.master)
         self.result = TrainResult(run_dir=self.run_dir, step=self.step, tokens=self.tokens_seen,

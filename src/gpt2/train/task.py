@@ -103,12 +103,6 @@ class Task:
     def start_record(self) -> dict[str, Any]:
         return {}
 
-    def flops_per_token(self, model: torch.nn.Module) -> float:
-        """Training FLOPs per forward token (for MFU) of a GPT-2 body at train.seq_len."""
-        from gpt2.model.info import flops_per_token
-
-        return flops_per_token(model.config, self.cfg.train.seq_len, training=True)
-
     def save_model(self, model: torch.nn.Module, directory: Path) -> None:
         """Write the model into a checkpoint directory being filled (an HF directory; a LoRA task writes
         its adapter instead, gpt2.finetune.base)."""
