@@ -28,7 +28,7 @@ def accuracy(pred: list[int], gold: list[int], keep: list[bool]) -> tuple[int, f
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gpt2.finetune.classify import _load, classify
+    from gpt2.finetune.classify_inference import _load, classify
     from gpt2.finetune.data import read_labelled
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -83,6 +83,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     from gpt2.model.config import GPT2Config
     from gpt2.model.gpt2 import GPT2LMHeadModel
     from gpt2.model.lora import LoRAConfig, inject_lora, trainable_parameters
+    from gpt2.train.evaluators import TokenValidation
     from gpt2.train.loop import Trainer
     from gpt2.train.task import LanguageModelTask
 
@@ -131,6 +132,10 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
 
         def start_record(self) -> dict[str, Any]:
             return {"synthetic": True, "config": args.worker}
+
+        def evaluators(self, *, rank: int, world_size: int) -> list[Any]:
+            # the bench times train_step alone and never evaluates: a validation with no data, never run
+            return [TokenValidation(self.cfg, loader=None, bytes_per_token=None)]
 
         @property
         def vocab_size(self) -> int:

@@ -523,7 +523,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     if args.classify is not None:
         _eval_alone(args, "--classify scores a sequence classifier")
-        from gpt2.finetune.classify import run_eval_classify
+        from gpt2.finetune.classify_inference import run_eval_classify
 
         run_eval_classify(args.source, args.classify, text_field=args.text_field, label_field=args.label_field,
                           batch_size=args.batch_size, plot=args.plot, tokenizer=args.tokenizer,
@@ -587,7 +587,7 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
 
     def run(args: argparse.Namespace) -> int:
-        from gpt2.finetune.classify import run_classify
+        from gpt2.finetune.classify_inference import run_classify
 
         run_classify(args.source, args.texts, file=args.file, text_field=args.text_field, batch_size=args.batch_size,
                      max_length=args.max_length, truncation_side=args.truncation_side, tokenizer=args.tokenizer,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import CORPUS, LABELS
 
-from gpt2.finetune.classify import classify
+from gpt2.finetune.classify_inference import classify
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from gpt2.finetune.classify import classify
+from gpt2.finetune.classify_inference import classify
 from gpt2.finetune.data import encode_for_classification, read_labelled
 
 TEXTS = [

@@ -221,15 +221,15 @@ def test_eval_preference_scores_the_held_out_pairs_as_training_did(full_run, bas
 # ----------------------------------------------------------------------------------------- must show 5
 KILL = """
 import os, signal, sys
-import gpt2.train.loop as loop
+import gpt2.train.checkpointer as checkpointer
 from gpt2.cli import main
-orig = loop.save_checkpoint
+orig = checkpointer.save_checkpoint
 def save_then_die(run_dir, step, **kw):
     path = orig(run_dir, step, **kw)
     if step == 3:
         os.kill(os.getpid(), signal.SIGKILL)
     return path
-loop.save_checkpoint = save_then_die
+checkpointer.save_checkpoint = save_then_die
 sys.exit(main({argv!r}))
 """
 

@@ -89,15 +89,15 @@ def test_finetune_writes_hf_checkpoints_metrics_and_the_best_one(tmp_path, base,
 
 KILL_AFTER_SAVE = """
 import os, signal, sys
-import gpt2.train.loop as loop
+import gpt2.train.checkpointer as checkpointer
 from gpt2.cli import main
-orig = loop.save_checkpoint
+orig = checkpointer.save_checkpoint
 def save_then_die(run_dir, step, **kw):
     path = orig(run_dir, step, **kw)
     if step == 8:
         os.kill(os.getpid(), signal.SIGKILL)
     return path
-loop.save_checkpoint = save_then_die
+checkpointer.save_checkpoint = save_then_die
 sys.exit(main({argv!r}))
 """
 

@@ -111,12 +111,12 @@ def test_eval_scores_the_held_out_split_as_training_did(tmp_path, base, data, ca
 
 
 def _kill_after(monkeypatch, step: int):
-    import gpt2.train.loop as loop
+    import gpt2.train.checkpointer as checkpointer
 
     class Killed(BaseException):
         pass
 
-    save = loop.save_checkpoint
+    save = checkpointer.save_checkpoint
 
     def save_then_die(run_dir, at, **kw):
         path = save(run_dir, at, **kw)
@@ -124,8 +124,8 @@ def _kill_after(monkeypatch, step: int):
             raise Killed
         return path
 
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
-    return Killed, lambda: monkeypatch.setattr(loop, "save_checkpoint", save)
+    monkeypatch.setattr(checkpointer, "save_checkpoint", save_then_die)
+    return Killed, lambda: monkeypatch.setattr(checkpointer, "save_checkpoint", save)
 
 
 @pytest.mark.parametrize("kind", ["full", "lora"])

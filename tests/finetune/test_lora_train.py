@@ -101,7 +101,7 @@ def test_peft_on_transformers_gives_our_logits_and_the_merged_ones(lora_run, tmp
 def test_killed_lora_run_resumes_bit_for_bit(tmp_path, base, sms, monkeypatch) -> None:
     """Adapter dropout on and two micro-steps per step: the RNG, the data position and the optimizer
     state of the adapters must all come back. The kill is an exception right after the step-4 save."""
-    import gpt2.train.loop as loop
+    import gpt2.train.checkpointer as checkpointer
 
     extra = ["finetune.lora.dropout=0.1", "model.dropout=0.1", "finetune.global_batch_size=16"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
@@ -110,7 +110,7 @@ def test_killed_lora_run_resumes_bit_for_bit(tmp_path, base, sms, monkeypatch) -
     class Killed(BaseException):
         pass
 
-    save = loop.save_checkpoint
+    save = checkpointer.save_checkpoint
 
     def save_then_die(run_dir, step, **kw):
         path = save(run_dir, step, **kw)
@@ -118,10 +118,10 @@ def test_killed_lora_run_resumes_bit_for_bit(tmp_path, base, sms, monkeypatch) -
             raise Killed
         return path
 
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(checkpointer, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         main(args(base, sms, killed, *extra))
-    monkeypatch.setattr(loop, "save_checkpoint", save)
+    monkeypatch.setattr(checkpointer, "save_checkpoint", save)
     assert main(["finetune", "classify", "--resume", str(killed)]) == 0
     a = {x["step"]: x["loss"] for x in records(whole, "train")}
     b = {x["step"]: x["loss"] for x in records(killed, "train")}

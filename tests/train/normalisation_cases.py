@@ -51,7 +51,7 @@ def build(task: str) -> tuple[object, torch.nn.Module, tuple[torch.Tensor, ...]]
     if task in ("classify", "classify-every"):
         import dataclasses
 
-        from gpt2.finetune.task import ClassificationTask
+        from gpt2.finetune.classify_task import ClassificationTask
         from gpt2.model.classify import GPT2ForSequenceClassification
 
         config = dataclasses.replace(config, id2label={0: "a", 1: "b", 2: "c"}, pad_token_id=VOCAB - 1)

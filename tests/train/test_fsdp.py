@@ -30,15 +30,16 @@ COMMON = ["train.max_steps=6", "checkpoint.interval=3", "eval.interval=3", "eval
 # Rank 0 SIGKILLs itself right after the step-3 checkpoint is published; torchrun then ends rank 1.
 KILL_AFTER_SAVE = """
 import os, signal, sys
+import gpt2.train.checkpointer as checkpointer
 import gpt2.train.loop as loop
 from gpt2.config import load_config
-orig = loop.save_checkpoint
+orig = checkpointer.save_checkpoint
 def save_then_die(run_dir, step, **kw):
     path = orig(run_dir, step, **kw)
     if step == 3:
         os.kill(os.getpid(), signal.SIGKILL)
     return path
-loop.save_checkpoint = save_then_die
+checkpointer.save_checkpoint = save_then_die
 loop.train(load_config({recipe!r}, {overrides!r}), progress=False)
 """
 

@@ -79,16 +79,17 @@ def test_bf16_resume_is_exact(tmp_path, corpus, env, gpt2_main) -> None:
 
 KILL_HALF_WAY = """
 import os, signal
+import gpt2.train.checkpointer as checkpointer
 import gpt2.train.loop as loop
 from gpt2.config import load_config
-orig = loop.save_checkpoint
+orig = checkpointer.save_checkpoint
 def save_then_die(run_dir, step, **kw):
     path = orig(run_dir, step, **kw)
     if kw["trainer_state"]["loop_seconds"] >= {after_s}:
         print("killed at step", step, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     return path
-loop.save_checkpoint = save_then_die
+checkpointer.save_checkpoint = save_then_die
 loop.train(load_config({recipe!r}, {overrides!r}), progress=False)
 """
 

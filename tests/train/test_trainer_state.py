@@ -146,3 +146,31 @@ def test_an_old_numpy_rng_state_that_is_not_mt19937_words_is_refused(full_run, t
     torch.save(state, state_file)
     with pytest.raises(UserError, match="refusing to load"):
         load_trainer_state(run / "step-000002")
+
+
+def test_a_checkpoint_written_before_fit_holds_what_the_resumed_one_held(full_run, tmp_path, corpus, train_cache,
+                                                                           monkeypatch) -> None:
+    """Checkpointing needs nothing that fit() sets: a trainer resumed from step 2 and checkpointed at once
+    writes the step, the loop's seconds, and every component's state (schedule, loader, guard, scaler, the
+    RNG of its rank) exactly as the checkpoint it resumed from holds them."""
+    from gpt2.config import load_config
+    from gpt2.train.loop import Trainer
+    from gpt2.train.task import LanguageModelTask
+
+    monkeypatch.setenv("GPT2_CACHE", str(train_cache))
+    out = tmp_path / "again"
+    cfg = load_config(TINY, overrides(corpus, out, "model.dropout=0.1", "train.max_steps=4", "eval.interval=0",
+                                      "sample.interval=0"))
+    trainer = Trainer(cfg, LanguageModelTask(cfg), resume=full_run / "step-000002", progress=False)
+    path = trainer.checkpoint()
+    trainer.logger.close()
+    assert path == out / "step-000002"
+    before = load_trainer_state(full_run / "step-000002")
+    after = load_trainer_state(path)
+    for key in ("step", "tokens", "loop_seconds", "schedule", "train_loader", "guard", "world_size", "grad_accum"):
+        assert after[key] == before[key], key
+    rng_after, rng_before = after["rng"][0], before["rng"][0]
+    assert torch.equal(rng_after["torch"], rng_before["torch"])
+    assert rng_after["python"] == rng_before["python"]
+    assert torch.equal(rng_after["numpy"]["key"], rng_before["numpy"]["key"])
+    assert rng_after["numpy"]["pos"] == rng_before["numpy"]["pos"]

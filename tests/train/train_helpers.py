@@ -14,15 +14,16 @@ REPO = Path(__file__).resolve().parents[2]
 # crash or an OOM killer would: format it with step, recipe and overrides and run it with run_python.
 KILL_AFTER_SAVE = """
 import os, signal
+import gpt2.train.checkpointer as checkpointer
 import gpt2.train.loop as loop
 from gpt2.config import load_config
-orig = loop.save_checkpoint
+orig = checkpointer.save_checkpoint
 def save_then_die(run_dir, step, **kw):
     path = orig(run_dir, step, **kw)
     if step == {step}:
         os.kill(os.getpid(), signal.SIGKILL)
     return path
-loop.save_checkpoint = save_then_die
+checkpointer.save_checkpoint = save_then_die
 loop.train(load_config({recipe!r}, {overrides!r}), progress=False)
 """
 

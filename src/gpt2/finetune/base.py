@@ -1,7 +1,8 @@
 """What every fine-tuning task shares: its base model, LoRA adapters, and how a checkpoint is written.
 
-    run(cfg, ClassificationTask(cfg))      # gpt2.finetune.task, through the one trainer
+    run(cfg, ClassificationTask(cfg))      # gpt2.finetune.classify_task, through the one trainer
     run(cfg, InstructTask(cfg))            # gpt2.finetune.instruct
+    run(cfg, DPOTask(cfg))                 # gpt2.finetune.dpo
 
 `FinetuneTask` loads the base that `model.init_from` names (with its own tokenizer) in `prepare`. Then
 `adapt(model, checkpoint)`, called at the end of a task's `build_model`, injects LoRA adapters when
@@ -99,10 +100,24 @@ class FinetuneTask(Task):
                             f"processes = {B} × {world_size} = {n}; pick a multiple, e.g. {n * max(1, round(per_step / n))}")
         return Geometry(per_micro=B, per_step=per_step, unit="examples", tokens_per_micro=B * self.cfg.train.seq_len)
 
-    def flops_per_token(self, model: torch.nn.Module) -> float:
-        from gpt2.model.info import flops_per_token
+    def check_context(self, model: torch.nn.Module) -> None:
+        """Refuse a train.seq_len beyond the base's context."""
+        if self.cfg.train.seq_len > model.config.n_positions:
+            raise UserError(f"train.seq_len={self.cfg.train.seq_len} exceeds the base's n_positions="
+                            f"{model.config.n_positions}")
 
-        return flops_per_token(model.config, self.cfg.train.seq_len, training=True)
+    def split_indices(self, n: int, given: dict[str, Any]) -> tuple[list[int], list[int], list[int]]:
+        """Train/val/test indices of `n` entries of finetune.train_file cut by finetune.split and split_seed;
+        a split that a file gives (`given`: "val", "test") hands its share back to training."""
+        from gpt2.finetune.data import split_indices
+
+        f = self.cfg.finetune
+        tr, va, te = (list(x) for x in split_indices(n, fractions=tuple(f.split), seed=f.split_seed))
+        if "val" in given:
+            tr, va = tr + va, []
+        if "test" in given:
+            tr, te = tr + te, []
+        return tr, va, te
 
     # ---------------------------------------------------------------------------------- LoRA
     def adapt(self, model: torch.nn.Module, checkpoint: Path | None, *, write_base: bool) -> torch.nn.Module:

@@ -10,7 +10,7 @@ or (DPO) one that prefers the chosen of two answers.
     gpt2 finetune dpo dpo-polite                                 # → runs/dpo-polite: preference tuning of sft-alpaca
 
 Training, evaluation intervals, checkpoints, resume, DDP and the progress line are the trainer's
-(gpt2.train.loop); the task is gpt2.finetune.task. At the end the checkpoint named `best` (by
+(gpt2.train.loop); the task is gpt2.finetune.classify_task. At the end the checkpoint named `best` (by
 finetune.metric on the validation split) scores the test split: the `test` record of metrics.jsonl,
 confusion-test.png, and the printed summary. An instruction run (gpt2.finetune.instruct) reports its
 held-out response loss and two greedy answers, and leaves the held-out entries in RUN/heldout.jsonl;
@@ -36,7 +36,7 @@ def finetune_classify(cfg: RunConfig, *, resume: str | Path | None = None,
                       progress: bool | None = None) -> tuple[Any, dict[str, Any] | None]:
     """Train the classification task; on rank 0, score the test split with the best checkpoint.
     Returns (TrainResult, test metrics or None)."""
-    from gpt2.finetune.task import ClassificationTask
+    from gpt2.finetune.classify_task import ClassificationTask
     from gpt2.train.loop import run
 
     task = ClassificationTask(cfg)
@@ -49,8 +49,8 @@ def finetune_classify(cfg: RunConfig, *, resume: str | Path | None = None,
 def score_test(task: Any, checkpoint: Path, cfg: RunConfig) -> dict[str, Any]:
     from gpt2.common import pick_device, resolve_dtype
     from gpt2.load import load
+    from gpt2.train.evaluators import EvalContext
     from gpt2.train.metrics import MetricsLogger
-    from gpt2.train.task import EvalContext
 
     device = pick_device(cfg.train.device)
     dtype, _ = resolve_dtype(cfg.train.dtype, device)
@@ -58,7 +58,7 @@ def score_test(task: Any, checkpoint: Path, cfg: RunConfig) -> dict[str, Any]:
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     ctx = EvalContext(model=model, mode="single", rank=0, world_size=1, device=device, autocast=autocast,
                       step=-1, run_dir=Path(cfg.train.out_dir))
-    metrics = task.evaluate(ctx, split="test")
+    metrics = task.metrics("test")(ctx)
     logger = MetricsLogger(cfg.train.out_dir, tensorboard=False)
     logger.log({"kind": "test", "checkpoint": str(checkpoint), **metrics})
     logger.close()

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from gpt2.config import RunConfig
 from gpt2.errors import UserError
 from gpt2.finetune.instruct import InstructTask
-from gpt2.train.task import Batch, EvalContext, Geometry, Loader
+from gpt2.train.evaluators import EvalContext, Evaluator
+from gpt2.train.task import Batch, Geometry, Loader
 
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
            "logps/rejected")
@@ -177,17 +178,12 @@ class DPOTask(InstructTask):
         self._read_splits()
 
     def _read_splits(self) -> None:
-        from gpt2.finetune.data import split_indices
         from gpt2.finetune.preference_data import encode_pairs, read_preference
 
         f = self.cfg.finetune
         whole = read_preference(f.train_file)
         given = {name: read_preference(path) for name, path in (("val", f.val_file), ("test", f.test_file)) if path}
-        tr, va, te = split_indices(len(whole), fractions=tuple(f.split), seed=f.split_seed)
-        if "val" in given:
-            tr, va = tr + va, []
-        if "test" in given:
-            tr, te = tr + te, []
+        tr, va, te = self.split_indices(len(whole), given)
         self.preferences = {"train": [whole[i] for i in tr]}
         for name, idx in (("val", va), ("test", te)):
             self.preferences[name] = given[name] if name in given else [whole[i] for i in idx]
@@ -319,24 +315,43 @@ class DPOTask(InstructTask):
         return {k: metrics[k] for k in METRICS}
 
     # ----------------------------------------------------------------------------- evaluation
-    def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
-        """The DPO loss (val_loss) and TRL's metrics on the held-out pairs, prefixed eval_ as TRL's evaluation."""
+    def evaluators(self, *, rank: int, world_size: int) -> list[Evaluator]:
+        """The DPO metrics of the held-out pairs, then InstructTask's samples (their prompts and chosen replies)."""
+        return [PreferenceMetrics(self), self.samples()]
+
+    def held_out_reference(self, ctx: EvalContext, **kw: Any) -> torch.Tensor:
+        """The reference's summed log-probs of the held-out pairs, scored once (the reference never changes)."""
         from gpt2.model.lora import adapters_disabled
 
-        pairs = self.pairs[self.eval_split]
-        kw = dict(batch_size=self.cfg.finetune.eval_batch_size, pad_id=self.pad_id, device=ctx.device,
-                  autocast=ctx.autocast, rank=ctx.rank, world_size=ctx.world_size)
-        if self._held_out_ref is None:  # the reference never changes: score it once
+        if self._held_out_ref is None:
+            pairs = self.pairs[self.eval_split]
             if self.reference is not None:
                 self.reference.to(ctx.device)
                 self._held_out_ref = score_pairs(self.reference, pairs, **kw)[0]
             else:
                 with adapters_disabled(ctx.model):
                     self._held_out_ref = score_pairs(ctx.model, pairs, **kw)[0]
+        return self._held_out_ref
+
+
+class PreferenceMetrics:
+    """The DPO loss (val_loss) and TRL's metrics on the held-out pairs, prefixed eval_ as TRL's evaluation."""
+
+    kind = "val"
+
+    def __init__(self, task: DPOTask) -> None:
+        self.task, self.interval = task, task.cfg.eval.interval
+
+    def __call__(self, ctx: EvalContext) -> dict[str, Any]:
+        task = self.task
+        pairs = task.pairs[task.eval_split]
+        kw = dict(batch_size=task.cfg.finetune.eval_batch_size, pad_id=task.pad_id, device=ctx.device,
+                  autocast=ctx.autocast, rank=ctx.rank, world_size=ctx.world_size)
+        reference = task.held_out_reference(ctx, **kw)
         sums, counts = score_pairs(ctx.model, pairs, **kw)
-        average = self.dpo.average_logps
+        average, beta = task.dpo.average_logps, task.dpo.beta
         stats = preference_stats(pair_logps(sums, counts, average=average),
-                                 pair_logps(self._held_out_ref, counts, average=average), beta=self.dpo.beta)
+                                 pair_logps(reference, counts, average=average), beta=beta)
         metrics = stats_to_metrics(stats, prefix="eval_")
         loss = metrics.pop("eval_loss")
         return {"val_loss": loss, "val_pairs": len(pairs), **metrics}

@@ -32,7 +32,8 @@ import torch
 from gpt2.config import RunConfig
 from gpt2.errors import UserError
 from gpt2.finetune.base import FinetuneTask, set_dropout
-from gpt2.train.task import Batch, EvalContext, Loader
+from gpt2.train.evaluators import EvalContext, Evaluator
+from gpt2.train.task import Loader, TokenLossTask
 
 HELD_OUT_FILE = "heldout.jsonl"
 Example = tuple[list[int], list[bool]]  # token ids and which of them are targets
@@ -105,7 +106,63 @@ def response_loss(model: torch.nn.Module, examples: list[Example], *, batch_size
     return total, count
 
 
-class InstructTask(FinetuneTask):
+class ResponseLoss:
+    """The held-out responses' loss per target token (val_loss), its perplexity and the token count, the same
+    on every rank."""
+
+    kind = "val"
+
+    def __init__(self, examples: list[Example], *, batch_size: int, pad_id: int, interval: int) -> None:
+        self.examples, self.batch_size, self.pad_id, self.interval = examples, batch_size, pad_id, interval
+
+    def __call__(self, ctx: EvalContext) -> dict[str, Any]:
+        total, count = response_loss(ctx.model, self.examples, batch_size=self.batch_size, pad_id=self.pad_id,
+                                     device=ctx.device, autocast=ctx.autocast, rank=ctx.rank,
+                                     world_size=ctx.world_size, fsdp=ctx.mode == "fsdp")
+        if ctx.world_size > 1:
+            torch.distributed.all_reduce(total)
+            torch.distributed.all_reduce(count)
+        loss = (total / count.clamp(min=1)).item()
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": int(count.item())}
+
+
+class ResponseSamples:
+    """Greedy answers to held-out instructions (rank 0; generation's own generators: no global RNG)."""
+
+    kind = "sample"
+
+    def __init__(self, conversations: list[list[dict[str, str]]], tokenizer: Any, fmt: Any, *, max_new_tokens: int,
+                 interval: int) -> None:
+        self.conversations, self.tokenizer, self.format = conversations, tokenizer, fmt
+        self.max_new_tokens, self.interval = max_new_tokens, interval
+
+    def __call__(self, ctx: EvalContext) -> dict[str, Any] | None:
+        from gpt2.finetune.instruct_data import encode_conversation
+        from gpt2.generate import SampleConfig, generate
+        from gpt2.train import distributed as dist_utils
+
+        plain = dist_utils.plain_model(ctx.model, mode=ctx.mode, rank=ctx.rank, device=ctx.device)
+        if plain is None:
+            return None
+        texts = []
+        was_training = plain.training
+        plain.eval()
+        try:
+            for conv in self.conversations:
+                prompt, _ = encode_conversation(conv[:-1], self.tokenizer, self.format, add_generation_prompt=True)
+                room = plain.config.n_positions - len(prompt)
+                if room < 1:
+                    continue
+                config = SampleConfig(max_new_tokens=min(self.max_new_tokens, room), temperature=0)
+                with ctx.autocast:
+                    gen = generate(plain, self.tokenizer, [prompt], config)[0]
+                texts.append(f"{conv[-2]['content']} → {gen.text.strip()}")
+        finally:
+            plain.train(was_training)
+        return {"samples": texts}
+
+
+class InstructTask(FinetuneTask, TokenLossTask):
     """Instructions and responses (finetune.*) on a pretrained language model (model.init_from)."""
 
     name = "instruct"
@@ -124,17 +181,12 @@ class InstructTask(FinetuneTask):
 
     # ----------------------------------------------------------------------------------- data
     def _read_splits(self) -> None:
-        from gpt2.finetune.data import split_indices
         from gpt2.finetune.instruct_data import read_instruct
 
         f = self.cfg.finetune
         whole = read_instruct(f.train_file)
         given = {name: read_instruct(path) for name, path in (("val", f.val_file), ("test", f.test_file)) if path}
-        tr, va, te = split_indices(len(whole), fractions=tuple(f.split), seed=f.split_seed)
-        if "val" in given:  # a split a file gives hands its share of train_file back to training
-            tr, va = tr + va, []
-        if "test" in given:
-            tr, te = tr + te, []
+        tr, va, te = self.split_indices(len(whole), given)
         self.conversations = {"train": [whole[i] for i in tr]}
         for name, idx in (("val", va), ("test", te)):
             self.conversations[name] = given[name] if name in given else [whole[i] for i in idx]
@@ -176,9 +228,7 @@ class InstructTask(FinetuneTask):
             model = GPT2LMHeadModel.from_pretrained(checkpoint, resid_pdrop=p, embd_pdrop=p, attn_pdrop=p)
         else:  # the base (for a LoRA run's resume too: the checkpoint's adapter goes onto it)
             model = set_dropout(self._base, p)
-        if self.cfg.train.seq_len > model.config.n_positions:
-            raise UserError(f"train.seq_len={self.cfg.train.seq_len} exceeds the base's n_positions="
-                            f"{model.config.n_positions}")
+        self.check_context(model)
         self._base = None
         return self.adapt(model, checkpoint, write_base=False)
 
@@ -188,56 +238,15 @@ class InstructTask(FinetuneTask):
         return InstructLoader(self.examples["train"], batch_size=self.cfg.train.micro_batch_size, rank=rank,
                               world_size=world_size, seed=self.cfg.train.seed, pad_id=self.pad_id)
 
-    # ----------------------------------------------------------------------------------- loss
-    def count(self, batch: Batch) -> float:
-        return float((batch[1] != -100).sum())
-
-    def tokens(self, batch: Batch) -> int:
-        return batch[0].numel()
-
-    def loss_sum(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-        x, y = batch
-        # the model's loss is the mean over targets that are not -100; times their count it is their sum
-        return model(x, targets=y, return_logits=False).loss * (y != -100).sum()
-
     # ----------------------------------------------------------------------------- evaluation
-    def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
-        total, count = response_loss(ctx.model, self.examples[self.eval_split],
-                                     batch_size=self.cfg.finetune.eval_batch_size, pad_id=self.pad_id,
-                                     device=ctx.device, autocast=ctx.autocast, rank=ctx.rank,
-                                     world_size=ctx.world_size, fsdp=ctx.mode == "fsdp")
-        if ctx.world_size > 1:
-            torch.distributed.all_reduce(total)
-            torch.distributed.all_reduce(count)
-        loss = (total / count.clamp(min=1)).item()
-        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": int(count.item())}
+    def evaluators(self, *, rank: int, world_size: int) -> list[Evaluator]:
+        return [ResponseLoss(self.examples[self.eval_split], batch_size=self.cfg.finetune.eval_batch_size,
+                             pad_id=self.pad_id, interval=self.cfg.eval.interval), self.samples()]
 
-    def sample(self, ctx: EvalContext) -> list[str] | None:
-        """Greedy answers to the first two held-out instructions (generation's own generators: no global RNG)."""
-        from gpt2.finetune.instruct_data import encode_conversation
-        from gpt2.generate import SampleConfig, generate
-        from gpt2.train import distributed as dist_utils
-
-        plain = dist_utils.plain_model(ctx.model, mode=ctx.mode, rank=ctx.rank, device=ctx.device)
-        if plain is None:
-            return None
-        held_out = (self.conversations[self.eval_split])[:2]
-        texts = []
-        was_training = plain.training
-        plain.eval()
-        try:
-            for conv in held_out:
-                prompt, _ = encode_conversation(conv[:-1], self.tokenizer, self.format, add_generation_prompt=True)
-                room = plain.config.n_positions - len(prompt)
-                if room < 1:
-                    continue
-                config = SampleConfig(max_new_tokens=min(self.cfg.sample.max_new_tokens, room), temperature=0)
-                with ctx.autocast:
-                    gen = generate(plain, self.tokenizer, [prompt], config)[0]
-                texts.append(f"{conv[-2]['content']} → {gen.text.strip()}")
-        finally:
-            plain.train(was_training)
-        return texts
+    def samples(self) -> ResponseSamples:
+        """Answers to the first two held-out instructions."""
+        return ResponseSamples(self.conversations[self.eval_split][:2], self.tokenizer, self.format,
+                               max_new_tokens=self.cfg.sample.max_new_tokens, interval=self.cfg.sample.interval)
 
     def save_extra(self, directory: Path) -> None:
         from gpt2.generate.chat import save_chat_format

@@ -17,7 +17,7 @@ and the optimizer (AdamW, or Muon with AdamW: optim.py). Throughput is timed per
 evaluation, sampling and checkpointing.
 Everything needed to continue bit for bit (model, optimizer, schedule, data position, the RNG states of
 every rank, the guard's statistics, the best checkpoint so far) goes into each checkpoint; see
-checkpoint.py.
+checkpointer.py (a state dict per component) and checkpoint.py (the files).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import math
 import platform
-import random
 import signal
 import subprocess
 import sys
@@ -35,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from gpt2.common import (
@@ -49,19 +47,14 @@ from gpt2.common import (
     seed_everything,
 )
 from gpt2.config import RunConfig, to_yaml
-from gpt2.errors import UserError
+from gpt2.model.info import flops_per_token
 from gpt2.train import distributed as dist_utils
-from gpt2.train.checkpoint import (
-    checkpoint_name,
-    clean_stale,
-    load_trainer_state,
-    numpy_rng_state,
-    plain_numpy_rng,
-    save_checkpoint,
-)
+from gpt2.train.checkpoint import checkpoint_name, clean_stale, load_trainer_state
+from gpt2.train.checkpointer import Checkpointer, LoopClock, RNGState
+from gpt2.train.evaluators import EvalContext, Evaluator, sample_text
 from gpt2.train.metrics import MetricsLogger, peak_flops
 from gpt2.train.optim import LRSchedule, build_optimizer, describe, set_lr
-from gpt2.train.task import Batch, EvalContext, LanguageModelTask, Task, sample_text
+from gpt2.train.task import Batch, LanguageModelTask, Task
 
 __all__ = ["SpikeGuard", "TrainResult", "TrainingStopped", "accumulate", "run", "sample_text", "train"]
 
@@ -89,25 +82,6 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": plain_numpy_rng(np.random.get_state()),  # a tensor and ints: read back with weights_only=True
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(numpy_rng_state(state["numpy"]))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _git_commit() -> str | None:
     try:
         here = Path(__file__).resolve().parent
@@ -266,22 +240,37 @@ class Trainer:
         seed_everything(cfg.train.seed + self.rank)
 
         self.train_loader = task.train_loader(rank=self.rank, world_size=self.world_size)
+        self.evaluators = task.evaluators(rank=self.rank, world_size=self.world_size)
+        if not self.evaluators or self.evaluators[0].kind != "val":
+            raise TypeError(f"{type(task).__name__}.evaluators() must list its validation (kind 'val') first")
         # The optimizer is built on the wrapped model: FSDP2 replaces every parameter with a sharded one.
         self.wrapped = dist_utils.wrap_model(self.model, mode=self.mode, device=self.device, compile=cfg.train.compile)
         self.optimizer = build_optimizer(self.model, cfg.optim, device=self.device)
         self.schedule = LRSchedule(cfg.optim, max_steps=cfg.train.max_steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         self.guard = SpikeGuard(factor=cfg.train.spike_factor)
-        if cfg.checkpoint.sharded and self.mode != "fsdp":
-            raise UserError("checkpoint.sharded=true needs train.distributed=fsdp under torchrun; without FSDP every "
-                            "checkpoint is one HF directory already")
+        self.clock = LoopClock()
+        components = {"schedule": self.schedule, "train_loader": self.train_loader, "guard": self.guard,
+                      "scaler": self.scaler, "rng": RNGState(self.rank, self.world_size)}
+        self.checkpointer = Checkpointer(cfg, task, components=components, run_dir=self.run_dir, mode=self.mode,
+                                         rank=self.rank, world_size=self.world_size, grad_accum=self.grad_accum)
         self.step, self.tokens_seen = 0, 0
         self.best: dict[str, Any] | None = None  # {"value", "step", "checkpoint"} of the best evaluation so far
         if self.state is not None:
-            self._restore(sharded_resume)
+            assert self.ckpt is not None
+            self.checkpointer.restore(self.state, self.ckpt, self.model, self.optimizer, sharded=sharded_resume)
+            self.load_state_dict(self.state)
+        # train.max_minutes budgets the loop itself (evaluations included, setup and the final evaluation
+        # not); the time already spent before a resume counts (LoopClock), so a resumed run keeps its schedule.
+        self.budget = 60 * cfg.train.max_minutes if cfg.train.max_minutes else None
+        self.bar: Any = None
+        self.timed_steps, self.timed_seconds, self.timed_tokens = 0, 0.0, 0
+        self.last_val: float | None = None
+        self.said_stale_peak = False
         self.autocast = (torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32
                          else contextlib.nullcontext())
-        self.flops_per_token = task.flops_per_token(self.model)
+        # training FLOPs per forward token (MFU): every task trains a GPT-2 body at train.seq_len
+        self.flops_per_token = flops_per_token(self.model.config, cfg.train.seq_len, training=True)
         self.peak = peak_flops(self.device, self.dtype) if self.master else None
         self.logger = MetricsLogger(self.run_dir, enabled=self.master)
         self.result = TrainResult(run_dir=self.run_dir, step=self.step, tokens=self.tokens_seen,
@@ -302,25 +291,14 @@ class Trainer:
             if self.world_size > 1:
                 torch.distributed.barrier()
 
-    def _restore(self, sharded: bool) -> None:
-        state, ckpt, cfg = self.state, self.ckpt, self.cfg
-        assert state is not None and ckpt is not None
-        dist_utils.check_layout(state, world_size=self.world_size, grad_accum=self.grad_accum, mode=self.mode,
-                                checkpoint=ckpt)
-        if state.get("optim_name", "adamw") != cfg.optim.name:
-            raise UserError(f"{ckpt} was trained with optim.name={state.get('optim_name', 'adamw')}; resume with "
-                            f"that optimizer, or start a new run from its weights with model.init_from={ckpt}")
-        if sharded:
-            dist_utils.load_sharded(ckpt, self.model, self.optimizer)
-        else:
-            dist_utils.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"], mode=self.mode)
-        self.schedule.load_state_dict(state["schedule"])
-        self.train_loader.load_state_dict(state["train_loader"])
-        self.guard.load_state_dict(state["guard"])
-        self.scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"][self.rank])
+    def state_dict(self) -> dict[str, Any]:
+        """The trainer's own progress, for a checkpoint (its components' states are the Checkpointer's)."""
+        return {"step": self.step, "tokens": self.tokens_seen, "best": self.best, "loop_seconds": self.clock.seconds()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.tokens_seen = state["step"], state["tokens"]
         self.best = state.get("best")
+        self.clock.load(state.get("loop_seconds", 0.0))
 
     def _announce(self) -> None:
         cfg, g, model = self.cfg, self.geometry, self.model
@@ -357,14 +335,22 @@ class Trainer:
         return EvalContext(model=self.model, mode=self.mode, rank=self.rank, world_size=self.world_size,
                            device=self.device, autocast=self.autocast, step=self.step, run_dir=self.run_dir)
 
-    def evaluate(self) -> dict[str, Any]:
+    def _measure(self, evaluator: Evaluator) -> dict[str, Any] | None:
+        """Run one evaluator on the model in eval mode and log its record (rank 0)."""
         self.model.eval()
-        metrics = self.task.evaluate(self._context())
+        metrics = evaluator(self._context())
         dist_utils.reshard_after_eval(self.model, mode=self.mode)
         self.model.train()
-        if self.master:
-            self.logger.log({"kind": "val", "step": self.step, "tokens": self.tokens_seen, **metrics})
-            self.logger.plot()
+        if self.master and metrics is not None:
+            self.logger.log({"kind": evaluator.kind, "step": self.step, "tokens": self.tokens_seen, **metrics})
+            if evaluator.kind == "val":
+                self.logger.plot()
+        return metrics
+
+    def evaluate(self) -> dict[str, Any]:
+        """The validation evaluator's metrics (the same on every rank)."""
+        metrics = self._measure(self.evaluators[0])
+        assert metrics is not None, "a validation evaluator reports on every rank"
         return metrics
 
     def _improves(self, metrics: dict[str, Any]) -> bool:
@@ -379,47 +365,18 @@ class Trainer:
         self.best = {"metric": name, "value": value, "step": self.step, "checkpoint": checkpoint_name(self.step)}
         return True
 
-    def hellaswag(self) -> None:
-        hs = self.task.hellaswag(self._context())
-        if self.master and hs is not None:
-            self.logger.log({"kind": "hellaswag", "step": self.step, "tokens": self.tokens_seen, **hs})
-
-    def sample(self) -> list[str]:
-        texts = self.task.sample(self._context())
-        if texts is None:
-            return []
-        self.logger.log({"kind": "sample", "step": self.step, "samples": texts})
-        return texts
+    def _evaluate_others(self, *, final: str | None = None) -> list[dict[str, Any]]:
+        """The evaluators after the validation: those due at this step, or at the end (`final`: "hellaswag"
+        runs before the last checkpoint, "sample" after it). Returns what they reported."""
+        out = []
+        for ev in self.evaluators[1:]:
+            due = ev.kind == final if final else bool(ev.interval) and self.step % ev.interval == 0
+            if due and (m := self._measure(ev)) is not None:
+                out.append(m)
+        return out
 
     def checkpoint(self) -> Path | None:
-        rng = [None] * self.world_size
-        if self.world_size > 1:
-            torch.distributed.all_gather_object(rng, _rng_state())
-        else:
-            rng = [_rng_state()]
-        trainer_state = {
-            "step": self.step, "tokens": self.tokens_seen, "schedule": self.schedule.state_dict(),
-            "train_loader": self.train_loader.state_dict(), "guard": self.guard.state_dict(),
-            "scaler": self.scaler.state_dict(), "rng": rng, "world_size": self.world_size,
-            "grad_accum": self.grad_accum, "distributed": self.mode, "optim_name": self.cfg.optim.name,
-            "task": self.task.name, "best": self.best,
-            "loop_seconds": time.time() - self.t_loop,  # t_loop is set before the first checkpoint
-        }
-        common = dict(trainer_state=trainer_state, tokenizer=self.task.tokenizer, run_yaml=to_yaml(self.cfg),
-                      keep_last=self.cfg.checkpoint.keep_last, best=self.best)
-        if self.cfg.checkpoint.sharded:  # every rank writes its shards; rank 0 adds the rest and publishes
-            tmp = dist_utils.shared_tmp_dir(self.run_dir, checkpoint_name(self.step), rank=self.rank)
-            dist_utils.save_sharded(tmp, self.model, self.optimizer)
-            arch = dist_utils.model_class(self.model).__name__
-            path = (save_checkpoint(self.run_dir, self.step, model=None, config=self.model.config, tmp=tmp,
-                                    architecture=arch, extra=self.task.save_extra, **common) if self.master else None)
-            torch.distributed.barrier()
-        else:
-            trainer_state["optimizer"] = dist_utils.full_optimizer_state(self.model, self.optimizer, mode=self.mode)
-            to_save = dist_utils.plain_model(self.model, mode=self.mode, rank=self.rank)
-            path = (save_checkpoint(self.run_dir, self.step, model=to_save, extra=self.task.save_extra,
-                                    write_model=lambda d: self.task.save_model(to_save, d), **common)
-                    if self.master else None)
+        path = self.checkpointer.save(self.step, self.model, self.optimizer, progress=self.state_dict())
         if self.master:
             self.result.last_checkpoint = path
         return path
@@ -449,7 +406,7 @@ class Trainer:
     def _time_fraction(self) -> float | None:
         if self.budget is None:
             return None
-        fraction = (time.time() - self.t_loop) / self.budget
+        fraction = self.clock.seconds() / self.budget
         if self.world_size > 1:  # every rank must use the same rate: take rank 0's clock
             tf = torch.tensor([fraction], dtype=torch.float64, device=self.device)
             torch.distributed.broadcast(tf, 0)
@@ -457,7 +414,7 @@ class Trainer:
         return fraction
 
     def _out_of_time(self) -> bool:
-        out = self.budget is not None and time.time() - self.t_loop >= self.budget
+        out = self.budget is not None and self.clock.seconds() >= self.budget
         if self.world_size > 1 and self.budget is not None:  # stop together
             flag = torch.tensor([float(out)], device=self.device)
             torch.distributed.broadcast(flag, 0)
@@ -482,7 +439,7 @@ class Trainer:
                          **self.step_extra})
         eta = (cfg.train.max_steps - self.step) * self.timed_seconds / max(self.timed_steps, 1)
         if self.budget is not None:  # a time-budgeted run ends when its budget does, if that comes first
-            eta = min(eta, max(self.budget - (time.time() - self.t_loop), 0.0))
+            eta = min(eta, max(self.budget - self.clock.seconds(), 0.0))
         line = dict(loss=f"{loss:.4f}", val=f"{self.last_val:.4f}" if self.last_val else "-",
                     tok_s=f"{tok_s:,.0f}", mfu=f"{100 * mfu:.0f}%" if mfu else "-", eta=f"{eta:,.0f}s")
         if self.bar is not None:
@@ -497,33 +454,23 @@ class Trainer:
         if step == cfg.train.max_steps or stopping:
             return
         new_best = False
-        if cfg.eval.interval and step % cfg.eval.interval == 0:
+        every = self.evaluators[0].interval
+        if every and step % every == 0:
             metrics = self.evaluate()
             self.last_val = metrics["val_loss"]
             new_best = self._improves(metrics)
-        hs_interval = cfg.eval.hellaswag_interval or cfg.eval.interval
-        if hs_interval and step % hs_interval == 0:
-            self.hellaswag()
-        if cfg.sample.interval and step % cfg.sample.interval == 0:
-            self.sample()
+        self._evaluate_others()
         if (cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0) or new_best:
             self.checkpoint()
 
     def fit(self) -> TrainResult:
         cfg, result = self.cfg, self.result
-        self.bar = None
         if self.progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=cfg.train.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
                             file=sys.stderr)
-        self.timed_steps, self.timed_seconds, self.timed_tokens, self.last_val = 0, 0.0, 0, None
-        self.said_stale_peak = False
-        # train.max_minutes budgets the loop itself (evaluations included, setup and the final evaluation
-        # not); the time already spent before a resume counts, so a resumed run keeps its schedule.
-        self.budget = 60 * cfg.train.max_minutes if cfg.train.max_minutes else None
-        loop_seconds = self.state.get("loop_seconds", 0.0) if self.state is not None else 0.0
-        self.t_loop = time.time() - loop_seconds
+        self.clock.start()
         with _StopSignal() as stop:
             while self.step < cfg.train.max_steps:
                 t0 = time.perf_counter()
@@ -574,10 +521,10 @@ class Trainer:
         result.metrics = metrics
         result.val_loss, result.val_bpb = metrics["val_loss"], metrics.get("val_bpb")
         self._improves(metrics)
-        self.hellaswag()
+        self._evaluate_others(final="hellaswag")
         self.checkpoint()
-        if not result.interrupted:
-            result.samples = self.sample()
+        if not result.interrupted:  # samples last, and not when stopping: a Ctrl-C exits at once
+            result.samples = [t for m in self._evaluate_others(final="sample") for t in m["samples"]]
         if self.master:
             end = {"kind": "end", "step": self.step, "tokens": self.tokens_seen,
                    "seconds": time.time() - self.t_start, "val_loss": result.val_loss, "val_bpb": result.val_bpb,

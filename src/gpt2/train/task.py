@@ -1,8 +1,8 @@
-"""Tasks: what the trainer trains. A task says what a batch is, what its loss is, and how it is evaluated.
+"""Tasks: what the trainer trains. A task is its data, its model, and its loss as a sum with a count.
 
     from gpt2.train.loop import run
     run(cfg, LanguageModelTask(cfg))          # what `gpt2 train` does
-    run(cfg, ClassificationTask(cfg))         # what `gpt2 finetune classify` does (gpt2.finetune.task)
+    run(cfg, ClassificationTask(cfg))         # what `gpt2 finetune classify` does (gpt2.finetune.classify_task)
 
 The trainer (loop.py) owns everything around the objective: batch geometry, accumulation, the loss
 normalisation, clipping, guards, the schedule, evaluation and checkpoint intervals, resume, metrics,
@@ -16,13 +16,15 @@ DDP/FSDP. A task owns the rest:
   masked, or examples, or their class weights, or preference pairs), known before the forward;
   `loss_sum(model, batch)` is the SUM of the per-target losses. The trainer divides by the count of the
   whole global batch, over every micro-step and rank, so padding and masking never change how much a
-  target weighs; `step_metrics` adds what else a step measured to its train record;
-- its evaluation (`evaluate`, and for language models HellaSwag and samples), and its start record.
+  target weighs; `step_metrics` adds what else a step measured to its train record. `TokenLossTask`
+  is this for next-token prediction (language modelling, instruction tuning);
+- its evaluators (`evaluators`): objects the trainer calls on held-out data (gpt2.train.evaluators:
+  validation loss, HellaSwag, samples; classification metrics in gpt2.finetune.classify_task);
+- what a checkpoint holds of it (`save_model`, `save_extra`) and its start record.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +33,7 @@ import torch
 
 from gpt2.config import RunConfig
 from gpt2.errors import UserError
+from gpt2.train.evaluators import Evaluator
 
 Batch = tuple[torch.Tensor, ...]
 
@@ -53,28 +56,11 @@ class Geometry:
     tokens_per_micro: int  # forward tokens of one micro-batch on one rank (throughput, MFU)
 
 
-@dataclass
-class EvalContext:
-    """What an evaluation may use: the model as training holds it (FSDP-sharded under FSDP), in eval mode."""
-
-    model: torch.nn.Module
-    mode: str
-    rank: int
-    world_size: int
-    device: torch.device
-    autocast: Any
-    step: int
-    run_dir: Path
-
-    @property
-    def master(self) -> bool:
-        return self.rank == 0
-
-
 class Task:
     """The base of every task; see the module docstring. Subclasses fill in every method that raises."""
 
     name = "task"
+    cfg: RunConfig
     tokenizer: Any = None
     best_metric: tuple[str, str] | None = None  # (metric, "max"|"min"): the checkpoint named `best`
 
@@ -109,22 +95,13 @@ class Task:
         micro-batches, so it may all-reduce what `loss_sum` gathered."""
         return {}
 
-    def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
-        """Metrics on the validation data, the same on every rank; `val_loss` at least."""
+    def evaluators(self, *, rank: int, world_size: int) -> list[Evaluator]:
+        """What the trainer measures on held-out data (gpt2.train.evaluators): the "val" evaluator first.
+        Called on every rank after `train_loader`."""
         raise NotImplementedError
-
-    def hellaswag(self, ctx: EvalContext) -> dict[str, Any] | None:
-        return None
-
-    def sample(self, ctx: EvalContext) -> list[str] | None:
-        return None
 
     def start_record(self) -> dict[str, Any]:
         return {}
-
-    def flops_per_token(self, model: torch.nn.Module) -> float:
-        """Training FLOPs per forward token (for MFU)."""
-        raise NotImplementedError
 
     def save_model(self, model: torch.nn.Module, directory: Path) -> None:
         """Write the model into a checkpoint directory being filled (an HF directory; a LoRA task writes
@@ -136,7 +113,22 @@ class Task:
         (an instruction task writes its prompt format)."""
 
 
-class LanguageModelTask(Task):
+class TokenLossTask(Task):
+    """Next-token loss on (x, y) batches, y = -100 where nothing is predicted (masked or padded): the count of
+    a micro-batch is its targets, its loss the sum of their cross-entropies. Language modelling and
+    instruction tuning both train this way."""
+
+    def count(self, batch: Batch) -> float:
+        return float((batch[1] != -100).sum())
+
+    def loss_sum(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        x, y = batch
+        # The model's loss is the mean over the targets that are not -100 (0 when there are none);
+        # times their count it is their sum.
+        return model(x, targets=y, return_logits=False).loss * (y != -100).sum()
+
+
+class LanguageModelTask(TokenLossTask):
     """Next-token prediction on windows of llm.c token shards: pretraining and continued pretraining."""
 
     name = "lm"
@@ -145,7 +137,6 @@ class LanguageModelTask(Task):
         self.cfg = cfg
         self.shard_dir: Path | None = None
         self.val_bytes_per_token: float | None = None
-        self.val_loader: Any = None
         self.hellaswag_examples = None
         if cfg.eval.hellaswag:  # read (and checked) before anything runs, so a bad file fails at once
             from gpt2.eval.hellaswag import load_examples
@@ -177,11 +168,6 @@ class LanguageModelTask(Task):
             )
         return Geometry(per_micro=per_micro, per_step=per_step, unit="tokens", tokens_per_micro=per_micro)
 
-    def flops_per_token(self, model: torch.nn.Module) -> float:
-        from gpt2.model.info import flops_per_token
-
-        return flops_per_token(model.config, self.cfg.train.seq_len, training=True)
-
     # ---------------------------------------------------------------------------------- model
     def build_model(self, checkpoint: Path | None) -> torch.nn.Module:
         from gpt2.model.gpt2 import GPT2LMHeadModel
@@ -199,89 +185,23 @@ class LanguageModelTask(Task):
         from gpt2.data.loader import TokenLoader
 
         t = self.cfg.train
-        self.val_loader = TokenLoader(self.shard_dir, split="val", batch_size=t.micro_batch_size, seq_len=t.seq_len,
-                                      rank=rank, world_size=world_size, shuffle=False, drop_last=False)
         return TokenLoader(self.shard_dir, split="train", batch_size=t.micro_batch_size, seq_len=t.seq_len, rank=rank,
                            world_size=world_size, shuffle=True, seed=t.seed)
 
-    # ----------------------------------------------------------------------------------- loss
-    def count(self, batch: Batch) -> float:
-        return float((batch[1] != -100).sum())
-
-    def loss_sum(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-        x, y = batch
-        # The model's loss is the mean over the targets that are not -100 (0 when there are none);
-        # times their count it is their sum.
-        return model(x, targets=y, return_logits=False).loss * (y != -100).sum()
-
     # ----------------------------------------------------------------------------- evaluation
-    def evaluate(self, ctx: EvalContext) -> dict[str, Any]:
-        loader, device = self.val_loader, ctx.device
-        loader.reset()
-        total = torch.zeros((), device=device, dtype=torch.float64)
-        count = torch.zeros((), device=device, dtype=torch.float64)
-        limit = self.cfg.eval.steps or len(loader)
-        with torch.no_grad(), ctx.autocast:
-            for _ in range(min(limit, len(loader))):
-                x, y = loader.next_batch()
-                if x.shape[0] == 0 and ctx.mode != "fsdp":  # FSDP: every rank runs every forward (all-gathers)
-                    continue
-                x, y = x.to(device), y.to(device)
-                loss = ctx.model(x, targets=y, return_logits=False).loss
-                total += loss.double() * y.numel()
-                count += y.numel()
-        if ctx.world_size > 1:
-            torch.distributed.all_reduce(total)
-            torch.distributed.all_reduce(count)
-        val = (total / count.clamp(min=1)).item()
-        bpb = val / math.log(2) / self.val_bytes_per_token if self.val_bytes_per_token else None
-        return {"val_loss": val, "val_bpb": bpb}
+    def evaluators(self, *, rank: int, world_size: int) -> list[Evaluator]:
+        from gpt2.data.loader import TokenLoader
+        from gpt2.train.evaluators import HellaSwag, TextSamples, TokenValidation
 
-    def hellaswag(self, ctx: EvalContext) -> dict[str, Any] | None:
-        from gpt2.eval.hellaswag import evaluate_hellaswag
-        from gpt2.train import distributed as dist_utils
-
-        if self.hellaswag_examples is None:
-            return None
-        # DDP: each rank scores its share of the examples and the counts are summed. FSDP: rank 0 scores
-        # them all on the gathered weights (the scorer runs the body and the head separately, and ranks
-        # scoring different shares would make different numbers of FSDP forwards).
-        fsdp = ctx.mode == "fsdp"
-        scorer = dist_utils.plain_model(ctx.model, mode="fsdp", rank=ctx.rank, device=ctx.device) if fsdp else ctx.model
-        if scorer is None:
-            return None
-        share = (0, 1) if fsdp else (ctx.rank, ctx.world_size)
-        with ctx.autocast:
-            hs = evaluate_hellaswag(scorer, self.tokenizer, self.hellaswag_examples, rank=share[0], world_size=share[1])
-        return {"hellaswag_acc": hs.acc, "hellaswag_acc_norm": hs.acc_norm, "hellaswag_examples": hs.examples}
-
-    def sample(self, ctx: EvalContext) -> list[str] | None:
-        from gpt2.train import distributed as dist_utils
-
-        plain = dist_utils.plain_model(ctx.model, mode=ctx.mode, rank=ctx.rank, device=ctx.device)  # FSDP: all gather
-        if plain is None:
-            return None
-        return sample_text(plain, self.tokenizer, self.cfg)
+        t = self.cfg.train
+        val_loader = TokenLoader(self.shard_dir, split="val", batch_size=t.micro_batch_size, seq_len=t.seq_len,
+                                 rank=rank, world_size=world_size, shuffle=False, drop_last=False)
+        out: list[Evaluator] = [TokenValidation(self.cfg, val_loader, self.val_bytes_per_token)]
+        if self.hellaswag_examples is not None:
+            out.append(HellaSwag(self.cfg, self.tokenizer, self.hellaswag_examples))
+        out.append(TextSamples(self.cfg, self.tokenizer))
+        return out
 
     def start_record(self) -> dict[str, Any]:
         return {"tokenizer": repr(self.tokenizer), "shards": str(self.shard_dir)}
 
-
-def sample_text(model: torch.nn.Module, tokenizer: Any, cfg: RunConfig) -> list[str]:
-    """Continue each configured prompt with the generation engine (its own seeded generators: the
-    training RNG is not touched, so samples never change the losses that follow)."""
-    from gpt2.generate import SampleConfig, generate
-
-    s = cfg.sample
-    # leave at least half the context for the prompt (truncated from the left if longer)
-    max_new = min(s.max_new_tokens, model.config.n_positions // 2)
-    config = SampleConfig(max_new_tokens=max_new, temperature=s.temperature, top_k=s.top_k or None,
-                          seed=cfg.train.seed, long_prompt="truncate")
-    was_training = model.training
-    model.eval()
-    try:
-        # pack=False: no packed copy of the weights, which change after every step anyway
-        gens = generate(model, tokenizer, list(s.prompts), config, pack=False)
-    finally:
-        model.train(was_training)
-    return [prompt + g.text for prompt, g in zip(s.prompts, gens)]

@@ -29,7 +29,8 @@ from gpt2.config import RunConfig
 from gpt2.errors import UserError
 from gpt2.finetune.base import FinetuneTask
 from gpt2.finetune.data import pad_right
-from gpt2.train.task import Batch, EvalContext, Loader
+from gpt2.train.evaluators import EvalContext, Evaluator
+from gpt2.train.task import Batch, Loader
 
 
 @dataclass
@@ -126,6 +127,34 @@ def score(model: torch.nn.Module, split: Split, *, batch_size: int, pad_id: int,
     return loss, confusion
 
 
+class ClassificationMetrics:
+    """The loss, accuracy, macro-F1 and per-class precision/recall of a split, the same on every rank (each
+    scores its share; the loss and the confusion matrix are all-reduced); rank 0 draws the confusion matrix
+    into the run directory."""
+
+    kind = "val"
+
+    def __init__(self, data: Split, *, split: str, names: list[str], batch_size: int, pad_id: int,
+                 interval: int) -> None:
+        self.data, self.split, self.names = data, split, names
+        self.batch_size, self.pad_id, self.interval = batch_size, pad_id, interval
+
+    def __call__(self, ctx: EvalContext) -> dict[str, Any]:
+        loss, confusion = score(ctx.model, self.data, batch_size=self.batch_size, pad_id=self.pad_id,
+                                device=ctx.device, autocast=ctx.autocast, rank=ctx.rank, world_size=ctx.world_size)
+        if ctx.world_size > 1:
+            torch.distributed.all_reduce(loss)
+            torch.distributed.all_reduce(confusion)
+        report = metrics_from_confusion(confusion.tolist(), self.names)
+        split = self.split
+        if ctx.master:
+            from gpt2.finetune.metrics import plot_confusion
+
+            plot_confusion(report["confusion"], self.names, ctx.run_dir / f"confusion-{split}.png",
+                           title=f"{split}, step {ctx.step}: accuracy {report['accuracy']:.4f}")
+        return {"val_loss" if split == "val" else f"{split}_loss": loss.item() / max(len(self.data), 1), **report}
+
+
 class ClassificationTask(FinetuneTask):
     """Labelled texts (finetune.*) on a pretrained base (model.init_from) with a new score head."""
 
@@ -157,12 +186,7 @@ class ClassificationTask(FinetuneTask):
         keep = np.arange(len(texts))
         if f.balance == "downsample":
             keep = np.asarray(D.downsample(labels, seed=f.split_seed))
-        # finetune.split cuts train_file; a split a file gives instead hands its share back to training.
-        tr, va, te = (list(x) for x in D.split_indices(len(keep), fractions=tuple(f.split), seed=f.split_seed))
-        if "val" in given:
-            tr, va = tr + va, []
-        if "test" in given:
-            tr, te = tr + te, []
+        tr, va, te = self.split_indices(len(keep), given)
         parts = {"train": ([texts[i] for i in keep[tr]], [labels[i] for i in keep[tr]])}
         for name, idx in (("val", va), ("test", te)):
             parts[name] = ((given[name].texts, given[name].labels) if name in given
@@ -205,9 +229,7 @@ class ClassificationTask(FinetuneTask):
             model = GPT2ForSequenceClassification.from_lm(base, id2label=self.id2label, pad_token_id=self.pad_id,
                                                           max_length=self.cfg.train.seq_len,
                                                           truncation_side=self.cfg.finetune.truncation_side)
-        if self.cfg.train.seq_len > model.config.n_positions:
-            raise UserError(f"train.seq_len={self.cfg.train.seq_len} exceeds the base's n_positions="
-                            f"{model.config.n_positions}")
+        self.check_context(model)
         self._base = None
         freeze(model, self.cfg.finetune.trainable, self.cfg.finetune.last_blocks)
         return self.adapt(model, checkpoint, write_base=True)
@@ -242,21 +264,14 @@ class ClassificationTask(FinetuneTask):
         return (per_example * w).sum()
 
     # ----------------------------------------------------------------------------- evaluation
-    def evaluate(self, ctx: EvalContext, split: str = "val") -> dict[str, Any]:
-        data = self.splits[split]
-        loss, confusion = score(ctx.model, data, batch_size=self.cfg.finetune.eval_batch_size, pad_id=self.pad_id,
-                                device=ctx.device, autocast=ctx.autocast, rank=ctx.rank, world_size=ctx.world_size)
-        if ctx.world_size > 1:
-            torch.distributed.all_reduce(loss)
-            torch.distributed.all_reduce(confusion)
-        names = [self.id2label[i] for i in range(len(self.id2label))]
-        report = metrics_from_confusion(confusion.tolist(), names)
-        if ctx.master:
-            from gpt2.finetune.metrics import plot_confusion
+    def evaluators(self, *, rank: int, world_size: int) -> list[Evaluator]:
+        return [self.metrics("val")]
 
-            plot_confusion(report["confusion"], names, ctx.run_dir / f"confusion-{split}.png",
-                           title=f"{split}, step {ctx.step}: accuracy {report['accuracy']:.4f}")
-        return {"val_loss" if split == "val" else f"{split}_loss": loss.item() / max(len(data), 1), **report}
+    def metrics(self, split: str) -> ClassificationMetrics:
+        """The evaluator of a split (the trainer's is "val"; gpt2 finetune classify scores "test" at the end)."""
+        return ClassificationMetrics(self.splits[split], split=split, names=[self.id2label[i] for i in
+                                     range(len(self.id2label))], batch_size=self.cfg.finetune.eval_batch_size,
+                                     pad_id=self.pad_id, interval=self.cfg.eval.interval)
 
     def start_record(self) -> dict[str, Any]:
         return {"tokenizer": repr(self.tokenizer), **self.summary, **super().start_record()}
