@@ -620,6 +620,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", default=None, help="tokenizer to use instead of the checkpoint's own")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
+                   help="also serve this LoRA adapter of the model (a PEFT directory or a LoRA run) under NAME; "
+                   "repeatable: requests pick one with `model`, and all share one batch")
     _add_quantize_arg(p)
 
     def run(args: argparse.Namespace) -> int:
@@ -628,7 +631,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         return run_serve(args.source, host=args.host, port=args.port, api_key=args.api_key,
                          max_batch=args.max_batch, max_queue=args.max_queue, model_name=args.model_name,
                          chat_format=args.chat_format, tokenizer=args.tokenizer, dtype=args.dtype,
-                         device=args.device, quantize=args.quantize)
+                         device=args.device, quantize=args.quantize, adapters=args.adapter)
 
     p.set_defaults(func=run)
 

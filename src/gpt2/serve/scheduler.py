@@ -23,6 +23,10 @@ How a step runs (`Scheduler._loop`):
    finished rows leave the cache at once (the last row is moved into the hole: O(one row)).
 5. One decode forward runs every remaining row's new token through the model.
 
+With LoRA adapters (`gpt2 serve BASE --adapter NAME=DIR`), each job names its adapter's slot and every
+forward (prefill and decode) is told the slot of each of its rows (gpt2.model.multi_lora): rows of
+different adapters share one batch, and a server without adapters runs the model as it is.
+
 The shared cache keeps rows right-aligned at one write position `pos` (row r's keys fill
 [pos - length_r, pos)); the attention mask hides everything left of a row's start, and the model counts
 positions over unmasked tokens, so a row computes what it would alone. `pos` only moves when needed:
@@ -52,8 +56,9 @@ import torch
 from gpt2.errors import UserError
 from gpt2.generate import sampling
 from gpt2.generate.engine import _TextStream, row_generator
-from gpt2.generate.fastpath import inference_view
+from gpt2.generate.fastpath import inference_view, shared_copy
 from gpt2.model.gpt2 import GPT2LMHeadModel, KVCache
+from gpt2.model.multi_lora import Adapter, adapter_slots, attach_adapters
 
 log = logging.getLogger("gpt2.serve")
 
@@ -124,9 +129,10 @@ class Job:
     """
 
     def __init__(self, prompts: Sequence[Sequence[int]], params: SeqParams, *, n: int = 1,
-                 emit: Callable[[Any], None]) -> None:
+                 emit: Callable[[Any], None], adapter: int = 0) -> None:
         self.prompts = [list(p) for p in prompts]
         self.params, self.n, self.emit = params, n, emit
+        self.adapter = adapter  # the LoRA adapter its rows apply: 0 the base, i the scheduler's i-th adapter
         self.cancelled = False
         self.seed = params.seed if params.seed is not None or params.greedy else \
             int.from_bytes(os.urandom(8), "little") >> 1
@@ -276,13 +282,20 @@ class Scheduler:
     """Owns the model in one thread; see the module docstring for the step."""
 
     def __init__(self, model: GPT2LMHeadModel, tokenizer: Any, *, max_batch: int = 32, max_queue: int = 128,
-                 pack: bool = True, step_delay: float = 0.0, start: bool = True) -> None:
+                 pack: bool = True, step_delay: float = 0.0, start: bool = True,
+                 adapters: Sequence[Adapter] = ()) -> None:
         """max_batch: rows decoded together; max_queue: sequences that may wait for a row beyond those.
         step_delay: seconds to sleep after each decode step (tests use it to watch a stream grow).
-        start=False runs no thread: the caller drives the scheduler with step_once() (tests do)."""
+        start=False runs no thread: the caller drives the scheduler with step_once() (tests do).
+        adapters: LoRA adapters of this base (gpt2.model.lora.read_adapter), served batched: a Job's
+        `adapter` i >= 1 applies the i-th (gpt2.model.multi_lora); `model` itself is left as it is."""
         if max_batch < 1 or max_queue < 0:
             raise UserError(f"--max-batch must be >= 1 and --max-queue >= 0, got {max_batch} and {max_queue}")
+        self.n_adapters = len(adapters)
+        if adapters:  # on a copy sharing the base's weights; without adapters the model runs untouched
+            model = attach_adapters(shared_copy(model), adapters)
         self.model = inference_view(model, pack=pack)
+        self.slots = adapter_slots(self.model) if adapters else None
         self.tokenizer = tokenizer
         self.config = model.config
         self.max_batch, self.max_queue, self.step_delay = max_batch, max_queue, step_delay
@@ -314,6 +327,7 @@ class Scheduler:
         """Queue a job's prompts; raise QueueFull when its sequences do not fit."""
         if job.n > self.max_batch:
             raise ValueError(f"n={job.n} samples exceed the server's batch of {self.max_batch} rows")
+        assert 0 <= job.adapter <= self.n_adapters, f"adapter {job.adapter} of {self.n_adapters}"
         with self._lock:
             if self.inflight + job.n_sequences > self.max_batch + self.max_queue:
                 self.stats["rejected"] += 1
@@ -452,6 +466,7 @@ class Scheduler:
         single = KVCache(self.config, batch_size=len(prompts), max_len=P, device=self.device,
                          dtype=self.cache.k.dtype)
         padded = any(len(p) < P for p in prompts)
+        self._use_adapters([job.adapter for job, _ in units])
         x = self.model.transformer(ids, attention_mask=mask if padded else None, kv_cache=single)  # (G, P, C)
         self.stats["prefills"] += len(prompts)
         last = self.model.lm_head(x[:, -1])[:, : self.V].float()  # (G, V)
@@ -469,6 +484,11 @@ class Scheduler:
                 self.rows.append(self._new_row(job, job.n * i + s, p, s, prompt_lp))
                 row_logits = last[g : g + 1]  # (1, V)
                 self.logits = row_logits if self.logits is None else torch.cat([self.logits, row_logits])
+
+    def _use_adapters(self, slots: list[int]) -> None:
+        """Name each row's adapter for the next forward (a server without adapters has nothing to set)."""
+        if self.slots is not None:
+            self.slots.set(slots, device=self.device)
 
     def _new_row(self, job: Job, choice: int, prompt: list[int], sample: int,
                  prompt_lp: list[TokenLogprob] | None) -> _Row:
@@ -525,6 +545,7 @@ class Scheduler:
         self.cache.make_room()
         mask = self.cache.attention_mask()  # (rows, pos + 1)
         next_ids = torch.tensor([[row.tokens[-1]] for row in self.rows], device=self.device)  # (rows, 1)
+        self._use_adapters([row.job.adapter for row in self.rows])
         x = self.model.transformer(next_ids, attention_mask=mask, kv_cache=self.cache)  # (rows, 1, C)
         self.logits = self.model.lm_head(x[:, -1])[:, : self.V].float()  # (rows, V)
 
