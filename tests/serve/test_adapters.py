@@ -76,20 +76,23 @@ def test_a_mixed_batch_gives_every_row_its_adapters_logits_as_peft_does(ckpt, ad
     multi = attach_adapters(copy.deepcopy(base), [read_adapter(d, base=base) for d in adapter_dirs.values()])
     slots = adapter_slots(multi)
     names = ["__base__", *adapter_dirs]  # slot → PEFT's adapter name ("__base__": no adapter)
-    rows = [0, 1, 2, 3, 3, 2, 1, 0, 2]
-    x = ids(len(rows), 12, tok.n_vocab)
-    slots.set(rows)
+    x = ids(9, 12, tok.n_vocab)
     pm = peft.PeftModel.from_pretrained(transformers.GPT2LMHeadModel.from_pretrained(ckpt),
                                         adapter_dirs["poet"], adapter_name="poet").eval()
     for name in ("coder", "chef"):
         pm.load_adapter(adapter_dirs[name], adapter_name=name)
     with torch.no_grad():
-        ours = multi(x).logits  # (rows, T, vocab)
-        theirs = pm(input_ids=x, adapter_names=[names[s] for s in rows]).logits  # PEFT's own mixed batch
         alone = [base(x).logits] + [load_adapter(d, base=copy.deepcopy(base))(x).logits for d in adapter_dirs.values()]
-    torch.testing.assert_close(ours, theirs, atol=TOL, rtol=0)
-    for r, s in enumerate(rows):  # and the one-adapter model (LoRALinear) on the same row
-        torch.testing.assert_close(ours[r], alone[s][r], atol=TOL, rtol=0)
+    # all four mixed; one adapter and the base (masked); one adapter only (no mask); two of three (a subset of
+    # the stacks is read); the base alone (no update at all)
+    for rows in ([0, 1, 2, 3, 3, 2, 1, 0, 2], [2, 0, 2, 2, 0, 0, 2, 2, 0], [3] * 9, [1, 3, 3, 1, 1, 3, 0, 1, 3], [0] * 9):
+        slots.set(rows)
+        with torch.no_grad():
+            ours = multi(x).logits  # (rows, T, vocab)
+            theirs = pm(input_ids=x, adapter_names=[names[s] for s in rows]).logits  # PEFT's own mixed batch
+        torch.testing.assert_close(ours, theirs, atol=TOL, rtol=0)
+        for r, s in enumerate(rows):  # and the one-adapter model (LoRALinear) on the same row
+            torch.testing.assert_close(ours[r], alone[s][r], atol=TOL, rtol=0)
     for s in range(1, 4):  # every adapter changes the function, and each differently: the test can fail
         assert min((alone[s] - alone[t]).abs().max() for t in range(4) if t != s) > 0.1
 

@@ -488,7 +488,7 @@ class Scheduler:
     def _use_adapters(self, slots: list[int]) -> None:
         """Name each row's adapter for the next forward (a server without adapters has nothing to set)."""
         if self.slots is not None:
-            self.slots.set(slots, device=self.device)
+            self.slots.set(slots)
 
     def _new_row(self, job: Job, choice: int, prompt: list[int], sample: int,
                  prompt_lp: list[TokenLogprob] | None) -> _Row:
