@@ -1,8 +1,8 @@
 """Many LoRA adapters on one `gpt2 serve`: tokens/s with requests mixed over 3 adapters against one adapter
 alone, and the servers' memory, side by side in one run.
 
-    python bench/serve_adapters.py --base /work/models/sft-alpaca              # a trained model's shapes
-    python bench/serve_adapters.py --base gpt2 --requests 32 --max-tokens 32  # GPT-2 124M shapes, random weights
+    python bench/serve_adapters.py --base runs/sft-alpaca --requests 32 --rounds 10   # a trained model's shapes
+    python bench/serve_adapters.py --base gpt2                    # GPT-2 124M shapes, random weights
     python bench/serve_adapters.py --base gpt2 --rank 8 --targets c_attn      # PEFT's default LoRA for GPT-2
 
 Three adapters of --rank on --targets are made for the base (random A and B: speed and memory depend on
@@ -14,19 +14,25 @@ subprocesses on loopback, all started before any timing:
 Then --rounds rounds each run, in turn, --requests streamed completions from --concurrency clients
 (--prompt-tokens random byte-token prompt, --max-tokens new tokens with ignore_eos, temperature 0.8, a seed
 each) against: the base on `base`; adapter a on `one`; adapter a only on `multi`; a, b and c in turn on
-`multi` (so every decode step mixes the three). A change in the machine's load hits every workload alike.
-The table gives aggregate tokens/s (completion tokens / wall time, summed over rounds) and the ratio to
-`one`. Memory: each server's resident set after the load (VmRSS) and its peak (VmHWM, /proc), against the
-bytes of one copy of the model's weights (what each merged copy of an adapter would add).
+`multi` (so every decode step mixes the three). Each round starts the order one place further on, so a
+change in the machine's load hits every workload alike. The table gives aggregate tokens/s (completion
+tokens / wall time, summed over rounds), its ratio to `one`, and the median over rounds of the ratio within
+a round (robust to the load of a shared machine changing between rounds). Then the same workloads run
+--in-process-rounds times on the scheduler's own steps in this process (Scheduler.step_once: no HTTP, no
+other server of ours running meanwhile), --concurrency jobs submitted at once each time. Memory: each server's resident
+set after the load (VmRSS) and its peak (VmHWM, /proc), against the bytes of one copy of the model's
+weights (what each merged copy of an adapter would add).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import os
 import random
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,11 +41,12 @@ from pathlib import Path
 
 import httpx
 from common import cpu_info, markdown_table, parser, write_results
-from serve_load import one_request, prepare_model
+from serve_load import prepare_model
 
-WORKLOADS = (("base", "base", ["base"]), ("one", "one adapter alone", ["a"]),
+ONE = "one adapter alone"
+WORKLOADS = [("base", "base", ["base"]), ("one", ONE, ["a"]),
              ("multi", "one adapter on the 3-adapter server", ["a"]),
-             ("multi", "mixed over 3 adapters", ["a", "b", "c"]))
+             ("multi", "mixed over 3 adapters", ["a", "b", "c"])]
 
 
 def make_adapters(base: str, workdir: Path, *, rank: int, targets: list[str]) -> tuple[Path, dict[str, Path], int]:
@@ -95,6 +102,27 @@ def memory(pid: int) -> dict[str, float]:
     return {k: int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM")}
 
 
+async def stream(client: httpx.AsyncClient, body: dict) -> tuple[int, int]:
+    """One streamed completion: (HTTP status, completion tokens from its usage chunk). Events are split on
+    blank lines by hand: httpx's aiter_lines also breaks at U+2028 and U+0085, which a token's text may
+    hold (JSON leaves them unescaped, and SSE lines end only at CR or LF)."""
+    async with client.stream("POST", "/v1/completions", json=body) as r:
+        if r.status_code != 200:
+            await r.aread()
+            return r.status_code, 0
+        buffer, tokens = b"", 0
+        async for chunk in r.aiter_bytes():
+            *events, buffer = (buffer + chunk).split(b"\n\n")
+            for event in events:
+                if not event.startswith(b"data: {"):
+                    continue
+                data = json.loads(event[6:])
+                if "error" in data:
+                    return 500, 0
+                tokens = data["usage"]["completion_tokens"] if data.get("usage") else tokens
+    return 200, tokens
+
+
 async def load_level(url: str, models: list[str], n: int, args, seed: int) -> tuple[int, float]:
     """n streamed completions from --concurrency clients, request i to models[i % len(models)]: (tokens, wall s)."""
     rng = random.Random(seed)
@@ -109,9 +137,9 @@ async def load_level(url: str, models: list[str], n: int, args, seed: int) -> tu
         async def worker() -> None:
             nonlocal tokens, failed
             while bodies:
-                r = await one_request(client, bodies.pop())
-                tokens += r["tokens"]
-                failed += r["status"] != 200
+                status, n_tokens = await stream(client, bodies.pop())
+                tokens += n_tokens
+                failed += status != 200
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
@@ -134,12 +162,12 @@ def run(args, workdir: Path) -> dict:
             wait_up(proc, url, workdir / f"{k}.log")
         for key, _, models in WORKLOADS:  # warm-up: first calls, weight packing
             asyncio.run(load_level(servers[key][1], models, 2 * len(models), args, seed=999))
-        totals = {label: [0, 0.0] for _, label, _ in WORKLOADS}
+        rounds: list[dict[str, tuple[int, float]]] = []
         for r in range(args.rounds):
-            for key, label, models in WORKLOADS:
+            rounds.append({})
+            for key, label, models in WORKLOADS[r % 4:] + WORKLOADS[: r % 4]:  # each takes every place in turn
                 tokens, wall = asyncio.run(load_level(servers[key][1], models, args.requests, args, seed=r))
-                totals[label][0] += tokens
-                totals[label][1] += wall
+                rounds[-1][label] = (tokens, wall)
                 print(f"  round {r + 1}, {label}: {tokens / wall:.1f} tokens/s", file=sys.stderr, flush=True)
         mem = {k: memory(proc.pid) for k, (proc, _) in servers.items()}
     finally:
@@ -147,14 +175,69 @@ def run(args, workdir: Path) -> dict:
             proc.terminate()
         for proc, _ in servers.values():
             proc.wait(timeout=60)
-    tps = {label: t / w for label, (t, w) in totals.items()}
-    return {"tps": tps, "memory_mb": mem, "weights_mb": weight_bytes / 2**20, "base_dir": str(base_dir)}
+    scheduler = in_process(base_dir, adapters, args) if args.in_process_rounds else None
+    return {"http": summarise(rounds), "scheduler": scheduler, "memory_mb": mem,
+            "weights_mb": weight_bytes / 2**20, "base_dir": str(base_dir)}
+
+
+def summarise(rounds: list[dict[str, tuple[int, float]]]) -> dict:
+    """Pooled tokens/s per workload, and the median over rounds of its ratio to `one` within the round
+    (workloads seconds apart): robust to the machine's load changing between rounds, which pooling is not."""
+    tps = {label: sum(rd[label][0] for rd in rounds) / sum(rd[label][1] for rd in rounds) for _, label, _ in WORKLOADS}
+    ratios = {label: statistics.median((rd[label][0] / rd[label][1]) / (rd[ONE][0] / rd[ONE][1]) for rd in rounds)
+              for _, label, _ in WORKLOADS}
+    return {"tps": tps, "ratio_median": ratios, "rounds": rounds}
+
+
+def in_process(base_dir: Path, adapters: dict[str, Path], args) -> dict:
+    """The same workloads on the scheduler's own steps (Scheduler.step_once, no HTTP, no second process): each
+    round submits --concurrency jobs at once and steps until they finish. Far less noise than the servers on
+    a shared machine, as nothing else of ours runs meanwhile."""
+    import torch
+
+    from gpt2.load import load
+    from gpt2.model.lora import read_adapter
+    from gpt2.serve.scheduler import Job, Scheduler, SeqParams
+
+    torch.set_grad_enabled(False)
+    base, one = load(base_dir, device="cpu"), load(adapters["a"], device="cpu")
+    loras = [read_adapter(d, base=base.model) for d in adapters.values()]
+    scheds = {"base": Scheduler(base.model, base.tokenizer, max_batch=args.max_batch, start=False),
+              "one": Scheduler(one.model, one.tokenizer, max_batch=args.max_batch, start=False),
+              "multi": Scheduler(base.model, base.tokenizer, max_batch=args.max_batch, start=False, adapters=loras)}
+    slot = {"base": 0, "a": 1, "b": 2, "c": 3}
+
+    def workload(key: str, models: list[str], seed: int) -> tuple[int, float]:
+        sched, rng = scheds[key], random.Random(seed)
+        for i in range(args.concurrency):
+            params = SeqParams(max_tokens=args.max_tokens, temperature=0.8, seed=seed * 1000 + i, ignore_eos=True)
+            sched.submit(Job([[rng.randrange(256) for _ in range(args.prompt_tokens)]], params, emit=lambda _: None,
+                             adapter=slot[models[i % len(models)]] if key == "multi" else 0))
+        t0 = time.perf_counter()
+        while sched.rows or sched.waiting:
+            sched.step_once()
+        return args.concurrency * args.max_tokens, time.perf_counter() - t0
+
+    for key, _, models in WORKLOADS:  # warm-up
+        workload(key, models, seed=999)
+    rounds: list[dict[str, tuple[int, float]]] = []
+    for r in range(args.in_process_rounds):
+        rounds.append({label: workload(key, models, seed=r)
+                       for key, label, models in WORKLOADS[r % 4:] + WORKLOADS[: r % 4]})
+        print(f"  in-process round {r + 1}: " + ", ".join(f"{k} {t / w:.1f}" for k, (t, w) in rounds[-1].items()),
+              file=sys.stderr, flush=True)
+    return summarise(rounds)
 
 
 def report(args, res: dict) -> None:
-    one = res["tps"]["one adapter alone"]
-    print(markdown_table(["workload", "tokens/s", "× one adapter alone"],
-                         [[label, f"{tps:.1f}", f"{tps / one:.2f}"] for label, tps in res["tps"].items()]))
+    for key, title in (("http", "servers over HTTP"), ("scheduler", "the scheduler's own steps, in-process")):
+        if res[key] is None:
+            continue
+        one = res[key]["tps"][ONE]
+        print(f"\n{title}:")
+        print(markdown_table(["workload", "tokens/s (all rounds)", "× one adapter alone", "median of the rounds' ×"],
+                             [[label, f"{tps:.1f}", f"{tps / one:.2f}", f"{res[key]['ratio_median'][label]:.2f}"]
+                              for label, tps in res[key]["tps"].items()]))
     mem, w = res["memory_mb"], res["weights_mb"]
     print()
     print(markdown_table(["server", "RSS after the load (MB)", "peak RSS (MB)"],
@@ -162,9 +245,11 @@ def report(args, res: dict) -> None:
     extra = mem["multi"]["VmHWM"] - mem["base"]["VmHWM"]
     print(f"\none copy of the weights: {w:.1f} MB; the 3-adapter server's peak is {extra:+.1f} MB over the base's, "
           f"against +{3 * w:.1f} MB for three more copies (one merged model per adapter)")
-    mixed = res["tps"]["mixed over 3 adapters"] / one
-    print(f"mixed over 3 adapters / one adapter alone: {mixed:.2f} (target >= 0.7); peak RSS of the 3-adapter "
-          f"server {'<' if extra < 3 * w else '>='} base + 3 copies")
+    for key in ("http", "scheduler"):
+        if res[key] is not None:
+            print(f"mixed over 3 adapters / one adapter alone ({key}), median over rounds: "
+                  f"{res[key]['ratio_median']['mixed over 3 adapters']:.2f} (target >= 0.7)")
+    print(f"peak RSS of the 3-adapter server {'<' if extra < 3 * w else '>='} base + 3 copies")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,11 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", type=lambda s: s.split(","), default=["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"],
                    help="comma-separated LoRA targets (default: all four block layers)")
     p.add_argument("--concurrency", type=int, default=16)
-    p.add_argument("--requests", type=int, default=48, help="requests per workload per round (default: 48)")
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--requests", type=int, default=16, help="requests per workload per round (default: 16)")
+    p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--prompt-tokens", type=int, default=16)
     p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--in-process-rounds", type=int, default=5,
+                   help="rounds of the same workloads on the scheduler in this process (0: none)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
 

@@ -27,12 +27,12 @@ r columns. Then, with A and B restricted to those k adapters,
 
     y = base_layer(x) + ((x @ A) * mask) @ B          # (B, T, in) @ (in, k·r) ... @ (k·r, out)
 
-so each present adapter's matrices are read once per step, whatever the batch size. (A first version
-gathered A[slot] and B[slot] per row and ran batched matmuls, as the Punica kernels' names suggest; that
-copies every row's matrices, and at GPT-2 124M shapes with rank 16 on all four layers it decoded a batch of
-16 mixed over 3 adapters at 0.59× the tokens/s of one adapter alone, against ≥ 0.9× for this form:
-bench/serve_adapters.py.) Its extra work grows with the k·r columns of the adapters present in a batch,
-never with the rows.
+so each present adapter's matrices are read once per step, whatever the batch size: the extra bytes read
+grow with the k·r columns of the adapters present, not with the rows. (The first version gathered
+A[slot] and B[slot] for every row and ran batched matmuls, as the Punica kernels' names suggest: that copies
+rows × (in + out) × r numbers per layer per step, ~150 MB a step for 16 rows at GPT-2 124M shapes with rank
+16 on all four layers, beside the base's 475 MB of weights; one run of bench/serve_adapters.py at commit
+1e82263 had 16 streams mixed over 3 adapters at 0.59× the tokens/s of one adapter alone.)
 
 A batch whose rows all want the base skips the update altogether. The base layer is whatever was there
 (nn.Linear, the fast path's packed PackedLinear, quant.py's Int8Linear): its weights are shared, never
