@@ -70,7 +70,7 @@ def make_adapters(base: str, workdir: Path, *, rank: int, targets: list[str]) ->
     return base_dir, out, weight_bytes
 
 
-def start(argv: list[str], max_batch: int, log: Path) -> tuple[subprocess.Popen, str]:
+def start(argv: list[str], max_batch: int, log: Path, threads: int | None) -> tuple[subprocess.Popen, str]:
     """`gpt2 serve ARGV` on a free loopback port, its log (uvicorn's access lines too) to a file, not a pipe
     nobody drains."""
     with socket.socket() as s:
@@ -78,8 +78,9 @@ def start(argv: list[str], max_batch: int, log: Path) -> tuple[subprocess.Popen,
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "gpt2", "serve", *argv, "--port", str(port), "--max-batch", str(max_batch),
            "--max-queue", "256"]
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     with log.open("w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, text=True, env=env)
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -156,7 +157,7 @@ def run(args, workdir: Path) -> dict:
              "one": [str(adapters["a"]), "--model-name", "a"],
              "multi": [str(base_dir), "--model-name", "base", *(x for n, d in adapters.items()
                                                                 for x in ("--adapter", f"{n}={d}"))]}
-    servers = {k: start(v, args.max_batch, workdir / f"{k}.log") for k, v in argvs.items()}
+    servers = {k: start(v, args.max_batch, workdir / f"{k}.log", args.threads) for k, v in argvs.items()}
     try:
         for k, (proc, url) in servers.items():
             wait_up(proc, url, workdir / f"{k}.log")
@@ -200,6 +201,8 @@ def in_process(base_dir: Path, adapters: dict[str, Path], args) -> dict:
     from gpt2.serve.scheduler import Job, Scheduler, SeqParams
 
     torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     base, one = load(base_dir, device="cpu"), load(adapters["a"], device="cpu")
     loras = [read_adapter(d, base=base.model) for d in adapters.values()]
     scheds = {"base": Scheduler(base.model, base.tokenizer, max_batch=args.max_batch, start=False),
@@ -264,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--prompt-tokens", type=int, default=16)
     p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of every server and of the in-process part (default: torch's own, one per "
+                   "core); 1 keeps a shared machine's other load from stalling OpenMP's threads on each other")
     p.add_argument("--in-process-rounds", type=int, default=5,
                    help="rounds of the same workloads on the scheduler in this process (0: none)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the results as JSON")
@@ -279,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
           "workload alike)")
     print(f"base {args.base}; 3 adapters of rank {args.rank} on {', '.join(args.targets)}; {args.concurrency} "
           f"concurrent streams, {args.prompt_tokens} prompt + {args.max_tokens} new tokens per request, "
-          f"{args.requests} requests per workload × {args.rounds} rounds, --max-batch {args.max_batch}, fp32")
+          f"{args.requests} requests per workload × {args.rounds} rounds, --max-batch {args.max_batch}, fp32, "
+          f"{args.threads or 'default'} torch threads")
     report(args, res)
     if args.json:
         write_results(Path(args.json), {"cpu": cpu, "args": vars(args), **res,

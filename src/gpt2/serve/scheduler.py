@@ -466,7 +466,8 @@ class Scheduler:
         single = KVCache(self.config, batch_size=len(prompts), max_len=P, device=self.device,
                          dtype=self.cache.k.dtype)
         padded = any(len(p) < P for p in prompts)
-        self._use_adapters([job.adapter for job, _ in units])
+        if self.slots is not None:  # each row's LoRA adapter (a server without adapters skips even this)
+            self.slots.set([job.adapter for job, _ in units])
         x = self.model.transformer(ids, attention_mask=mask if padded else None, kv_cache=single)  # (G, P, C)
         self.stats["prefills"] += len(prompts)
         last = self.model.lm_head(x[:, -1])[:, : self.V].float()  # (G, V)
@@ -484,11 +485,6 @@ class Scheduler:
                 self.rows.append(self._new_row(job, job.n * i + s, p, s, prompt_lp))
                 row_logits = last[g : g + 1]  # (1, V)
                 self.logits = row_logits if self.logits is None else torch.cat([self.logits, row_logits])
-
-    def _use_adapters(self, slots: list[int]) -> None:
-        """Name each row's adapter for the next forward (a server without adapters has nothing to set)."""
-        if self.slots is not None:
-            self.slots.set(slots)
 
     def _new_row(self, job: Job, choice: int, prompt: list[int], sample: int,
                  prompt_lp: list[TokenLogprob] | None) -> _Row:
@@ -545,7 +541,8 @@ class Scheduler:
         self.cache.make_room()
         mask = self.cache.attention_mask()  # (rows, pos + 1)
         next_ids = torch.tensor([[row.tokens[-1]] for row in self.rows], device=self.device)  # (rows, 1)
-        self._use_adapters([row.job.adapter for row in self.rows])
+        if self.slots is not None:
+            self.slots.set([row.job.adapter for row in self.rows])
         x = self.model.transformer(next_ids, attention_mask=mask, kv_cache=self.cache)  # (rows, 1, C)
         self.logits = self.model.lm_head(x[:, -1])[:, : self.V].float()  # (rows, V)
 
