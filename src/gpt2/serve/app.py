@@ -86,8 +86,9 @@ def create_app(model: Any, tokenizer: Any, *, name: str = "gpt2", chat_format: A
     """The FastAPI app serving one model, and LoRA adapters of it under their own names (gpt2.serve.adapters);
     its scheduler thread starts now and stops with the app."""
     names = [name, *(a.name for a in adapters)]
-    if len(set(names)) != len(names):
-        raise UserError(f"two served models share a name: {', '.join(sorted(n for n in set(names) if names.count(n) > 1))}")
+    shared = sorted(n for n in set(names) if names.count(n) > 1)
+    if shared:
+        raise UserError(f"two served models share a name: {', '.join(shared)}")
     sched = Scheduler(model, tokenizer, max_batch=max_batch, max_queue=max_queue, pack=pack, step_delay=step_delay,
                       adapters=[a.lora for a in adapters])
     served = Served(name, tokenizer, model.config.n_positions, sched.V, sched, chat_format, adapters=list(adapters))
