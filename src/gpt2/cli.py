@@ -617,6 +617,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prefix-cache-mb", type=float, default=256.0, metavar="MB",
                    help="memory for the keys/values of prompt prefixes seen before, reused by later prompts that "
                         "start with them (earlier turns, a shared system prompt); 0 turns it off (default: 256)")
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
+                   help="also serve this LoRA adapter of the model (a PEFT directory or a LoRA run) under NAME; "
+                   "repeatable: requests pick one with `model`, and all share one batch")
     _add_quantize_arg(p)
 
     def run(args: argparse.Namespace) -> int:
@@ -625,7 +628,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         return run_serve(args.source, host=args.host, port=args.port, api_key=args.api_key,
                          max_batch=args.max_batch, max_queue=args.max_queue, model_name=args.model_name,
                          chat_format=args.chat_format, tokenizer=args.tokenizer, dtype=args.dtype,
-                         device=args.device, quantize=args.quantize, prefix_cache_mb=args.prefix_cache_mb)
+                         device=args.device, quantize=args.quantize, prefix_cache_mb=args.prefix_cache_mb,
+                         adapters=args.adapter)
 
     p.set_defaults(func=run)
 

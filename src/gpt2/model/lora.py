@@ -255,6 +255,11 @@ def merge_lora(model: nn.Module) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------------------- format
+def peft_key(module: str, matrix: Literal["lora_A", "lora_B"]) -> str:
+    """The key of one LoRA matrix in PEFT's adapter file: `base_model.model.<module>.lora_A.weight`."""
+    return f"{_PREFIX}{module}.{matrix}.weight"
+
+
 def _task_type(model: nn.Module) -> TaskType:
     return "SEQ_CLS" if hasattr(model, "score") else "CAUSAL_LM"
 
@@ -412,13 +417,11 @@ def _config_from_adapter(raw: dict[str, Any], *, source: Path) -> LoRAConfig:
         raise UserError(f"{source}: {e}") from None
 
 
-def load_adapter(directory: str | Path, *, base: nn.Module) -> nn.Module:
-    """`base` with the adapter in `directory` applied (ours or PEFT's), in eval mode.
-
-    The base is a GPT2LMHeadModel for a CAUSAL_LM adapter, a GPT2ForSequenceClassification for SEQ_CLS,
-    modified in place; `gpt2.load.load(directory)` loads the base adapter_config.json's
-    `base_model_name_or_path` names and applies the adapter to it. Shapes are checked before anything
-    is changed: an adapter made for another base is a one-line error naming the first mismatch."""
+def read_adapter(directory: str | Path, *, base: nn.Module) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
+    """The adapter in `directory` (ours or PEFT's): its LoRAConfig and its tensors under PEFT's names, checked
+    against `base` (task and shapes) without changing it. An adapter made for another base is a one-line
+    error naming the first mismatch. `load_adapter` applies what this returns; gpt2.model.multi_lora
+    stacks several."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -435,21 +438,37 @@ def load_adapter(directory: str | Path, *, base: nn.Module) -> nn.Module:
         weights = load_file(weights_path)
     except SafetensorError as e:
         raise UserError(f"{weights_path} is not a readable safetensors file ({e})") from None
-    model = base
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
+    model = _unwrapped(base)
     want_task = raw["task_type"]
     if _task_type(model) != want_task:
         kind = "sequence classifier" if want_task == "SEQ_CLS" else "language model"
         raise UserError(f"{directory} is a {want_task} adapter: its base must be a {kind}, got {type(model).__name__}")
     _check_shapes(model, cfg, weights, directory=directory)
+    return cfg, weights
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):  # DDP / FSDP / torch.compile wrappers
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def load_adapter(directory: str | Path, *, base: nn.Module) -> nn.Module:
+    """`base` with the adapter in `directory` applied (ours or PEFT's), in eval mode.
+
+    The base is a GPT2LMHeadModel for a CAUSAL_LM adapter, a GPT2ForSequenceClassification for SEQ_CLS,
+    modified in place; `gpt2.load.load(directory)` loads the base adapter_config.json's
+    `base_model_name_or_path` names and applies the adapter to it. Shapes are checked before anything
+    is changed (read_adapter)."""
+    cfg, weights = read_adapter(directory, base=base)
+    model = _unwrapped(base)
     inject_lora(model, cfg)
     ref = model.transformer.wte.weight
     with torch.no_grad():
         for name, layer in lora_layers(model).items():
             layer.lora_A.weight.copy_(weights[f"{_PREFIX}{name}.lora_A.weight"].to(ref.device, ref.dtype))
             layer.lora_B.weight.copy_(weights[f"{_PREFIX}{name}.lora_B.weight"].to(ref.device, ref.dtype))
-        if want_task == "SEQ_CLS":
+        if _task_type(model) == "SEQ_CLS":
             model.score.weight.copy_(weights[f"{_PREFIX}score.weight"].to(ref.device, ref.dtype))
     return base.eval()
 

@@ -32,7 +32,7 @@ import logging
 import time
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from starlette.exceptions import HTTPException
 
 from gpt2.errors import UserError
 from gpt2.generate.budget import fit_new_tokens
+from gpt2.serve.adapters import NamedAdapter
 from gpt2.serve.metrics import FirstToken, ServerMetrics
 from gpt2.serve.protocol import (
     ApiError,
@@ -66,7 +67,8 @@ _GONE = object()  # put in a job's queue when its client disconnects
 
 @dataclass
 class Served:
-    """What the routes need: the model's name, tokenizer, context size, prompt format and scheduler."""
+    """What the routes need: the model's name, tokenizer, context size, prompt format and scheduler, and the
+    LoRA adapters served beside it (adapters[i] is the scheduler's adapter slot i + 1)."""
 
     name: str
     tokenizer: Any
@@ -76,18 +78,34 @@ class Served:
     chat_format: Any = None
     metrics: ServerMetrics | None = None
     created: int = field(default_factory=lambda: int(time.time()))
+    adapters: list[NamedAdapter] = field(default_factory=list)
+
+
+@dataclass
+class _Target:
+    """What a request's `model` picks: the base (slot 0) or an adapter, with its prompt format."""
+
+    name: str
+    slot: int
+    chat_format: Any
 
 
 # ------------------------------------------------------------------------------------- the app
 def create_app(model: Any, tokenizer: Any, *, name: str = "gpt2", chat_format: Any = None,
                api_key: str | None = None, max_batch: int = 32, max_queue: int = 128,
                max_body_bytes: int = MAX_BODY_BYTES, pack: bool = True, step_delay: float = 0.0,
-               prefix_cache_mb: float = PREFIX_CACHE_MB) -> FastAPI:
-    """The FastAPI app serving one model; its scheduler thread starts now and stops with the app."""
+               prefix_cache_mb: float = PREFIX_CACHE_MB, adapters: Sequence[NamedAdapter] = ()) -> FastAPI:
+    """The FastAPI app serving one model, and LoRA adapters of it under their own names (gpt2.serve.adapters);
+    its scheduler thread starts now and stops with the app."""
+    names = [name, *(a.name for a in adapters)]
+    shared = sorted(n for n in set(names) if names.count(n) > 1)
+    if shared:
+        raise UserError(f"two served models share a name: {', '.join(shared)}")
     sched = Scheduler(model, tokenizer, max_batch=max_batch, max_queue=max_queue, pack=pack, step_delay=step_delay,
-                      prefix_cache_mb=prefix_cache_mb)
+                      prefix_cache_mb=prefix_cache_mb, adapters=[a.lora for a in adapters])
     metrics = ServerMetrics(sched.load, model_name=name)
-    served = Served(name, tokenizer, model.config.n_positions, sched.V, sched, chat_format, metrics)
+    served = Served(name, tokenizer, model.config.n_positions, sched.V, sched, chat_format, metrics,
+                    adapters=list(adapters))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -118,12 +136,11 @@ def create_app(model: Any, tokenizer: Any, *, name: str = "gpt2", chat_format: A
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [_model_card(served)]}
+        return {"object": "list", "data": [_model_card(served, t) for t in _targets(served)]}
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> dict[str, Any]:
-        _check_model(served, model_id)
-        return _model_card(served)
+        return _model_card(served, _target(served, model_id))
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
@@ -140,15 +157,32 @@ def create_app(model: Any, tokenizer: Any, *, name: str = "gpt2", chat_format: A
     return app
 
 
-def _model_card(served: Served) -> dict[str, Any]:
-    return {"id": served.name, "object": "model", "created": served.created, "owned_by": "gpt2-scratch",
-            "max_model_len": served.n_positions, "chat": served.chat_format is not None}
+def _model_card(served: Served, target: _Target) -> dict[str, Any]:
+    card = {"id": target.name, "object": "model", "created": served.created, "owned_by": "gpt2-scratch",
+            "max_model_len": served.n_positions, "chat": target.chat_format is not None}
+    if target.slot:  # vLLM's card for a LoRA module: its path as root, the base as parent
+        card.update(root=str(served.adapters[target.slot - 1].directory), parent=served.name)
+    return card
 
 
-def _check_model(served: Served, name: str | None) -> None:
-    if name is not None and name != served.name:
-        raise ApiError(404, f"the model {name!r} does not exist: this server serves {served.name!r} "
-                       "(GET /v1/models)", param="model", code="model_not_found")
+def _targets(served: Served) -> list[_Target]:
+    """The base, then every adapter in the order --adapter gave them."""
+    return [_Target(served.name, 0, served.chat_format)] + [
+        _Target(a.name, i, a.chat_format if a.chat_format is not None else served.chat_format)
+        for i, a in enumerate(served.adapters, start=1)]
+
+
+def _target(served: Served, name: str | None) -> _Target:
+    """The base or adapter a request's `model` names (none named: the base); an unknown name is a 404."""
+    targets = _targets(served)
+    if name is None:
+        return targets[0]
+    for t in targets:
+        if t.name == name:
+            return t
+    names = ", ".join(repr(t.name) for t in targets)
+    raise ApiError(404, f"the model {name!r} does not exist: this server serves {names} (GET /v1/models)",
+                   param="model", code="model_not_found")
 
 
 # ------------------------------------------------------------------------------------ errors, guard
@@ -239,7 +273,8 @@ async def _drain(receive: Callable) -> None:
 class _Run:
     """A submitted job seen from the event loop: its output queue and the disconnect watcher."""
 
-    def __init__(self, served: Served, request: Request, prompts: list[list[int]], params: SeqParams, n: int):
+    def __init__(self, served: Served, request: Request, prompts: list[list[int]], params: SeqParams, n: int,
+                 target: _Target):
         loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.sched = served.scheduler
@@ -248,7 +283,7 @@ class _Run:
             with contextlib.suppress(RuntimeError):  # the loop is gone: the server is shutting down
                 loop.call_soon_threadsafe(self.queue.put_nowait, items)
 
-        self.job = Job(prompts, params, n=n, emit=emit)
+        self.job = Job(prompts, params, n=n, emit=emit, adapter=target.slot)
         self.remaining = self.job.n_sequences
         self.first_token = FirstToken(served.metrics)
         try:
@@ -336,10 +371,11 @@ def _params(served: Served, body: CompletionRequest | ChatCompletionRequest, *, 
                      prompt_logprobs=prompt_logprobs, seed=body.seed)
 
 
-def _check_common(served: Served, body: CompletionRequest | ChatCompletionRequest) -> None:
-    _check_model(served, body.model)
+def _check_common(served: Served, body: CompletionRequest | ChatCompletionRequest) -> _Target:
+    target = _target(served, body.model)
     if body.stream_options is not None and not body.stream:
         raise ApiError(400, "stream_options is only allowed with stream: true", param="stream_options")
+    return target
 
 
 def _check_room(served: Served, prompts: list[list[int]], max_tokens: int) -> None:
@@ -391,7 +427,7 @@ def _encode_prompts(served: Served, prompt: Any) -> list[list[int]]:
 
 
 async def _completions(served: Served, body: CompletionRequest, request: Request) -> Response:
-    _check_common(served, body)
+    target = _check_common(served, body)
     if body.suffix is not None:
         raise ApiError(400, "suffix is not supported by this model", param="suffix")
     if body.best_of is not None and body.best_of != body.n:
@@ -411,8 +447,8 @@ async def _completions(served: Served, body: CompletionRequest, request: Request
                        f"holds at once ({sched.max_batch + sched.max_queue}); split the request", param="prompt")
     params = _params(served, body, max_tokens=max_tokens, stop=body.stop, logprobs=body.logprobs,  # type: ignore[arg-type]
                      prompt_logprobs=body.echo and body.logprobs is not None)
-    run = _Run(served, request, prompts, params, body.n)
-    meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.name}
+    run = _Run(served, request, prompts, params, body.n, target)
+    meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": target.name}
     prompt_tokens = sum(len(p) for p in prompts)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -494,7 +530,7 @@ async def _stream_completion(served: Served, run: _Run, body: CompletionRequest,
 
 
 # ------------------------------------------------------------------------------------------ chat
-def _chat_prompt(served: Served, chat: list[ChatMessage]) -> list[int]:
+def _chat_prompt(served: Served, chat: list[ChatMessage], target: _Target) -> list[int]:
     """The conversation in the model's prompt format, encoded as `gpt2 chat` and transformers'
     apply_chat_template encode it (gpt2.generate.chat.encode_conversation): the system text first (system and
     developer messages joined), then user turns and assistant replies, each reply closed by <|endoftext|>.
@@ -502,9 +538,9 @@ def _chat_prompt(served: Served, chat: list[ChatMessage]) -> list[int]:
     from gpt2.errors import UserError
     from gpt2.generate.chat import encode_conversation
 
-    fmt, tok = served.chat_format, served.tokenizer
+    fmt, tok = target.chat_format, served.tokenizer
     if fmt is None:
-        raise ApiError(400, f"the model {served.name!r} has no prompt format (no chat.json), so it cannot chat: use "
+        raise ApiError(400, f"the model {target.name!r} has no prompt format (no chat.json), so it cannot chat: use "
                        "/v1/completions, or start the server with --chat-format (alpaca, plain)",
                        param="messages", code="chat_not_supported")
     if chat[-1].role != "user":
@@ -525,8 +561,8 @@ def _chat_prompt(served: Served, chat: list[ChatMessage]) -> list[int]:
 
 
 async def _chat(served: Served, body: ChatCompletionRequest, request: Request) -> Response:
-    _check_common(served, body)
-    prompt = _chat_prompt(served, body.messages)
+    target = _check_common(served, body)
+    prompt = _chat_prompt(served, body.messages, target)
     # No max_tokens: the room the prompt leaves (vLLM's rule), through the rule every verb uses; a prompt that
     # fills the context already gets half of it, which _check_room then refuses (found by Schemathesis: a
     # negative room crashed the prefill).
@@ -535,10 +571,10 @@ async def _chat(served: Served, body: ChatCompletionRequest, request: Request) -
     _check_room(served, [prompt], max_tokens)
     if body.top_logprobs is not None and not body.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-    params = _params(served, body, max_tokens=max_tokens, stop=[*served.chat_format.stop, *body.stop],  # type: ignore[misc]
+    params = _params(served, body, max_tokens=max_tokens, stop=[*target.chat_format.stop, *body.stop],
                      logprobs=(body.top_logprobs or 0) if body.logprobs else None)
-    run = _Run(served, request, [prompt], params, body.n)
-    meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.name}
+    run = _Run(served, request, [prompt], params, body.n, target)
+    meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": target.name}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(_stream_chat(served, run, body, meta, len(prompt), include_usage),
@@ -596,11 +632,12 @@ def _tokenize(served: Served, body: TokenizeRequest) -> dict[str, Any]:
     """vLLM's /tokenize: the ids a completion's prompt or a chat's messages become, through the very functions
     the two generation routes call, so a client's count is the server's (the playground fits a conversation
     to the context with it). No length limit: a prompt longer than the context is counted, not refused."""
-    _check_model(served, body.model)
+    target = _target(served, body.model)
     if (body.prompt is None) == (body.messages is None):
         raise ApiError(400, "give exactly one of prompt (a completion's prompt) and messages (a chat's messages)",
                        param="prompt" if body.prompt is not None else "messages")
-    ids = _chat_prompt(served, body.messages) if body.messages is not None else _encode_prompts(served, body.prompt)[0]
+    ids = (_chat_prompt(served, body.messages, target) if body.messages is not None
+           else _encode_prompts(served, body.prompt)[0])
     return {"count": len(ids), "max_model_len": served.n_positions, "tokens": ids}
 
 
@@ -609,10 +646,12 @@ def run_serve(source: str, *, host: str = "127.0.0.1", port: int = 8000, api_key
               max_batch: int = 32, max_queue: int = 128, model_name: str | None = None,
               chat_format: str | None = None, tokenizer: str | None = None, dtype: str = "fp32",
               device: str = "auto", log_level: str = "info", quantize: str | None = None,
-              prefix_cache_mb: float = PREFIX_CACHE_MB) -> int:
+              prefix_cache_mb: float = PREFIX_CACHE_MB, adapters: Sequence[str] = ()) -> int:
     """`gpt2 serve`: load the model through gpt2.load (as every verb does), then serve it until Ctrl-C.
 
-    quantize="int8": int8 weights (gpt2.generate.quant), a LoRA adapter merged first."""
+    quantize="int8": int8 weights (gpt2.generate.quant), a LoRA adapter merged first. adapters: NAME=DIR
+    pairs (--adapter), LoRA adapters of the model served beside it (gpt2.serve.adapters); with int8 the
+    base's matrices are int8 and each adapter's update stays in the model's dtype."""
     import uvicorn
 
     from gpt2.errors import UserError
@@ -620,23 +659,27 @@ def run_serve(source: str, *, host: str = "127.0.0.1", port: int = 8000, api_key
     from gpt2.generate.quant import check_quantization
     from gpt2.generate.quant import quantize as quantized
     from gpt2.load import load
+    from gpt2.serve.adapters import load_adapters, parse_adapter_specs
 
     if not 0 <= port <= 65535:
         raise UserError(f"--port must be in 0..65535, got {port}")
     if not prefix_cache_mb >= 0:  # before the model loads: a typo costs no wait
         raise UserError(f"--prefix-cache-mb must be >= 0 (0 turns the prefix cache off), got {prefix_cache_mb}")
     check_quantization(quantize)
+    name = model_name or Path(str(source).rstrip("/")).name or str(source)
+    pairs = parse_adapter_specs(adapters, base_name=name)  # before loading anything: a typo costs no wait
     loaded = load(source, tokenizer=tokenizer, dtype=dtype, device=device)  # type: ignore[arg-type]
+    named = load_adapters(pairs, base=loaded, tokenizer_given=tokenizer is not None)
     model, tok, fmt = loaded.model, loaded.tokenizer, loaded.chat_format
     if quantize is not None:
         model = quantized(model, quantize)  # type: ignore[arg-type]
     if chat_format is not None:
         fmt = load_chat_format(loaded.directory or ".", format=chat_format)
-    name = model_name or Path(str(source).rstrip("/")).name or str(source)
     app = create_app(model, tok, name=name, chat_format=fmt, api_key=api_key, max_batch=max_batch,
-                     max_queue=max_queue, prefix_cache_mb=prefix_cache_mb)
+                     max_queue=max_queue, prefix_cache_mb=prefix_cache_mb, adapters=named)
     where = "loopback only" if host in ("127.0.0.1", "localhost", "::1") else "REACHABLE FROM OTHER MACHINES"
-    print(f"serving {name!r} on http://{host}:{port}/v1 ({where}; {'API key required' if api_key else 'no API key'}); "
+    served = f"{name!r} and {len(named)} adapter(s) ({', '.join(a.name for a in named)})" if named else repr(name)
+    print(f"serving {served} on http://{host}:{port}/v1 ({where}; {'API key required' if api_key else 'no API key'}); "
           f"playground: http://{host}:{port}/", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
     return 0

@@ -26,6 +26,10 @@ How a step runs (`Scheduler._loop`):
    finished rows leave the cache at once (the last row is moved into the hole: O(one row)).
 5. One decode forward runs every remaining row's new token through the model.
 
+With LoRA adapters (`gpt2 serve BASE --adapter NAME=DIR`), each job names its adapter's slot and every
+forward (prefill and decode) is told the slot of each of its rows (gpt2.model.multi_lora): rows of
+different adapters share one batch, and a server without adapters runs the model as it is.
+
 The shared cache keeps rows right-aligned at one write position `pos` (row r's keys fill
 [pos - length_r, pos)); the attention mask hides everything left of a row's start, and the model counts
 positions over unmasked tokens, so a row computes what it would alone. `pos` only moves when needed:
@@ -55,8 +59,9 @@ import torch
 from gpt2.errors import UserError
 from gpt2.generate import sampling
 from gpt2.generate.engine import _TextStream, row_generator
-from gpt2.generate.fastpath import inference_view
+from gpt2.generate.fastpath import inference_view, shared_copy
 from gpt2.model.gpt2 import GPT2LMHeadModel, KVCache
+from gpt2.model.multi_lora import Adapter, adapter_slots, attach_adapters
 from gpt2.serve.prefix_cache import BLOCK_SIZE, Hit, PrefixCache
 
 log = logging.getLogger("gpt2.serve")
@@ -128,9 +133,10 @@ class Job:
     """
 
     def __init__(self, prompts: Sequence[Sequence[int]], params: SeqParams, *, n: int = 1,
-                 emit: Callable[[Any], None]) -> None:
+                 emit: Callable[[Any], None], adapter: int = 0) -> None:
         self.prompts = [list(p) for p in prompts]
         self.params, self.n, self.emit = params, n, emit
+        self.adapter = adapter  # the LoRA adapter its rows apply: 0 the base, i the scheduler's i-th adapter
         self.cancelled = False
         self.cached_tokens = [0] * len(self.prompts)  # per prompt: tokens taken from the prefix cache (set at prefill)
         self.seed = params.seed if params.seed is not None or params.greedy else \
@@ -264,6 +270,11 @@ PREFIX_CACHE_MB = 256.0
 values in fp32 (72 KiB a token), three and a half full 1,024-token contexts."""
 
 
+def _salt(adapter: int) -> bytes:
+    """The prefix cache's salt for an adapter's rows: keys/values under adapter i are not the base's (0: none)."""
+    return b"" if adapter == 0 else f"lora:{adapter}".encode()
+
+
 def _prefill_groups(units: list[tuple[Job, int]], cached: dict[tuple[Job, int], int] | None = None, *,
                     n_positions: int | None = None) -> list[list[tuple[Job, int]]]:
     """Prompts admitted together, grouped for batched prefill by the tokens they still need (their length less
@@ -296,18 +307,25 @@ class Scheduler:
 
     def __init__(self, model: GPT2LMHeadModel, tokenizer: Any, *, max_batch: int = 32, max_queue: int = 128,
                  pack: bool = True, step_delay: float = 0.0, start: bool = True,
-                 prefix_cache_mb: float = PREFIX_CACHE_MB, prefix_block: int = BLOCK_SIZE) -> None:
+                 prefix_cache_mb: float = PREFIX_CACHE_MB, prefix_block: int = BLOCK_SIZE,
+                 adapters: Sequence[Adapter] = ()) -> None:
         """max_batch: rows decoded together; max_queue: sequences that may wait for a row beyond those.
         step_delay: seconds to sleep after each decode step (tests use it to watch a stream grow).
         start=False runs no thread: the caller drives the scheduler with step_once() (tests do).
-        prefix_cache_mb: the prefix cache's budget in MiB (0: no prefix cache); prefix_block: its block size."""
+        prefix_cache_mb: the prefix cache's budget in MiB (0: no prefix cache); prefix_block: its block size.
+        adapters: LoRA adapters of this base (gpt2.model.lora.read_adapter), served batched: a Job's
+        `adapter` i >= 1 applies the i-th (gpt2.model.multi_lora); `model` itself is left as it is."""
         if max_batch < 1 or max_queue < 0:
             raise UserError(f"--max-batch must be >= 1 and --max-queue >= 0, got {max_batch} and {max_queue}")
         if not prefix_cache_mb >= 0:  # NaN too
             raise UserError(f"--prefix-cache-mb must be >= 0 (0 turns the prefix cache off), got {prefix_cache_mb}")
         self.prefix = PrefixCache(budget_bytes=int(prefix_cache_mb * 2**20), block_size=prefix_block) \
             if prefix_cache_mb > 0 else None
+        self.n_adapters = len(adapters)
+        if adapters:  # on a copy sharing the base's weights; without adapters the model runs untouched
+            model = attach_adapters(shared_copy(model), adapters)
         self.model = inference_view(model, pack=pack)
+        self.slots = adapter_slots(self.model) if adapters else None
         self.tokenizer = tokenizer
         self.config = model.config
         self.max_batch, self.max_queue, self.step_delay = max_batch, max_queue, step_delay
@@ -342,6 +360,7 @@ class Scheduler:
         """Queue a job's prompts; raise QueueFull when its sequences do not fit."""
         if job.n > self.max_batch:
             raise ValueError(f"n={job.n} samples exceed the server's batch of {self.max_batch} rows")
+        assert 0 <= job.adapter <= self.n_adapters, f"adapter {job.adapter} of {self.n_adapters}"
         with self._lock:
             if self.inflight + job.n_sequences > self.max_batch + self.max_queue:
                 self.stats["rejected"] += 1
@@ -480,7 +499,7 @@ class Scheduler:
         if self.prefix is None or job.params.prompt_logprobs:
             return Hit()
         prompt = job.prompts[i]
-        hit = self.prefix.lookup(prompt, limit=len(prompt) - 1)
+        hit = self.prefix.lookup(prompt, limit=len(prompt) - 1, salt=_salt(job.adapter))
         self.stats["prefix_cache_queries"] += len(prompt)
         self.stats["prefix_cache_hits"] += hit.tokens
         return hit
@@ -506,6 +525,8 @@ class Scheduler:
             mask[g, C - c : C] = 1
             mask[g, C + S - n :] = 1
         padded = bool((mask == 0).any())
+        if self.slots is not None:  # each row's LoRA adapter (a server without adapters skips even this)
+            self.slots.set([job.adapter for job, _ in units])
         x = self.model.transformer(ids, attention_mask=mask if padded else None, kv_cache=single)  # (G, S, C)
         self.stats["prefills"] += len(prompts)
         self.stats["prompt_tokens"] += sum(map(len, prompts))
@@ -517,7 +538,7 @@ class Scheduler:
                 if params.prompt_logprobs else None  # cached[g] == 0 here: such prompts skip the lookup
             k, v = self._row_kv(single, g, C, S, cached[g], news[g])  # (n_layer, n_head, L, head_dim)
             if self.prefix is not None:
-                self.prefix.insert(p, k, v)
+                self.prefix.insert(p, k, v, salt=_salt(job.adapter))
             if params.max_tokens == 0:  # scoring only: nothing to generate
                 job.emit([Piece(job.n * i + s, "", None, "length", 0, prompt_lp) for s in range(job.n)])
                 self.stats["finished_length"] += job.n
@@ -559,7 +580,8 @@ class Scheduler:
             return
         row, n, pos = self.rows[r], self.cache.lengths[r], self.cache.pos
         tokens = (row.prompt + row.tokens)[:n]  # the last token picked was never fed: n covers the ones that were
-        self.prefix.insert(tokens, self.cache.k[:, r, :, pos - n : pos], self.cache.v[:, r, :, pos - n : pos])
+        self.prefix.insert(tokens, self.cache.k[:, r, :, pos - n : pos], self.cache.v[:, r, :, pos - n : pos],
+                           salt=_salt(row.job.adapter))
 
     def _new_row(self, job: Job, choice: int, prompt: list[int], sample: int,
                  prompt_lp: list[TokenLogprob] | None) -> _Row:
@@ -617,6 +639,8 @@ class Scheduler:
         self.cache.make_room()
         mask = self.cache.attention_mask()  # (rows, pos + 1)
         next_ids = torch.tensor([[row.tokens[-1]] for row in self.rows], device=self.device)  # (rows, 1)
+        if self.slots is not None:
+            self.slots.set([row.job.adapter for row in self.rows])
         x = self.model.transformer(next_ids, attention_mask=mask, kv_cache=self.cache)  # (rows, 1, C)
         self.logits = self.model.lm_head(x[:, -1])[:, : self.V].float()  # (rows, V)
 
