@@ -65,7 +65,7 @@ def test_bad_inputs_get_one_clear_line(checkpoint, tmp_path, shared_data, capsys
 
     hs = tmp_path / "hs.jsonl"
     hs.write_text(json.dumps({"ctx": "A man", "label": 0}) + "\n")
-    assert "hs.jsonl:1: no `endings`" in _bad(capsys, ck, "--hellaswag", str(hs))
+    assert "hs.jsonl:1: no 'endings'" in _bad(capsys, ck, "--hellaswag", str(hs))
     hs.write_text(json.dumps({"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 7}) + "\n")
     assert "label 7 is out of range for 4 endings" in _bad(capsys, ck, "--hellaswag", str(hs))
 
