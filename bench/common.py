@@ -14,7 +14,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,3 +86,21 @@ def steps_table(steps: list[dict]) -> str:
         rows.append(["total", "", f"{sum(s['wall_s'] for s in steps) / 60:.1f} min",
                      f"{sum(s['cpu_s'] for s in steps) / 60:.1f} min"])
     return markdown_table(["step", "command", "wall", "CPU time"], rows, "llrr")
+
+
+def wait_for_server(proc: subprocess.Popen, url: str, *, why: Callable[[], str] = lambda: "",
+                    timeout: float = 300) -> None:
+    """Wait until a `gpt2 serve` process answers GET /health; SystemExit with `why()` (its log) if it exits."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the server exited: {why()}")
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"the server did not start within {timeout:.0f} s")

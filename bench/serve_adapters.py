@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 import httpx
-from common import cpu_info, markdown_table, parser, write_results
+from common import cpu_info, markdown_table, parser, wait_for_server, write_results
 from serve_load import prepare_model
 
 ONE = "one adapter alone"
@@ -85,16 +85,7 @@ def start(argv: list[str], max_batch: int, log: Path, threads: int | None) -> tu
 
 
 def wait_up(proc: subprocess.Popen, url: str, log: Path) -> None:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"a server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise SystemExit("a server did not start within 300 s")
+    wait_for_server(proc, url, why=lambda: log.read_text()[-2000:])
 
 
 def memory(pid: int) -> dict[str, float]:

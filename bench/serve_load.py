@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import httpx
+from common import wait_for_server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,17 +76,8 @@ def start_server(model: str, port: int, args: argparse.Namespace) -> subprocess.
     cmd = [sys.executable, "-m", "gpt2", "serve", model, "--port", str(port), "--max-batch", str(args.max_batch),
            "--max-queue", str(args.max_queue), "--model-name", "bench", "--dtype", args.dtype]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the server did not start within 300 s")
+    wait_for_server(proc, f"http://127.0.0.1:{port}", why=lambda: proc.stderr.read() if proc.stderr else "")
+    return proc
 
 
 async def one_request(client: httpx.AsyncClient, body: dict) -> dict:

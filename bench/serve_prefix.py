@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import httpx
-from common import REPO, markdown_table, parser, write_results
+from common import REPO, markdown_table, parser, wait_for_server, write_results
 from serve_load import prepare_model
 
 WORDS = [
@@ -73,17 +73,8 @@ def start_server(model: str, port: int, args, cache_mb: float) -> subprocess.Pop
     cmd = [sys.executable, "-m", "gpt2", "serve", model, "--port", str(port), "--model-name", "bench",
            "--chat-format", args.chat_format, "--max-batch", "4", "--prefix-cache-mb", str(cache_mb)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the server did not start within 300 s")
+    wait_for_server(proc, f"http://127.0.0.1:{port}", why=lambda: proc.stderr.read() if proc.stderr else "")
+    return proc
 
 
 def turn(client: httpx.Client, messages: list[dict], reply_tokens: int) -> dict:
