@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from gpt2.config import RunConfig
 from gpt2.errors import UserError
 from gpt2.finetune.base import FinetuneTask
-from gpt2.finetune.data import pad_right
+from gpt2.finetune.data import EpochCursor, pad_right
 from gpt2.train.evaluators import EvalContext, Evaluator
 from gpt2.train.task import Batch, Loader
 
@@ -50,7 +50,7 @@ def pad_batch(ids: list[list[int]], labels: list[int], weights: list[float], pad
     return x, mask, torch.tensor(labels, dtype=torch.long), torch.tensor(weights, dtype=torch.float32)
 
 
-class ExampleLoader:
+class ExampleLoader(EpochCursor):
     """Resumable training micro-batches of examples, the same order on every rank and every run.
 
     Each epoch is a permutation drawn from (seed, epoch); a step's micro-batch on rank r takes the r-th
@@ -80,14 +80,9 @@ class ExampleLoader:
         weights = [self.class_weights[y] for y in labels] if self.class_weights else [1.0] * len(labels)
         return pad_batch([self.split.ids[i] for i in idx], labels, weights, self.pad_id)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "offset": self.offset, "examples": len(self.split)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("examples") != len(self.split):
-            raise UserError(f"the checkpoint's training split had {state.get('examples')} examples, this one has "
-                            f"{len(self.split)}: resume with the same finetune.* data settings")
-        self.epoch, self.offset = state["epoch"], state["offset"]
+    @property
+    def n_examples(self) -> int:
+        return len(self.split)
 
 
 def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, n: int) -> torch.Tensor:

@@ -316,3 +316,25 @@ def pad_right(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
         x[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         mask[i, : len(seq)] = 1
     return x, mask
+
+
+class EpochCursor:
+    """Where a resumable loader is (its epoch, its offset in that epoch's order), saved with the split's size,
+    so a resume on other data is one error line instead of silently different batches. Subclasses set
+    `epoch` and `offset` and say how many examples they hold (`n_examples`)."""
+
+    epoch: int
+    offset: int
+
+    @property
+    def n_examples(self) -> int:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "offset": self.offset, "examples": self.n_examples}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("examples") != self.n_examples:
+            raise UserError(f"the checkpoint's training split had {state.get('examples')} examples, this one has "
+                            f"{self.n_examples}: resume with the same finetune.* data settings")
+        self.epoch, self.offset = state["epoch"], state["offset"]

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from gpt2.errors import UserError, UserFileNotFoundError
+from gpt2.finetune.data import EpochCursor
 from gpt2.generate.chat import Message, chat_template, check_conversation, encode_conversation
 
 __all__ = ["InstructLoader", "Message", "chat_template", "encode_conversation", "held_out_split", "pad_examples",
@@ -115,7 +116,7 @@ def pad_examples(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, to
     return x, y
 
 
-class InstructLoader:
+class InstructLoader(EpochCursor):
     """Resumable micro-batches of encoded conversations, bucketed by length, the same on every run.
 
     An epoch's order comes from np.random.default_rng([seed, epoch]) alone (no global RNG): a permutation,
@@ -173,14 +174,9 @@ class InstructLoader:
         self.offset += self.B * self.world
         return self.collate([self.examples[i] for i in idx])
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "offset": self.offset, "examples": len(self.examples)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("examples") != len(self.examples):
-            raise UserError(f"the checkpoint's training split had {state.get('examples')} examples, this one has "
-                            f"{len(self.examples)}: resume with the same finetune.* data settings")
-        self.epoch, self.offset = state["epoch"], state["offset"]
+    @property
+    def n_examples(self) -> int:
+        return len(self.examples)
 
 
 def held_out_split(n: int, *, fraction_or_count: float | int, seed: int) -> tuple[list[int], list[int]]:
