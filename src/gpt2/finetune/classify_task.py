@@ -214,7 +214,7 @@ class ClassificationTask(FinetuneTask):
     def build_model(self, checkpoint: Path | None) -> torch.nn.Module:
         from gpt2.model.classify import GPT2ForSequenceClassification
 
-        p = self.cfg.model.dropout
+        p = self.cfg.model.dropout or 0.0
         if checkpoint is not None and self.lora is None:
             model = GPT2ForSequenceClassification.from_pretrained(checkpoint, resid_pdrop=p, embd_pdrop=p, attn_pdrop=p)
         else:  # a fresh head on the base (for a LoRA run's resume too: the adapter then brings the trained head)

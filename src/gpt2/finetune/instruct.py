@@ -223,7 +223,7 @@ class InstructTask(FinetuneTask, TokenLossTask):
     def build_model(self, checkpoint: Path | None) -> torch.nn.Module:
         from gpt2.model.gpt2 import GPT2LMHeadModel
 
-        p = self.cfg.model.dropout
+        p = self.cfg.model.dropout or 0.0
         if checkpoint is not None and self.lora is None:
             model = GPT2LMHeadModel.from_pretrained(checkpoint, resid_pdrop=p, embd_pdrop=p, attn_pdrop=p)
         else:  # the base (for a LoRA run's resume too: the checkpoint's adapter goes onto it)

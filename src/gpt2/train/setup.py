@@ -162,7 +162,7 @@ def model_config(cfg: ModelConfig, train: TrainConfig, *, vocab_size: int, eot: 
     }
     overrides["n_positions"] = cfg.n_positions or train.seq_len
     overrides["vocab_size"] = cfg.vocab_size or vocab_size
-    overrides.update(resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+    overrides.update(**cfg.pdrops(),
                      pad_vocab_size_multiple=cfg.pad_vocab_size_multiple, bos_token_id=eot, eos_token_id=eot)
     config = GPT2Config.from_preset(cfg.preset, **overrides)
     if train.seq_len > config.n_positions:
@@ -193,7 +193,7 @@ def build_model(cfg: ModelConfig, train: TrainConfig, *, vocab_size: int, eot: i
     """A fresh model, or pretrained weights when model.init_from is set (continued pretraining)."""
     if cfg.init_from:
         model = GPT2LMHeadModel.from_pretrained(
-            _init_dir(cfg.init_from), resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout
+            _init_dir(cfg.init_from), **cfg.pdrops()
         )
         if model.config.vocab_size < vocab_size:
             raise UserError(f"model.init_from={cfg.init_from} has {model.config.vocab_size} token ids, the "

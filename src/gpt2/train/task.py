@@ -25,6 +25,7 @@ DDP/FSDP. A task owns the rest:
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -138,6 +139,7 @@ class LanguageModelTask(TokenLossTask):
         self.shard_dir: Path | None = None
         self.val_bytes_per_token: float | None = None
         self.hellaswag_examples = None
+        self.sizing = None  # the plan of a model.preset=auto run (gpt2.train.sizing.Plan)
         if cfg.eval.hellaswag:  # read (and checked) before anything runs, so a bad file fails at once
             from gpt2.eval.hellaswag import load_examples
 
@@ -174,12 +176,47 @@ class LanguageModelTask(TokenLossTask):
         from gpt2.train.setup import build_model
 
         cfg = self.cfg
+        if checkpoint is not None and cfg.model.preset == "auto":
+            # The shape and the dropout picked at the start are the checkpoint's own (its config.json).
+            pdrops = cfg.model.pdrops() if cfg.model.dropout is not None else {}
+            return GPT2LMHeadModel.from_pretrained(checkpoint, **pdrops)
+        if cfg.model.preset == "auto":
+            self._size_model()
         model = build_model(cfg.model, cfg.train, vocab_size=self.tokenizer.n_vocab, eot=self.tokenizer.eot_token)
         if checkpoint is not None:
-            p = cfg.model.dropout
-            model = GPT2LMHeadModel.from_pretrained(checkpoint, resid_pdrop=p, embd_pdrop=p, attn_pdrop=p,
+            model = GPT2LMHeadModel.from_pretrained(checkpoint, **cfg.model.pdrops(),
                                                     pad_vocab_size_multiple=model.config.pad_vocab_size_multiple)
         return model
+
+    def _size_model(self) -> None:
+        """model.preset=auto: time the LADDER's shapes here and fill model.* with the pick (gpt2.train.sizing),
+        in the run's config itself, so run.yaml records the shape that trained."""
+        import torch.distributed as dist
+
+        from gpt2.common import pick_device, resolve_dtype
+        from gpt2.data.loader import shard_files
+        from gpt2.data.shards import read_header
+        from gpt2.train.setup import build_model
+        from gpt2.train.sizing import size_model, time_shape
+
+        cfg = self.cfg
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            raise UserError("model.preset=auto times this machine for a single-process run; name the shape "
+                            "(model.preset, model.n_layer/n_head/n_embd) for a distributed one")
+        device = pick_device(cfg.train.device)
+        dtype, _ = resolve_dtype(cfg.train.dtype, device)
+        train_tokens = sum(read_header(f).n_tokens for f in shard_files(self.shard_dir, split="train"))
+        vocab, eot = self.tokenizer.n_vocab, self.tokenizer.eot_token
+
+        def time_rung(rung):
+            from gpt2.train.sizing import apply
+
+            shaped = apply(cfg.model, rung)
+            return time_shape(lambda: build_model(shaped, cfg.train, vocab_size=vocab, eot=eot), cfg,
+                              vocab_size=vocab, device=device, dtype=dtype)
+
+        cfg.model, self.sizing = size_model(cfg, train_tokens=train_tokens, time_rung=time_rung)
+        print(f"model: sized to this machine: {self.sizing.reason}", file=sys.stderr)
 
     def train_loader(self, *, rank: int, world_size: int) -> Loader:
         from gpt2.data.loader import TokenLoader
@@ -203,5 +240,8 @@ class LanguageModelTask(TokenLossTask):
         return out
 
     def start_record(self) -> dict[str, Any]:
-        return {"tokenizer": repr(self.tokenizer), "shards": str(self.shard_dir)}
+        record = {"tokenizer": repr(self.tokenizer), "shards": str(self.shard_dir)}
+        if self.sizing is not None:
+            record["sizing"] = self.sizing.record()
+        return record
 
