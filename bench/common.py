@@ -104,3 +104,10 @@ def wait_for_server(proc: subprocess.Popen, url: str, *, why: Callable[[], str] 
             time.sleep(0.2)
     proc.kill()
     raise SystemExit(f"the server did not start within {timeout:.0f} s")
+
+
+# The default recipe at the fixed shape its sweeps and comparisons were measured on. The recipe itself sizes its
+# model to the machine (model.preset=auto), which a comparison must not do behind its back: benches that compare
+# variants of it start from this and change what they compare.
+FIXED_SHAPE = ["model.preset=mini", "model.n_layer=4", "model.n_head=4", "model.n_embd=192", "model.dropout=0",
+               "optim.weight_decay=0.1"]

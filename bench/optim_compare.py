@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, cpu_info, markdown_table, parser
+from common import FIXED_SHAPE, REPO, cpu_info, markdown_table, parser
 
 RECIPE = REPO / "configs" / "shakespeare-cpu.yaml"
 
@@ -39,7 +39,7 @@ def cpu_model() -> tuple[str, bool]:
 def run(optimizer: str, out: Path, minutes: float, overrides: list[str]) -> dict:
     """One `gpt2 train` process; its start and end records from metrics.jsonl, and its wall time."""
     args = [sys.executable, "-m", "gpt2", "train", str(RECIPE), f"train.out_dir={out}", f"optim.name={optimizer}",
-            f"train.max_minutes={minutes}", *overrides]
+            f"train.max_minutes={minutes}", *FIXED_SHAPE, *overrides]
     log = out.with_suffix(".log")
     t0 = time.perf_counter()
     with log.open("w") as f:

@@ -28,7 +28,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import REPO, cpu_info, markdown_table, parser, write_results
+from common import FIXED_SHAPE, REPO, cpu_info, markdown_table, parser, write_results
 
 # The sweep that chose the recipe (README, "The default run"): the AdamW recipe before it, Muon on it, a
 # narrower model that fits more tokens into the budget, then the learning rate.
@@ -55,7 +55,7 @@ def tokens_per_step(overrides: list[str]) -> int:
 
 def gpt2_train(out: Path, overrides: list[str]) -> list[dict]:
     """One `gpt2 train` process (the default recipe + overrides); its metrics.jsonl records."""
-    argv = [sys.executable, "-m", "gpt2", "train", f"train.out_dir={out}", *QUIET, *overrides]
+    argv = [sys.executable, "-m", "gpt2", "train", f"train.out_dir={out}", *QUIET, *FIXED_SHAPE, *overrides]
     r = subprocess.run(argv, cwd=REPO, text=True, capture_output=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     if r.returncode != 0:
         sys.exit(f"{' '.join(argv[2:])} exited with {r.returncode}:\n{(r.stdout + r.stderr)[-2000:]}")
@@ -83,18 +83,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", action="append", default=None, metavar="NAME:OVERRIDES",
                    help="a variant: a name, a colon, then space-separated key=value overrides (repeatable)")
     p.add_argument("--seconds", type=float, default=510.0, help="the training time each variant gets")
+    p.add_argument("--steps", action="append", default=[], metavar="NAME=N",
+                   help="train variant NAME for N steps without probing its speed (a speed measured alone before: "
+                        "a probe disturbed by other work would give it too few steps)")
+    p.add_argument("--dtype", default=None, help="train.dtype for every variant (fp32 stands in for a slow CPU)")
     p.add_argument("--parallel", type=int, default=2, help="fixed-step runs at a time (one thread each)")
     p.add_argument("--out", type=Path, default=None, help="keep the run directories here (default: a temp dir)")
     p.add_argument("--results", type=Path, default=REPO / "bench" / "results" / "recipe-sweep.json")
     args = p.parse_args(argv)
     variants = dict(v.split(":", 1) for v in args.variant) if args.variant else VARIANTS
+    if args.dtype:
+        variants = {name: f"{ov} train.dtype={args.dtype}".strip() for name, ov in variants.items()}
+    fixed = {name: int(n) for name, n in (s.split("=", 1) for s in args.steps)}
     with tempfile.TemporaryDirectory(prefix="recipe-sweep-") as tmp:
         root = args.out or Path(tmp)
         rows = {}
         for name, overrides in variants.items():  # alone, one after the other: the speeds
-            tok_s = speed(root / f"speed-{name}", overrides.split())
             batch = tokens_per_step(overrides.split())
-            steps = max(1, int(args.seconds * tok_s / batch))
+            if name in fixed:
+                steps = fixed[name]
+                tok_s = steps * batch / args.seconds
+            else:
+                tok_s = speed(root / f"speed-{name}", overrides.split())
+                steps = max(1, int(args.seconds * tok_s / batch))
             rows[name] = {"overrides": overrides, "tok_per_s": tok_s, "steps": steps}
             print(f"{name}: {tok_s:,.0f} tokens/s alone → {rows[name]['steps']} steps", file=sys.stderr, flush=True)
         with ThreadPoolExecutor(args.parallel) as pool:  # side by side, on steps: what each learns

@@ -100,6 +100,9 @@ class DataConfig:
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
 
 
+DEFAULT_WEIGHT_DECAY = 0.1  # GPT-2 / nanoGPT's AdamW weight decay
+
+
 @dataclass
 class OptimConfig:
     """The optimizer (AdamW, or Muon for the blocks' matrices with AdamW for the rest) and the LR schedule."""
@@ -115,8 +118,9 @@ class OptimConfig:
     """Linear warm-up from lr / warmup_steps."""
     schedule: str = "cosine"
     """cosine, linear or constant (after warm-up)."""
-    weight_decay: float = 0.1
-    """Applied to matrices (2-D weights) only; biases, LayerNorms and embeddings... see optim.py."""
+    weight_decay: float | None = None
+    """Applied to matrices (2-D weights) only; biases, LayerNorms and embeddings... see optim.py. Default 0.1,
+    or what model.preset=auto picks."""
     beta1: float = 0.9
     """AdamW β1."""
     beta2: float = 0.95
@@ -137,6 +141,10 @@ class OptimConfig:
     """match_rms_adamw (update RMS ≈ AdamW's: lr × 0.2·√max(A,B)) or original (lr × √max(1,A/B), wants lr ~0.02)."""
     muon_ns_dtype: str = "auto"
     """Newton-Schulz dtype: auto (bf16 where matmuls are native bf16, else fp32), bf16 or fp32."""
+
+    def decay(self) -> float:
+        """weight_decay as the optimizer takes it: the default 0.1 when unset."""
+        return DEFAULT_WEIGHT_DECAY if self.weight_decay is None else self.weight_decay
 
 
 @dataclass
@@ -438,6 +446,7 @@ def validate(cfg: RunConfig) -> None:
         (o.name in ("adamw", "muon"), f"optim.name={o.name!r}: use adamw or muon"),
         (o.muon_lr is None or o.muon_lr > 0, f"optim.muon_lr={o.muon_lr} must be positive"),
         (0 <= o.muon_momentum < 1, f"optim.muon_momentum={o.muon_momentum} must be in [0, 1)"),
+        (o.weight_decay is None or o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0"),
         (o.muon_weight_decay is None or o.muon_weight_decay >= 0,
          f"optim.muon_weight_decay={o.muon_weight_decay} must be >= 0"),
         (o.muon_adjust_lr in ("match_rms_adamw", "original"),

@@ -14,9 +14,9 @@ from gpt2.errors import UserError
 from gpt2.train.sizing import LADDER, Rung, apply, pick, size_model
 
 # A ladder of the test's own, so the mechanics are checked whatever the fitted table says.
-BIG = Rung(shape=(6, 6, 384), dropout=0.1, min_passes=6.0)
-MID = Rung(shape=(4, 4, 256), dropout=0.1, min_passes=3.0)
-SMALL = Rung(shape=(4, 4, 192), dropout=0.0, min_passes=0.0)
+BIG = Rung(shape=(6, 6, 384), dropout=0.1, weight_decay=1.0, min_passes=6.0)
+MID = Rung(shape=(4, 4, 256), dropout=0.1, weight_decay=0.5, min_passes=3.0)
+SMALL = Rung(shape=(4, 4, 192), dropout=0.0, weight_decay=0.1, min_passes=0.0)
 TEST_LADDER = (BIG, MID, SMALL)
 SPEEDS = {BIG: 4_000.0, MID: 10_000.0, SMALL: 16_000.0}  # tokens/s
 
@@ -49,24 +49,28 @@ def test_without_a_time_budget_the_plan_is_the_steps_and_nothing_is_timed() -> N
     def never(rung):
         raise AssertionError("timed a rung for a run planned on steps")
 
-    model, plan = size_model(cfg, train_tokens=1_000_000, time_rung=never, ladder=TEST_LADDER)
+    model, optim, plan = size_model(cfg, train_tokens=1_000_000, time_rung=never, ladder=TEST_LADDER)
     per_step = cfg.train.micro_batch_size * cfg.train.seq_len
     assert plan.planned_tokens == 100 * per_step and plan.tok_per_s == {}
     assert plan.rung == SMALL and (model.n_layer, model.n_head, model.n_embd) == SMALL.shape
+    assert optim.weight_decay == SMALL.weight_decay
 
 
 def test_explicit_model_fields_win_over_the_pick() -> None:
-    cfg = load_config(None, ["model.preset=auto", "model.n_embd=320", "model.dropout=0", "train.max_minutes=5"])
-    model, plan = size_model(cfg, train_tokens=100_000, time_rung=lambda r: SPEEDS[r], ladder=TEST_LADDER)
+    cfg = load_config(None, ["model.preset=auto", "model.n_embd=320", "model.dropout=0", "train.max_minutes=5",
+                             "optim.weight_decay=0.2"])
+    model, optim, plan = size_model(cfg, train_tokens=100_000, time_rung=lambda r: SPEEDS[r], ladder=TEST_LADDER)
     assert plan.rung == BIG  # 2.1M tokens/s·s over 100K tokens: many passes
-    assert model.n_embd == 320 and model.dropout == 0.0  # given
+    assert model.n_embd == 320 and model.dropout == 0.0 and optim.weight_decay == 0.2  # given
     assert (model.n_layer, model.n_head) == BIG.shape[:2]  # picked
     assert model.preset == "mini" and model.attn_dropout == 0.0
 
 
 def test_apply_keeps_an_explicit_attention_dropout() -> None:
     cfg = load_config(None, ["model.preset=auto", "model.attn_dropout=0.05"])
-    assert apply(cfg.model, MID).pdrops() == {"resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.05}
+    model, optim = apply(cfg.model, cfg.optim, MID)
+    assert optim.weight_decay == MID.weight_decay and optim.decay() == 0.5
+    assert model.pdrops() == {"resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.05}
 
 
 def test_auto_with_init_from_is_refused_in_one_line() -> None:
@@ -81,8 +85,8 @@ def test_a_run_times_the_rungs_records_the_pick_and_trains_it(tmp_path, corpus, 
     from gpt2.train import loop, sizing
 
     monkeypatch.setenv("GPT2_CACHE", env["GPT2_CACHE"])
-    small_ladder = (Rung(shape=(2, 2, 64), dropout=0.1, min_passes=1e9), Rung(shape=(1, 2, 32), dropout=0.05,
-                                                                             min_passes=0.0))
+    small_ladder = (Rung(shape=(2, 2, 64), dropout=0.1, weight_decay=0.1, min_passes=1e9),
+                    Rung(shape=(1, 2, 32), dropout=0.05, weight_decay=0.7, min_passes=0.0))
     monkeypatch.setattr(sizing, "LADDER", small_ladder)
     out = tmp_path / "run"
     cfg = load_config("tiny-test", overrides(corpus, out, "model.preset=auto", "train.max_minutes=0.2",
@@ -92,9 +96,12 @@ def test_a_run_times_the_rungs_records_the_pick_and_trains_it(tmp_path, corpus, 
     start = next(r for r in records if r["kind"] == "start")
     sized = start["sizing"]
     assert (sized["n_layer"], sized["n_head"], sized["n_embd"], sized["dropout"]) == (1, 2, 32, 0.05)
-    assert set(sized["tok_per_s"]) == {"2x2x64 dropout 0.1", "1x2x32 dropout 0.05"}
+    assert sized["weight_decay"] == 0.7
+    assert set(sized["tok_per_s"]) == {"2x2x64 dropout 0.1 wd 0.1", "1x2x32 dropout 0.05 wd 0.7"}
     assert all(v > 0 for v in sized["tok_per_s"].values())
-    saved = yaml.safe_load((out / "run.yaml").read_text())["model"]
+    saved = yaml.safe_load((out / "run.yaml").read_text())
+    assert saved["optim"]["weight_decay"] == 0.7
+    saved = saved["model"]
     assert (saved["preset"], saved["n_layer"], saved["n_embd"], saved["dropout"]) == ("mini", 1, 32, 0.05)
     config = json.loads((out / "step-000004" / "config.json").read_text())
     assert (config["n_layer"], config["n_embd"], config["resid_pdrop"], config["attn_pdrop"]) == (1, 32, 0.05, 0.0)

@@ -210,16 +210,16 @@ def ns_dtype(name: Literal["auto", "bf16", "fp32"] | str, device: torch.device) 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, *, device: torch.device) -> torch.optim.Optimizer:
     """AdamW over param_groups, or (optim.name=muon) MuonWithAdamW over split_for_muon's two sets."""
     if cfg.name == "adamw":
-        return _adamw(param_groups(model, cfg.weight_decay), cfg, device=device)
+        return _adamw(param_groups(model, cfg.decay()), cfg, device=device)
     if cfg.name != "muon":
         raise UserError(f"optim.name={cfg.name!r}: use adamw or muon")
     muon_named, adamw_named = split_for_muon(model)
     muon_lr = cfg.muon_lr if cfg.muon_lr is not None else cfg.lr
-    muon_wd = cfg.muon_weight_decay if cfg.muon_weight_decay is not None else cfg.weight_decay
+    muon_wd = cfg.muon_weight_decay if cfg.muon_weight_decay is not None else cfg.decay()
     muon = Muon([{"params": [p for _, p in muon_named], "lr_scale": muon_lr / cfg.lr}], lr=muon_lr,
                 weight_decay=muon_wd, momentum=cfg.muon_momentum, nesterov=True, adjust_lr_fn=cfg.muon_adjust_lr,
                 ns_dtype=ns_dtype(cfg.muon_ns_dtype, device))
-    adamw = _adamw(_decay_groups((p for _, p in adamw_named), cfg.weight_decay), cfg, device=device)
+    adamw = _adamw(_decay_groups((p for _, p in adamw_named), cfg.decay()), cfg, device=device)
     return MuonWithAdamW(muon, adamw)
 
 

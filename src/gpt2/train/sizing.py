@@ -11,7 +11,7 @@ model stops learning unless it is regularised. So with `model.preset: auto` the 
 3. takes the first rung (largest first) whose planned passes reach its `min_passes`: the sweeps in
    bench/results/sizing-sweep-*.json are the evidence for each threshold (docs/train.md, "Sized to the machine").
 
-Anything in model.* given explicitly keeps its value (n_layer, n_head, n_embd, dropout). Without a time
+Anything given explicitly keeps its value (model.n_layer, n_head, n_embd, dropout; optim.weight_decay). Without a time
 budget the plan is train.max_steps × the step's tokens, so nothing is timed and the pick is the same on
 every machine. The pick is printed and kept in the run's start record (`sizing`).
 
@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from gpt2.config import ModelConfig, RunConfig
+from gpt2.config import ModelConfig, OptimConfig, RunConfig
 from gpt2.errors import UserError
 
 Shape = tuple[int, int, int]  # (n_layer, n_head, n_embd)
@@ -37,21 +37,22 @@ Shape = tuple[int, int, int]  # (n_layer, n_head, n_embd)
 
 @dataclass(frozen=True)
 class Rung:
-    """One row of the table: a shape, the dropout it trains with, and from how many planned passes over the
-    training tokens (at this shape's own measured speed) it beats the rungs below it."""
+    """One row of the table: a shape, the dropout and weight decay it trains with, and from how many planned
+    passes over the training tokens (at this rung's own measured speed) it beats the rungs below it."""
 
     shape: Shape
     dropout: float
+    weight_decay: float
     min_passes: float
 
 
 # Largest first; the last rung takes every plan. Thresholds from the sweeps (module docstring): below ~2
-# passes (a 2-core AVX2 CPU in fp32: 1.4 passes) the 4 × 192 model without dropout learns most; with more
-# passes it over-fits the 1.57M training tokens of the default run, and residual dropout (the attention
-# weights left alone: model.attn_dropout) holds the validation loss down for the same throughput.
+# passes (a 2-core AVX2 CPU in fp32: 1.4 passes) the 4 × 192 model with the usual weight decay learns most;
+# with more passes it over-fits the 1.57M training tokens of the default run, and a stronger weight decay
+# holds the validation loss down at no cost in speed (dropout, even on the residual stream only, lost).
 LADDER: tuple[Rung, ...] = (
-    Rung(shape=(4, 4, 192), dropout=0.1, min_passes=3.0),
-    Rung(shape=(4, 4, 192), dropout=0.0, min_passes=0.0),
+    Rung(shape=(4, 4, 192), dropout=0.0, weight_decay=0.5, min_passes=3.0),
+    Rung(shape=(4, 4, 192), dropout=0.0, weight_decay=0.1, min_passes=0.0),
 )
 
 STEPS_TIMED = 3  # after one warm-up step; a step of the largest rung takes well under a second
@@ -71,13 +72,14 @@ class Plan:
         """The start record's `sizing` entry."""
         n_layer, n_head, n_embd = self.rung.shape
         return {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "dropout": self.rung.dropout,
+                "weight_decay": self.rung.weight_decay,
                 "planned_tokens": round(self.planned_tokens), "passes": round(self.passes, 2),
                 "tok_per_s": {k: round(v) for k, v in self.tok_per_s.items()}, "reason": self.reason}
 
 
 def rung_name(rung: Rung) -> str:
     """'4x4x192 dropout 0.1': layers × heads × width, and the dropout."""
-    return f"{'x'.join(map(str, rung.shape))} dropout {rung.dropout:g}"
+    return f"{'x'.join(map(str, rung.shape))} dropout {rung.dropout:g} wd {rung.weight_decay:g}"
 
 
 def pick(speeds: Mapping[Rung, float] | None, *, seconds: float | None, train_tokens: int,
@@ -106,10 +108,11 @@ def pick(speeds: Mapping[Rung, float] | None, *, seconds: float | None, train_to
     raise AssertionError("unreachable: the last rung always qualifies")
 
 
-def apply(model: ModelConfig, rung: Rung) -> ModelConfig:
-    """model.* with the rung's shape and dropout where they were not given; preset 'auto' becomes the
-    'mini' preset those fields override."""
+def apply(model: ModelConfig, optim: OptimConfig, rung: Rung) -> tuple[ModelConfig, OptimConfig]:
+    """model.* and optim.weight_decay with the rung's values where they were not given; preset 'auto' becomes
+    the 'mini' preset those fields override."""
     n_layer, n_head, n_embd = rung.shape
+    weight_decay = optim.weight_decay if optim.weight_decay is not None else rung.weight_decay
     return dataclasses.replace(
         model, preset="mini",
         n_layer=model.n_layer if model.n_layer is not None else n_layer,
@@ -117,7 +120,7 @@ def apply(model: ModelConfig, rung: Rung) -> ModelConfig:
         n_embd=model.n_embd if model.n_embd is not None else n_embd,
         dropout=model.dropout if model.dropout is not None else rung.dropout,
         attn_dropout=model.attn_dropout if model.attn_dropout is not None else 0.0,
-    )
+    ), dataclasses.replace(optim, weight_decay=weight_decay)
 
 
 def time_shape(build: Callable[[], torch.nn.Module], cfg: RunConfig, *, vocab_size: int, device: torch.device,
@@ -150,8 +153,8 @@ def time_shape(build: Callable[[], torch.nn.Module], cfg: RunConfig, *, vocab_si
 
 
 def size_model(cfg: RunConfig, *, train_tokens: int, time_rung: Callable[[Rung], float],
-               ladder: tuple[Rung, ...] | None = None) -> tuple[ModelConfig, Plan]:
-    """model.* for a `preset: auto` run, and the plan behind it. `time_rung(rung)` gives a rung's tokens/s
+               ladder: tuple[Rung, ...] | None = None) -> tuple[ModelConfig, OptimConfig, Plan]:
+    """model.* and optim.* for a `preset: auto` run, and the plan behind it. `time_rung(rung)` gives a rung's tokens/s
     (time_shape in a run; a table in tests); it is called only when the run has a time budget."""
     if cfg.model.init_from:
         raise UserError("model.preset=auto sizes a model trained from scratch; model.init_from already fixes "
@@ -166,4 +169,4 @@ def size_model(cfg: RunConfig, *, train_tokens: int, time_rung: Callable[[Rung],
         per_step = t.global_batch_tokens or t.micro_batch_size * t.seq_len
         plan = pick(None, seconds=None, train_tokens=train_tokens, planned_tokens=t.max_steps * per_step,
                     ladder=ladder)
-    return apply(cfg.model, plan.rung), plan
+    return (*apply(cfg.model, cfg.optim, plan.rung), plan)

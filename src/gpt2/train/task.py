@@ -189,8 +189,8 @@ class LanguageModelTask(TokenLossTask):
         return model
 
     def _size_model(self) -> None:
-        """model.preset=auto: time the LADDER's shapes here and fill model.* with the pick (gpt2.train.sizing),
-        in the run's config itself, so run.yaml records the shape that trained."""
+        """model.preset=auto: time the LADDER's rungs here and fill model.* and optim.weight_decay with the pick
+        (gpt2.train.sizing) in the run's config itself, so run.yaml records what trained."""
         import torch.distributed as dist
 
         from gpt2.common import pick_device, resolve_dtype
@@ -211,11 +211,11 @@ class LanguageModelTask(TokenLossTask):
         def time_rung(rung):
             from gpt2.train.sizing import apply
 
-            shaped = apply(cfg.model, rung)
+            shaped, _ = apply(cfg.model, cfg.optim, rung)
             return time_shape(lambda: build_model(shaped, cfg.train, vocab_size=vocab, eot=eot), cfg,
                               vocab_size=vocab, device=device, dtype=dtype)
 
-        cfg.model, self.sizing = size_model(cfg, train_tokens=train_tokens, time_rung=time_rung)
+        cfg.model, cfg.optim, self.sizing = size_model(cfg, train_tokens=train_tokens, time_rung=time_rung)
         print(f"model: sized to this machine: {self.sizing.reason}", file=sys.stderr)
 
     def train_loader(self, *, rank: int, world_size: int) -> Loader:
