@@ -51,7 +51,7 @@ class ModelConfig:
     default 0, or what preset=auto picks."""
     attn_dropout: float | None = None
     """Dropout on the attention weights; default: model.dropout. On a CPU its mask over every (query, key) pair
-    costs far more than the residual dropout (bench/results/dropout-cost.json), so 0 keeps dropout cheap."""
+    costs far more than the residual dropout (docs/benchmarks.md, "Sized to the machine"), so 0 keeps it cheap."""
     pad_vocab_size_multiple: int = 1
     """Round the embedding table up to a multiple of this (64 on GPUs); outputs never change."""
     init_from: str | None = None
