@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from gpt2.common import print_result
 from gpt2.errors import UserError
 
 
@@ -47,12 +48,8 @@ def _add_model(sub: argparse._SubParsersAction) -> None:
             controls = _control_tokens_of(str(d.directory)) if d.directory else {}
             if controls:
                 info["control_tokens"] = controls
-        if args.json:
-            import json
-
-            print(json.dumps(info, indent=2))
-        else:
-            print(render_info(info))
+        print_result(info, as_json=args.json, render=render_info)
+        if not args.json:
             for field, values in controls.items():
                 print(f"control tokens  {' '.join(f'<|{field}={v}|>' for v in values)}")
         return 0
@@ -198,7 +195,6 @@ def _add_tokenizer_show(tsub: argparse._SubParsersAction) -> None:
     show.add_argument("--json", action="store_true", help="print the statistics as JSON")
 
     def run_show(args: argparse.Namespace) -> int:
-
         from gpt2.tokenizer import load_tokenizer
         from gpt2.tokenizer.show import render_merges, render_stats, vocab_stats, write_html, write_png
 
@@ -210,15 +206,10 @@ def _add_tokenizer_show(tsub: argparse._SubParsersAction) -> None:
         if (args.html or args.png) and sample is None:
             raise UserError("--html/--png draw a sample text: give it with --sample TEXT or --sample-file FILE")
         stats = vocab_stats(tok, sample=sample)
-        if args.json:
-            import json
-
-            print(json.dumps(stats, indent=2, ensure_ascii=False))
-        else:
-            print(render_stats(stats))
-            if args.merges:
-                print()
-                print(render_merges(tok, start=args.merges_from, count=args.merges))
+        print_result(stats, as_json=args.json, render=render_stats)
+        if not args.json and args.merges:
+            print()
+            print(render_merges(tok, start=args.merges_from, count=args.merges))
         if args.html:
             print(f"wrote {write_html(tok, sample, args.html)}", file=sys.stderr)
         if args.png:
@@ -276,12 +267,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         from gpt2.data.prepare import data_info, render_info
 
         result = data_info(args.dir)
-        if args.json:
-            import json
-
-            print(json.dumps(result, indent=2))
-        else:
-            print(render_info(result))
+        print_result(result, as_json=args.json, render=render_info)
         return 0
 
     info.set_defaults(func=run_info)

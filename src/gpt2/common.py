@@ -14,7 +14,7 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -124,6 +124,16 @@ def seed_everything(seed: int) -> None:
 def rank() -> int:
     """This process's rank under torchrun (0 when not distributed)."""
     return int(os.environ.get("RANK", "0"))
+
+
+def print_result(result: Any, *, as_json: bool, render: Callable[[Any], str] | None = None,
+                 one_line: bool = False) -> None:
+    """The one way a verb prints what it measured or found: JSON for a program (`--json`: indented, or one line
+    when it is one record among other lines of output), else `render(result)` for a person."""
+    if as_json or render is None:
+        print(json.dumps(result, indent=None if one_line else 2, ensure_ascii=False))
+    else:
+        print(render(result))
 
 
 def print0(*args: object, **kwargs: object) -> None:

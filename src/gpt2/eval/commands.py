@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gpt2.common import print_result
 from gpt2.errors import UserError, UserFileNotFoundError
 from gpt2.eval.hellaswag import REFERENCE_ACC_NORM
 
@@ -157,7 +158,7 @@ def _report(result: dict[str, Any], t0: float, run_dir: Path | None, as_json: bo
                 **{k: v for k, v in result.items() if k not in ("completions_samples", "per_pair")}}
         with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
-    print(json.dumps(result, indent=2, ensure_ascii=False) if as_json else render(result))
+    print_result(result, as_json=as_json, render=render)
     return result
 
 

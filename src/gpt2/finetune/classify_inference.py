@@ -11,7 +11,6 @@ what the checkpoint's config.json says (`max_length`, `truncation_side`), else n
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from typing import Any
 
 import torch
 
+from gpt2.common import print_result
 from gpt2.errors import UserError
 from gpt2.finetune.data import encode_for_classification, pad_right
 from gpt2.model.classify import GPT2ForSequenceClassification
@@ -115,7 +115,7 @@ def run_classify(
         best = max(range(len(p)), key=p.__getitem__)
         result = {"text": text, "label": names[best], "probability": p[best], "probabilities": dict(zip(names, p))}
         results.append(result)
-        print(json.dumps(result, ensure_ascii=False) if as_json else f"{names[best]}\t{p[best]:.4f}")
+        print_result(result, as_json=as_json, render=lambda r: f"{r['label']}\t{r['probability']:.4f}", one_line=True)
     return results
 
 
@@ -158,7 +158,7 @@ def run_eval_classify(
                               "seconds": round(time.perf_counter() - t0, 2)}
     if plot is not None:
         result["plot"] = str(plot_confusion(report["confusion"], names, plot, title=Path(file).name))
-    print(json.dumps(result, indent=2, ensure_ascii=False) if as_json else render(result))
+    print_result(result, as_json=as_json, render=render)
     return result
 
 

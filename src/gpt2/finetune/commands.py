@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 import torch
 
+from gpt2.common import print_result
 from gpt2.config import RunConfig
 
 
@@ -97,7 +97,7 @@ def run_classify(args: argparse.Namespace) -> int:
     if test is not None:
         print(f"test ({result.best_checkpoint or result.last_checkpoint}): " + _report(test, names))
         if args.json:
-            print(json.dumps({"val": result.metrics, "test": test}))
+            print_result({"val": result.metrics, "test": test}, as_json=True, one_line=True)
     print(f"run directory: {result.run_dir} (metrics.jsonl, confusion-*.png, tensorboard/)")
     print(f"best checkpoint: {result.best_checkpoint}")
     return 130 if result.interrupted else 0
@@ -128,7 +128,7 @@ def run_instruct(args: argparse.Namespace) -> int:
     for text in result.samples:
         print(f"  {text}")
     if args.json:
-        print(json.dumps({"val": result.metrics, "samples": result.samples}))
+        print_result({"val": result.metrics, "samples": result.samples}, as_json=True, one_line=True)
     print(f"run directory: {result.run_dir} (metrics.jsonl, tensorboard/, {HELD_OUT_FILE})")
     print(f"chat with it: gpt2 chat {result.run_dir}    score it: gpt2 eval {result.run_dir} --instruct {held_out}")
     return 130 if result.interrupted else 0
@@ -162,7 +162,7 @@ def run_dpo(args: argparse.Namespace) -> int:
     for text in result.samples:
         print(f"  {text}")
     if args.json:
-        print(json.dumps({"val": m, "samples": result.samples}))
+        print_result({"val": m, "samples": result.samples}, as_json=True, one_line=True)
     held_out = result.run_dir / HELD_OUT_FILE
     print(f"run directory: {result.run_dir} (metrics.jsonl, tensorboard/, {HELD_OUT_FILE})")
     print(f"chat with it: gpt2 chat {result.run_dir}    score it: gpt2 eval {result.run_dir} --preference {held_out}")

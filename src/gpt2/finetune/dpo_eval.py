@@ -19,13 +19,13 @@ A DPO run's RUN/heldout.jsonl holds its held-out pairs, so this scores exactly w
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gpt2.common import print_result
 from gpt2.errors import UserError
 
 
@@ -120,5 +120,5 @@ def run_eval_preference(source: str | Path, file: str, *, reference: str | None 
                                  average_logps=average_logps, batch_size=batch_size)
     result.update({"source": str(source), "file": str(file), "reference": str(ref_name), "format": fmt.name,
                    "seconds": round(time.perf_counter() - t0, 2)})
-    print(json.dumps(result, ensure_ascii=False) if as_json else render(result))
+    print_result(result, as_json=as_json, render=render, one_line=True)
     return result

@@ -19,13 +19,13 @@ Two measurements on the same entries (Alpaca json/jsonl or chat jsonl, gpt2.fine
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gpt2.common import print_result
 from gpt2.errors import UserError
 
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -131,5 +131,5 @@ def run_eval_instruct(source: str | Path, file: str, *, format: str | None = Non
                                max_new_tokens=max_new_tokens, generate_answers=generate_answers)
     result.update({"source": str(source), "file": str(file), "format": fmt.name,
                    "seconds": round(time.perf_counter() - t0, 2)})
-    print(json.dumps(result, ensure_ascii=False) if as_json else render(result))
+    print_result(result, as_json=as_json, render=render, one_line=True)
     return result

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from gpt2.common import print_result
 from gpt2.errors import UserError, UserFileNotFoundError
 from gpt2.generate.budget import fit_new_tokens
 from gpt2.generate.engine import Generation, PromptTruncatedWarning, SampleConfig, encode_prompt, stream
@@ -121,8 +122,8 @@ def _print_generations(gens: list[Generation], *, source: str, prompt: str | Non
     """The finished generations as JSON, a newline after the streamed text, or one block per sample; then
     the per-step probabilities asked for."""
     if as_json:
-        print(json.dumps({"model": str(source), "config": _config_dict(config, gens),
-                          "results": [_record(g) for g in gens]}, indent=2, ensure_ascii=False))
+        print_result({"model": str(source), "config": _config_dict(config, gens),
+                      "results": [_record(g) for g in gens]}, as_json=True)
     elif streaming:
         print()
     else:
