@@ -73,6 +73,15 @@ def test_apply_keeps_an_explicit_attention_dropout() -> None:
     assert model.pdrops() == {"resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.05}
 
 
+def test_rungs_that_differ_only_in_weight_decay_are_timed_once() -> None:
+    a = Rung(shape=(4, 4, 192), dropout=0.0, weight_decay=0.5, min_passes=3.0)
+    b = Rung(shape=(4, 4, 192), dropout=0.0, weight_decay=0.1, min_passes=0.0)
+    timed = []
+    cfg = load_config(None, ["model.preset=auto", "train.max_minutes=1"])
+    size_model(cfg, train_tokens=10_000, time_rung=lambda r: timed.append(r) or 1_000.0, ladder=(a, b))
+    assert timed == [a]
+
+
 def test_auto_with_init_from_is_refused_in_one_line() -> None:
     cfg = load_config("shakespeare-cpu", ["model.preset=auto", "model.init_from=gpt2"])
     with pytest.raises(UserError, match="init_from"):

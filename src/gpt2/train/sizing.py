@@ -162,7 +162,11 @@ def size_model(cfg: RunConfig, *, train_tokens: int, time_rung: Callable[[Rung],
     ladder = ladder or LADDER
     t = cfg.train
     if t.max_minutes:
-        speeds = {rung: time_rung(rung) for rung in ladder}
+        timed: dict[tuple[Shape, float], float] = {}  # rungs that differ only in weight decay run alike
+        for rung in ladder:
+            if (rung.shape, rung.dropout) not in timed:
+                timed[rung.shape, rung.dropout] = time_rung(rung)
+        speeds = {rung: timed[rung.shape, rung.dropout] for rung in ladder}
         # The loop's budget includes its evaluation passes; the steps get most of it.
         plan = pick(speeds, seconds=60 * t.max_minutes, train_tokens=train_tokens, ladder=ladder)
     else:
