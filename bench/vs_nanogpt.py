@@ -129,6 +129,13 @@ def _score_nanogpt(nanogpt: Path, work: Path, stoi: dict[str, int], val_text: st
 
 
 def _ours(run: Path) -> float:
+    """Our held-out bits/byte: the run's own final evaluation (its metrics.jsonl end record, on every held-out
+    token), else `gpt2 eval RUN` (which needs the run's shards still in the cache)."""
+    metrics = run / "metrics.jsonl"
+    if metrics.is_file():
+        ends = [json.loads(line) for line in metrics.read_text().splitlines() if '"kind": "end"' in line]
+        if ends and ends[-1].get("val_bpb") is not None:
+            return float(ends[-1]["val_bpb"])
     r = subprocess.run([sys.executable, "-m", "gpt2", "eval", str(run), "--json", "--no-record"], cwd=REPO,
                        text=True, capture_output=True)
     if r.returncode != 0:
@@ -176,6 +183,8 @@ def main() -> None:
         raise SystemExit("give --ours-bpb, or --run/--recipe for ours")
     if args.minutes is None:
         raise SystemExit("give --minutes")
+    if args.ours_bpb is None and ours_proc is None:  # a finished run: scored before nanoGPT's minutes, not after
+        args.ours_bpb = _ours(ours_run)
     val_bytes = sum(len(d.encode("utf-8")) for d in val)
     work = Path(tempfile.mkdtemp(prefix="vs-nanogpt-"))
     try:

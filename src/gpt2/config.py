@@ -47,21 +47,17 @@ class ModelConfig:
     vocab_size: int | None = None
     """Default: the tokenizer's vocabulary size."""
     dropout: float | None = None
-    """Dropout on the embeddings and each block's residual branches (GPT-2 used 0.1; short runs do better with 0);
-    default 0, or what preset=auto picks."""
-    attn_dropout: float | None = None
-    """Dropout on the attention weights; default: model.dropout. On a CPU its mask over every (query, key) pair
-    costs far more than the residual dropout (docs/benchmarks.md, "Sized to the machine"), so 0 keeps it cheap."""
+    """One value for resid/embd/attn dropout (GPT-2 used 0.1; short runs do better with 0); default 0, or what
+    preset=auto picks."""
     pad_vocab_size_multiple: int = 1
     """Round the embedding table up to a multiple of this (64 on GPUs); outputs never change."""
     init_from: str | None = None
     """Start from pretrained weights: an HF-format directory or a hub id (continued pretraining)."""
 
     def pdrops(self) -> dict[str, float]:
-        """The GPT2Config dropout fields this section asks for: resid/embd from dropout, attn from attn_dropout."""
+        """The GPT2Config dropout fields this section asks for: one rate for resid/embd/attn (0 when unset)."""
         p = self.dropout or 0.0
-        attn = p if self.attn_dropout is None else self.attn_dropout
-        return {"resid_pdrop": p, "embd_pdrop": p, "attn_pdrop": attn}
+        return {"resid_pdrop": p, "embd_pdrop": p, "attn_pdrop": p}
 
 
 @dataclass
@@ -457,7 +453,6 @@ def validate(cfg: RunConfig) -> None:
          "optim.name=muon does not work under train.distributed=fsdp (Newton-Schulz needs whole matrices, FSDP "
          "shards them): use train.distributed=ddp, or optim.name=adamw"),
         (cfg.model.dropout is None or 0 <= cfg.model.dropout < 1, "model.dropout must be in [0, 1)"),
-        (cfg.model.attn_dropout is None or 0 <= cfg.model.attn_dropout < 1, "model.attn_dropout must be in [0, 1)"),
         (cfg.model.n_positions is None or t.seq_len <= cfg.model.n_positions,
          f"train.seq_len={t.seq_len} is longer than model.n_positions={cfg.model.n_positions}"),
         (cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last must be at least 1"),

@@ -193,7 +193,7 @@ class LanguageModelTask(TokenLossTask):
         (gpt2.train.sizing) in the run's config itself, so run.yaml records what trained."""
         import torch.distributed as dist
 
-        from gpt2.common import pick_device, resolve_dtype
+        from gpt2.common import pick_device, resolve_dtype, seed_everything
         from gpt2.data.loader import shard_files
         from gpt2.data.shards import read_header
         from gpt2.train.setup import build_model
@@ -216,6 +216,9 @@ class LanguageModelTask(TokenLossTask):
                               vocab_size=vocab, device=device, dtype=dtype)
 
         cfg.model, cfg.optim, self.sizing = size_model(cfg, train_tokens=train_tokens, time_rung=time_rung)
+        # Timing built models and drew random numbers: seed again, so the model starts exactly as a run that
+        # names this shape (run.yaml) does.
+        seed_everything(cfg.train.seed)
         print(f"model: sized to this machine: {self.sizing.reason}", file=sys.stderr)
 
     def train_loader(self, *, rank: int, world_size: int) -> Loader:
