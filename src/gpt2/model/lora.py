@@ -56,8 +56,9 @@ TARGETS: dict[str, tuple[str, str]] = {
 TaskType = Literal["CAUSAL_LM", "SEQ_CLS"]
 # PEFT's key prefix for a PeftModel wrapping a transformers model (LoraModel.model is the HF model).
 _PREFIX = "base_model.model."
-# PeftModelForSequenceClassification adds these to modules_to_save by itself; GPT-2's head is `score`.
-_SEQ_CLS_HEADS = ("classifier", "score")
+# PeftModelForSequenceClassification adds these to modules_to_save by itself (PEFT 0.22 added `pre_classifier`,
+# DistilBERT's); GPT-2's head is `score`, and the names that match no module of GPT-2 change nothing.
+_SEQ_CLS_HEADS = ("classifier", "score", "pre_classifier")
 
 
 class LoRALinear(nn.Module):
