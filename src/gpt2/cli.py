@@ -565,7 +565,7 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, metavar="N", help="texts per forward pass (default: 32)")
     p.add_argument("--max-length", type=int, default=None, metavar="N",
                    help="tokens kept per text (default: the checkpoint's max_length, else n_positions)")
-    p.add_argument("--truncation-side", choices=["left", "right"], default=None,
+    p.add_argument("--truncation-side", choices=["left", "right", "both"], default=None,
                    help="which end of a long text to cut (default: the checkpoint's, else right)")
     p.add_argument("--json", action="store_true", help="one JSON line per text with every label's probability")
     p.add_argument("--tokenizer", default=None, help="tokenizer to use instead of the checkpoint's own")

@@ -281,7 +281,8 @@ class FinetuneConfig:
     balance: str = "none"
     """none, downsample (every class down to the smallest, before the split) or class_weights (in the loss)."""
     truncation_side: str = "right"
-    """Which end of a long text is cut: right keeps the beginning, left keeps the end."""
+    """Which end of a long text is cut: right keeps the beginning, left keeps the end, both keeps the first quarter
+    of the tokens read and the last three quarters."""
     trainable: str = "all"
     """head (the new score layer only), last_blocks (finetune.last_blocks blocks + final LayerNorm + head) or all."""
     last_blocks: int = 1
@@ -471,7 +472,8 @@ def _finetune_checks(f: FinetuneConfig, cfg_optim_name: str) -> list[tuple[bool,
     return [
         (f.balance in ("none", "downsample", "class_weights"),
          f"finetune.balance={f.balance!r}: use none, downsample or class_weights"),
-        (f.truncation_side in ("left", "right"), f"finetune.truncation_side={f.truncation_side!r}: use left or right"),
+        (f.truncation_side in ("left", "right", "both"),
+         f"finetune.truncation_side={f.truncation_side!r}: use left, right or both"),
         (f.trainable in ("head", "last_blocks", "all"), f"finetune.trainable={f.trainable!r}: use head, last_blocks or all"),
         (f.last_blocks >= 1, "finetune.last_blocks must be at least 1"),
         (f.metric in ("accuracy", "macro_f1", "val_loss"), f"finetune.metric={f.metric!r}: use accuracy, macro_f1 or val_loss"),

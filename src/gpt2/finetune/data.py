@@ -293,18 +293,37 @@ def check_label_coverage(
 def encode_for_classification(
     tokenizer: Any, texts: Sequence[str], *, max_length: int, truncation_side: str
 ) -> tuple[list[list[int]], int]:
-    """(token ids of each text, at most max_length, cut on the right (keep the start) or the left (keep the
-    end); how many texts were cut): the one encoding of training, evaluation and `gpt2 classify`."""
+    """(token ids of each text, at most max_length, cut on the right (keep the start), the left (keep the
+    end) or in the middle ("both": keep the start and the end, see `truncate`); how many texts were cut): the one
+    encoding of training, evaluation and `gpt2 classify`."""
     if max_length < 1:
         raise UserError(f"max_length must be a positive number of tokens, got {max_length}")
-    if truncation_side not in ("left", "right"):
-        raise UserError(f"truncation_side must be 'left' or 'right', got {truncation_side!r}")
+    if truncation_side not in TRUNCATION_SIDES:
+        raise UserError(f"truncation_side must be one of {', '.join(TRUNCATION_SIDES)}, got {truncation_side!r}")
     out, cut = [], 0
     for ids in tokenizer.encode_ordinary_batch(list(texts)):
         assert ids, "empty texts are skipped before encoding"
         cut += len(ids) > max_length
-        out.append(ids[:max_length] if truncation_side == "right" else ids[-max_length:])
+        out.append(truncate(ids, max_length, truncation_side))
     return out, cut
+
+
+TRUNCATION_SIDES = ("right", "left", "both")
+
+
+def truncate(ids: Sequence[int], max_length: int, side: str) -> list[int]:
+    """At most max_length of `ids`: the first (side "right" cuts the right), the last ("left"), or the first
+    quarter and the last three quarters joined ("both"). A review states its subject at the start and its
+    verdict at the end; head + tail with the tail larger is Sun et al. 2019's best cut for long texts
+    (How to Fine-Tune BERT for Text Classification: 128 + 382 of 512)."""
+    if len(ids) <= max_length:
+        return list(ids)
+    if side == "right":
+        return list(ids[:max_length])
+    if side == "left":
+        return list(ids[-max_length:])
+    head = max_length // 4
+    return [*ids[:head], *ids[len(ids) - (max_length - head):]]
 
 
 def pad_right(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

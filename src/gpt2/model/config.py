@@ -21,7 +21,7 @@ from typing import Any, Literal
 from gpt2.errors import UserError, UserFileNotFoundError
 
 AttnImplementation = Literal["sdpa", "eager"]
-TruncationSide = Literal["left", "right"]
+TruncationSide = Literal["left", "right", "both"]
 LM_ARCHITECTURE = "GPT2LMHeadModel"
 CLASSIFIER_ARCHITECTURE = "GPT2ForSequenceClassification"
 
@@ -75,7 +75,8 @@ class GPT2Config:
     max_length: int | None = None
     """Classifier only (ours): tokens kept per text by `gpt2 classify`; None means n_positions."""
     truncation_side: TruncationSide | None = None
-    """Classifier only (ours): which end of a long text `gpt2 classify` cuts, left or right; None means right."""
+    """Classifier only (ours): which end of a long text `gpt2 classify` cuts: left, right, or both (the start and
+    the end kept, finetune.data.truncate); None means right."""
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     """Other keys found in a config.json (kept so a save writes them back)."""
 
@@ -142,8 +143,8 @@ class GPT2Config:
                             f"{self.vocab_size})")
         if self.max_length is not None and not 0 < self.max_length <= self.n_positions:
             raise UserError(f"GPT2Config.max_length={self.max_length} must be in 1..n_positions={self.n_positions}")
-        if self.truncation_side not in (None, "left", "right"):
-            raise UserError(f"GPT2Config.truncation_side={self.truncation_side!r}; use 'left' or 'right'")
+        if self.truncation_side not in (None, "left", "right", "both"):
+            raise UserError(f"GPT2Config.truncation_side={self.truncation_side!r}; use 'left', 'right' or 'both'")
 
     # ------------------------------------------------------------------------------------------ presets
     @classmethod
