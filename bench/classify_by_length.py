@@ -28,7 +28,7 @@ def accuracy(pred: list[int], gold: list[int], keep: list[bool]) -> tuple[int, f
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gpt2.finetune.classify_inference import _load, classify
+    from gpt2.finetune.classify_inference import Reading, classify
     from gpt2.finetune.data import read_labelled
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit:
         rows = rows[: args.limit]
     texts, labels = [t for t, _ in rows], [y for _, y in rows]
-    model, tok, directory = _load(args.checkpoint, tokenizer=None, dtype="fp32", device="cpu")
+    model, tok, directory = Reading(device="cpu").load(args.checkpoint)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     gold = [names.index(y) for y in labels]
     lengths = [len(ids) for ids in tok.encode_ordinary_batch(texts)]

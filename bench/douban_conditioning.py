@@ -102,9 +102,9 @@ def main() -> None:
 
     words = [t[:2] for _, t in val[:N_PROMPTS]]
     completions = _completions(args.run, words, args.max_new_tokens)
-    from gpt2.finetune.classify_inference import _load, classify
+    from gpt2.finetune.classify_inference import Reading, classify
 
-    model, tok, _ = _load(classifier, tokenizer=None, dtype="fp32", device="cpu")
+    model, tok, _ = Reading(device="cpu").load(classifier)
     positive = model.config.label2id["1"]
     results = {}
     for stars, texts in completions.items():

@@ -20,8 +20,8 @@ directory). What the script does:
    predicting the next character; a leading "\\n" so the first character is predicted too), the
    separators' losses counted as our end-of-text token's are, and bits/byte = nats / ln 2 / the UTF-8
    bytes of the held-out documents' text (the separators, like our special tokens, count no bytes).
-5. Ours: with `--recipe`, `gpt2 train RECIPE` runs at the same time as nanoGPT (one load for both; its
-   minutes are the recipe's train.max_minutes), then its held-out bits/byte (`gpt2 eval RUN` on its val
+5. Ours: with `--recipe`, `gpt2 train RECIPE` runs at the same time as nanoGPT (one load for both, one
+   thread each; its minutes are the recipe's train.max_minutes), then its held-out bits/byte (`gpt2 eval RUN` on its val
    shards: the same documents, our special tokens counting no bytes); or an existing `--run`; or `--ours-bpb`.
 
 Prints both and the difference, and writes bench/results/vs-nanogpt-<name>.json.
@@ -90,13 +90,20 @@ def _nanogpt_data(work: Path, train: list[str], val: list[str]) -> tuple[dict[st
     return stoi, val_text
 
 
+# Set by main(): when ours trains at the same time as nanoGPT, each gets one thread. Two processes of two
+# OpenMP threads each on two cores wait at every op's barrier for a descheduled thread: on a 2-core Zen 4 our
+# douban-zh run made ~2,000 tokens/s beside nanoGPT that way, against ~8,000 with one thread each.
+_THREADS: dict[str, str] = {}
+
+
 def _train_nanogpt(nanogpt: Path, work: Path, iters: int, *, eval_interval: int) -> tuple[float, str]:
     """Run nanoGPT's train.py for `iters` iterations in `work`; (wall seconds, its output)."""
     cmd = [sys.executable, str(nanogpt / "train.py"), str(nanogpt / "config" / "train_shakespeare_char.py"),
            *RECIPE, "--dataset=bench", "--out_dir=out", f"--max_iters={iters}", f"--lr_decay_iters={iters}",
            f"--eval_interval={eval_interval}", "--always_save_checkpoint=True"]
     t0 = time.time()
-    r = subprocess.run(cmd, cwd=work, text=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(nanogpt)})
+    r = subprocess.run(cmd, cwd=work, text=True, capture_output=True,
+                       env={**os.environ, **_THREADS, "PYTHONPATH": str(nanogpt)})
     if r.returncode != 0:
         raise SystemExit(f"nanoGPT failed:\n{r.stderr[-3000:]}")
     return time.time() - t0, r.stdout
@@ -168,8 +175,10 @@ def main() -> None:
         args.minutes = args.minutes or cfg.train.max_minutes
         ours_run = REPO / cfg.train.out_dir
         ours_t0 = time.time()
+        _THREADS["OMP_NUM_THREADS"] = "1"
         ours_proc = subprocess.Popen([sys.executable, "-m", "gpt2", "train", args.recipe, *args.overrides], cwd=REPO,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, **_THREADS})
     if args.run is not None or args.recipe is not None:
         train, val = run_split(args.run, args.recipe)
     elif args.train and args.val:

@@ -509,11 +509,11 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     if args.classify is not None:
         _eval_alone(args, "--classify scores a sequence classifier")
-        from gpt2.finetune.classify_inference import run_eval_classify
+        from gpt2.finetune.classify_inference import Reading, run_eval_classify
 
+        reading = Reading(batch_size=args.batch_size, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device)
         run_eval_classify(args.source, args.classify, text_field=args.text_field, label_field=args.label_field,
-                          batch_size=args.batch_size, plot=args.plot, tokenizer=args.tokenizer,
-                          dtype=args.dtype, device=args.device, as_json=args.json)
+                          reading=reading, plot=args.plot, as_json=args.json)
         return 0
     if args.plot is not None:
         raise UserError("--plot draws the confusion matrix of --classify FILE; give --classify too")
@@ -573,11 +573,12 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto")
 
     def run(args: argparse.Namespace) -> int:
-        from gpt2.finetune.classify_inference import run_classify
+        from gpt2.finetune.classify_inference import Reading, run_classify
 
-        run_classify(args.source, args.texts, file=args.file, text_field=args.text_field, batch_size=args.batch_size,
-                     max_length=args.max_length, truncation_side=args.truncation_side, tokenizer=args.tokenizer,
-                     dtype=args.dtype, device=args.device, as_json=args.json)
+        reading = Reading(batch_size=args.batch_size, max_length=args.max_length, truncation_side=args.truncation_side,
+                          tokenizer=args.tokenizer, dtype=args.dtype, device=args.device)
+        run_classify(args.source, args.texts, file=args.file, text_field=args.text_field, reading=reading,
+                     as_json=args.json)
         return 0
 
     p.set_defaults(func=run)

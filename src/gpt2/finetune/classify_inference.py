@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +71,32 @@ def classify(
 
 
 # --------------------------------------------------------------------------------------- commands
-def _load(source: str | Path, *, tokenizer: str | None, dtype: str, device: str) -> tuple[Any, Any, Path | None]:
-    from gpt2.eval.loss import check_vocabulary
-    from gpt2.load import load
+@dataclass(frozen=True)
+class Reading:
+    """How `gpt2 classify` and `gpt2 eval --classify` load a classifier and read texts with it: the settings
+    the two commands share (None: the checkpoint's own max_length / truncation_side / tokenizer)."""
 
-    loaded = load(source, tokenizer=tokenizer, dtype=dtype, device=device, task="classify")  # type: ignore[arg-type]
-    check_vocabulary(loaded.model, loaded.tokenizer)
-    return loaded.model, loaded.tokenizer, loaded.directory
+    batch_size: int = 32
+    max_length: int | None = None
+    truncation_side: TruncationSide | None = None
+    tokenizer: str | None = None
+    dtype: str = "fp32"
+    device: str = "auto"
+
+    def load(self, source: str | Path) -> tuple[Any, Any, Path | None]:
+        """(model, tokenizer, checkpoint directory), the vocabulary checked against the model."""
+        from gpt2.eval.loss import check_vocabulary
+        from gpt2.load import load
+
+        loaded = load(source, tokenizer=self.tokenizer, dtype=self.dtype, device=self.device,  # type: ignore[arg-type]
+                      task="classify")
+        check_vocabulary(loaded.model, loaded.tokenizer)
+        return loaded.model, loaded.tokenizer, loaded.directory
+
+    def classify(self, model: GPT2ForSequenceClassification, tokenizer: Any,
+                 texts: Sequence[str]) -> list[list[float]]:
+        return classify(model, tokenizer, texts, batch_size=self.batch_size, max_length=self.max_length,
+                        truncation_side=self.truncation_side)
 
 
 def run_classify(
@@ -86,12 +106,7 @@ def run_classify(
     file: str | None = None,
     text_field: str = "text",
     delimiter: str | None = None,
-    batch_size: int = 32,
-    max_length: int | None = None,
-    truncation_side: TruncationSide | None = None,
-    tokenizer: str | None = None,
-    dtype: str = "fp32",
-    device: str = "auto",
+    reading: Reading = Reading(),
     as_json: bool = False,
 ) -> list[dict[str, Any]]:
     """`gpt2 classify`: print `label<TAB>p(label)` per text (or a JSON line with every probability)."""
@@ -106,9 +121,8 @@ def run_classify(
             print(f"skipped {data.skipped_empty} empty text(s) in {file}", file=sys.stderr)
     elif any(not t.strip() for t in texts):
         raise UserError("an empty text cannot be classified; leave it out")
-    model, tok, _ = _load(source, tokenizer=tokenizer, dtype=dtype, device=device)
-    probs = classify(model, tok, texts, batch_size=batch_size, max_length=max_length,
-                     truncation_side=truncation_side)
+    model, tok, _ = reading.load(source)
+    probs = reading.classify(model, tok, texts)
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     results = []
     for text, p in zip(texts, probs):
@@ -126,13 +140,8 @@ def run_eval_classify(
     text_field: str = "text",
     label_field: str = "label",
     delimiter: str | None = None,
-    batch_size: int = 32,
-    max_length: int | None = None,
-    truncation_side: TruncationSide | None = None,
+    reading: Reading = Reading(),
     plot: str | None = None,
-    tokenizer: str | None = None,
-    dtype: str = "fp32",
-    device: str = "auto",
     as_json: bool = False,
 ) -> dict[str, Any]:
     """`gpt2 eval --classify FILE`: accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix."""
@@ -140,19 +149,18 @@ def run_eval_classify(
     from gpt2.finetune.metrics import classification_report, plot_confusion
 
     data = read_labelled(file, text_field=text_field, label_field=label_field, delimiter=delimiter)
-    model, tok, directory = _load(source, tokenizer=tokenizer, dtype=dtype, device=device)
+    model, tok, directory = reading.load(source)
     label2id = model.config.label2id
     unknown = sorted(set(data.labels) - set(label2id))
     if unknown:
         raise UserError(f"{file} has label(s) the model does not know: {', '.join(map(repr, unknown))}; the model's "
                         f"labels are {', '.join(map(repr, label2id))} (check --label-field, or the checkpoint)")
     t0 = time.perf_counter()
-    probs = classify(model, tok, data.texts, batch_size=batch_size, max_length=max_length,
-                     truncation_side=truncation_side)
+    probs = reading.classify(model, tok, data.texts)
     predictions = [max(range(len(p)), key=p.__getitem__) for p in probs]
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
     report = classification_report(predictions, [label2id[x] for x in data.labels], names)
-    max_length, side = _settings(model, max_length, truncation_side)
+    max_length, side = _settings(model, reading.max_length, reading.truncation_side)
     result: dict[str, Any] = {"checkpoint": str(directory), "file": str(file), "skipped_empty": data.skipped_empty,
                               "max_length": max_length, "truncation_side": side, **report,
                               "seconds": round(time.perf_counter() - t0, 2)}
