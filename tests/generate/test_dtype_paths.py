@@ -102,3 +102,21 @@ def test_cli_generate_bf16_runs_on_any_cpu_and_says_which_path(packable_ckpt, to
     assert default.returncode == 0, default.stderr[-2000:]
     expected = "packed kernels" if fastpath.packed_bf16_supported() else "emulated"
     assert expected in default.stderr
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN: nothing is packed")
+def test_an_fp32_model_generates_under_bf16_autocast_on_the_packed_path() -> None:
+    """A trainer's samples: fp32 weights under bf16 autocast, where the attention output reaches the packed
+    c_proj in bf16 (oneDNN has no bf16-input/fp32-weight primitive; it crashed at 768 wide). fp32 packing runs on
+    every CPU kind, so this holds everywhere; the result matches the plain path under the same autocast."""
+    from gpt2 import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config.from_preset("mini", n_layer=1, n_head=12, n_embd=768, vocab_size=512)).eval()
+    view = inference_view(model)
+    assert isinstance(view.transformer.h[0].attn.c_proj, PackedLinear)  # 768 × 768: above MIN_PACKED_NUMEL
+    x = torch.randint(0, 512, (2, 9))
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast, plain = view(x).logits.float(), model(x).logits.float()
+    assert torch.isfinite(fast).all()
+    assert (fast - plain).abs().max().item() < 0.1 * plain.abs().max().item()  # bf16 rounding, not a wrong path

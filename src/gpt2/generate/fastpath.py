@@ -42,8 +42,13 @@ class PackedLinear(nn.Module):
         # Plain attributes, not parameters or buffers: the packed layout is opaque and never saved.
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), 1)
         self.bias = None if linear.bias is None else linear.bias.detach()
+        self.dtype = linear.weight.dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # oneDNN has no primitive for a bf16 input on fp32 packed weights; under autocast (a trainer's samples
+        # from an fp32 model) an attention output arrives in bf16, so it is read in the weights' dtype.
+        if x.dtype != self.dtype:
+            x = x.to(self.dtype)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     def extra_repr(self) -> str:
