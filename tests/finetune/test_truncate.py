@@ -39,5 +39,5 @@ def test_encoding_cuts_both_ends_and_counts_the_cut() -> None:
 
 
 def test_an_unknown_side_is_one_error() -> None:
-    with pytest.raises(UserError, match="truncation_side must be one of right, left, both"):
+    with pytest.raises(UserError, match="truncation_side must be one of left, right, both"):
         encode_for_classification(_Chars(), ["abc"], max_length=2, truncation_side="middle")

@@ -21,12 +21,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 
 from gpt2.errors import UserError, UserFileNotFoundError
+from gpt2.model.config import TruncationSide
 from gpt2.sources import FORMATS, decode_utf8, read_json_records
 
 _BOM = "\ufeff"
@@ -290,6 +291,9 @@ def check_label_coverage(
 
 
 # ------------------------------------------------------------------------ encoding and batching
+TRUNCATION_SIDES: tuple[str, ...] = get_args(TruncationSide)  # the one list: GPT2Config's type names them
+
+
 def encode_for_classification(
     tokenizer: Any, texts: Sequence[str], *, max_length: int, truncation_side: str
 ) -> tuple[list[list[int]], int]:
@@ -306,9 +310,6 @@ def encode_for_classification(
         cut += len(ids) > max_length
         out.append(truncate(ids, max_length, truncation_side))
     return out, cut
-
-
-TRUNCATION_SIDES = ("right", "left", "both")
 
 
 def truncate(ids: Sequence[int], max_length: int, side: str) -> list[int]:
