@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gpt2 import GPT2Config, GPT2LMHeadModel, KVCache
-from gpt2.model.loss import lm_head_cross_entropy, reference_cross_entropy
+from gpt2.model.loss import lm_head_cross_entropy, lm_head_token_nll, reference_cross_entropy, reference_token_nll
 
 
 def tiny(**kw) -> GPT2LMHeadModel:
@@ -165,6 +165,43 @@ def test_fused_loss_function_against_reference() -> None:
     loss = lm_head_cross_entropy(x3, torch.randn(10, 32), torch.full((4,), -100))
     loss.backward()
     assert loss.item() == 0.0 and torch.equal(x3.grad, torch.zeros_like(x3))
+
+
+def test_token_nll_equals_plain_formula_with_signed_row_gradients() -> None:
+    torch.manual_seed(0)
+    x1 = torch.randn(12, 32, dtype=torch.float64, requires_grad=True)
+    w1 = torch.randn(50, 32, dtype=torch.float64, requires_grad=True)
+    x2, w2 = x1.detach().clone().requires_grad_(), w1.detach().clone().requires_grad_()
+    t = torch.randint(0, 50, (12,))
+    t[[1, 7]] = -100
+    g = torch.randn(12, dtype=torch.float64)  # either sign, as DPO's chosen and rejected rows get
+    ref, fused = reference_token_nll(x1, w1, t), lm_head_token_nll(x2, w2, t)
+    (ref * g).sum().backward()
+    (fused * g).sum().backward()
+    torch.testing.assert_close(fused, ref)
+    assert fused[1] == 0 and fused[7] == 0
+    torch.testing.assert_close(x2.grad, x1.grad)
+    torch.testing.assert_close(w2.grad, w1.grad)
+    # no gradient wanted: the chunked path, here 3 rows (3 × 50 × 4 bytes) at a time, gives the same rows
+    with torch.no_grad():
+        torch.testing.assert_close(lm_head_token_nll(x1, w1, t, chunk_bytes=600), ref.detach())
+
+
+def test_per_token_loss_runs_the_head_on_target_rows_only() -> None:
+    model = tiny()
+    ids = torch.randint(0, 512, (3, 16))
+    y = ids.roll(-1, 1)
+    y[0, :5] = -100  # a prompt
+    y[2, 10:] = -100  # padding
+    logits = model(ids).logits
+    want = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-100,
+                                             reduction="none").view(3, 16)
+    got = model(ids, targets=y, return_logits=False, reduction="none").loss  # (3, 16)
+    torch.testing.assert_close(got, want)
+    got.sum().backward()  # the fused head's gradient reaches the transformer
+    assert model.transformer.h[0].mlp.c_fc.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, targets=y, return_logits=False, reduction="none").loss, want.detach())
 
 
 def test_fused_loss_under_bf16_autocast_is_close() -> None:

@@ -52,11 +52,11 @@ METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/acc
 
 # ------------------------------------------------------------------------------------------- the loss
 def sequence_logps(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of the log-probs of each row's targets (N,), their count (N,)) for x, y (N, T); -100 is no target."""
-    logits = model(x).logits  # (N, T, V)
-    N, T, V = logits.shape
-    nll = F.cross_entropy(logits.reshape(N * T, V).float(), y.reshape(N * T), ignore_index=-100,
-                          reduction="none").view(N, T)  # 0 where y is -100
+    """(sum of the log-probs of each row's targets (N,), their count (N,)) for x, y (N, T); -100 is no target.
+
+    The head runs fused, on the response tokens only (gpt2.model.loss.lm_head_token_nll): no (N, T, V)
+    logits, which at GPT-2's vocabulary would outweigh the model, its optimizer and LoRA's saving."""
+    nll = model(x, targets=y, return_logits=False, reduction="none").loss  # (N, T), 0 where y is -100
     return -nll.sum(1), (y != -100).sum(1)
 
 

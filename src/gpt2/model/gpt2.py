@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,16 @@ from torch import nn
 
 from gpt2.errors import UserError
 from gpt2.model.config import _TANH_GELU, GPT2Config
-from gpt2.model.loss import lm_head_cross_entropy
+from gpt2.model.loss import lm_head_cross_entropy, lm_head_token_nll
+
+
+def _token_nll(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Each target's cross-entropy (B, T), 0 at -100, with the head run only on the rows that have a target."""
+    B, T, C = x.shape
+    flat = targets.reshape(-1)  # (B*T,)
+    rows = (flat != -100).nonzero().squeeze(1)  # (M,): a prompt's and the padding's rows never reach the head
+    nll = lm_head_token_nll(x.reshape(-1, C).index_select(0, rows), weight, flat.index_select(0, rows))  # (M,)
+    return nll.new_zeros(B * T).index_put((rows,), nll).view(B, T)
 
 
 class LMOutput(NamedTuple):
@@ -339,13 +348,16 @@ class GPT2LMHeadModel(GPT2Sizes, nn.Module):
         position_ids: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         return_logits: bool = True,
+        reduction: Literal["mean", "none"] = "mean",
     ) -> LMOutput:
         """input_ids (B, T) → logits (B, T, vocab_size); targets (B, T) are the next tokens, -100 = ignore.
 
         Targets are already shifted (targets[:, t] is the token after input_ids[:, t]), as the data
         loader yields them; the loss is the mean cross-entropy over the targets that are not -100.
         With targets and return_logits=False (what training uses) the head and the loss run fused
-        (gpt2.model.loss), faster and lighter, and logits come back as None.
+        (gpt2.model.loss), faster and lighter, and logits come back as None. reduction="none" (with
+        return_logits=False) gives each target's cross-entropy (B, T) instead, 0 where targets is -100, and
+        runs the head only on the rows that have a target (what DPO sums per response).
         """
         x = self.transformer(
             input_ids, attention_mask=attention_mask, position_ids=position_ids, kv_cache=kv_cache
@@ -353,6 +365,8 @@ class GPT2LMHeadModel(GPT2Sizes, nn.Module):
         V = self.config.vocab_size
         if targets is not None and not return_logits:
             weight = self.lm_head.weight if self.config.padded_vocab_size == V else self.lm_head.weight[:V]
+            if reduction == "none":
+                return LMOutput(None, _token_nll(x, weight, targets))
             loss = lm_head_cross_entropy(x.reshape(-1, x.size(-1)), weight, targets.reshape(-1))  # (B*T, C)
             return LMOutput(None, loss)
         logits = self.lm_head(x)  # (B, T, padded_vocab)
