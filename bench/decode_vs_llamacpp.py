@@ -13,6 +13,9 @@ every engine so machine noise hits all alike, and each figure is the best of the
   Llama.generate with top_k=1.
 - prefill tok/s = prompt tokens / time to the first new token; decode tok/s = (new tokens - 1) / the time
   from the first new token to the last. Pairs: fp32 ↔ f32, bf16 ↔ bf16 (or f16), int8 ↔ q8_0.
+- `--kernels`: the int8 kernel alone (`aten._weight_int8pack_mm`) on 124M's four matrix shapes at 1 and 128
+  rows, on fp32 and on bf16 activations, against F.linear in fp32 (and bf16): why gpt2.generate.quant
+  feeds it bf16. Run it again under ATEN_CPU_CAPABILITY=avx2 to see the AVX2 build of the kernel.
 - `--profile`: torch.profiler over our fp32 and int8 decode steps, the top operators by self CPU time
   (the LM head is the one matmul with vocab-size outputs; attention over the cache is SDPA).
 """
@@ -102,6 +105,39 @@ def profile_ours(model: str, n_prompt: int, threads: int) -> None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
+def kernel_table(threads: int) -> list[list[str]]:
+    """Milliseconds per product (the median of 20) of the int8 kernel and F.linear on 124M's shapes."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+
+    def ms(f, *a) -> float:
+        for _ in range(3):
+            f(*a)
+        times = []
+        for _ in range(20):
+            t = time.perf_counter()
+            f(*a)
+            times.append(time.perf_counter() - t)
+        return sorted(times)[len(times) // 2] * 1e3
+
+    rows = []
+    g = torch.Generator().manual_seed(0)
+    for name, (out, inp) in {"c_attn": (2304, 768), "c_fc": (3072, 768), "c_proj": (768, 3072),
+                             "lm_head": (50257, 768)}.items():
+        w = torch.randn(out, inp, generator=g)
+        q = torch.randint(-127, 128, (out, inp), dtype=torch.int8, generator=g)
+        s = torch.rand(out, generator=g)
+        for m in (1, 128):
+            x = torch.randn(m, inp, generator=g)
+            xb, wb, sb = x.bfloat16(), w.bfloat16(), s.bfloat16()
+            int8 = torch.ops.aten._weight_int8pack_mm
+            rows.append([f"{name} {out}×{inp}", str(m), f"{ms(F.linear, x, w):.3f}", f"{ms(F.linear, xb, wb):.3f}",
+                         f"{ms(int8, x, q, s):.3f}", f"{ms(int8, xb, q, sb):.3f}"])
+    return rows
+
+
 def _spawn(args: list[str]) -> dict:
     r = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True)
     if r.returncode != 0:
@@ -158,7 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--profile", action="store_true", help="also profile our decode steps (fp32, int8)")
+    p.add_argument("--kernels", action="store_true", help="only time the int8 kernel against F.linear")
     args = p.parse_args(argv)
+    if args.kernels:
+        print(f"CPU: {cpu_name()} (ATEN_CPU_CAPABILITY={os.environ.get('ATEN_CPU_CAPABILITY', 'default')}); "
+              f"{args.threads} threads; ms per product, median of 20")
+        print(markdown_table(["matrix", "rows", "F.linear fp32", "F.linear bf16", "int8 kernel, fp32 in",
+                              "int8 kernel, bf16 in"], kernel_table(args.threads), "lrrrrr"))
+        return 0
     _, flags = cpu_info()
     native_bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))

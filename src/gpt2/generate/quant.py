@@ -6,13 +6,18 @@
 Decoding one token streams every weight from memory once, so its speed is bytes read: int8 weights are a
 quarter of fp32's. `quantize(model, "int8")` returns a copy of the model (sharing every other tensor
 with it) whose four block matrices (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj) and LM head are
-`Int8Linear`: each row (output channel) of W stored as int8 q with one scale s = max|row| / 127, so
-W ≈ s[:, None] · q. The product runs in `torch.ops.aten._weight_int8pack_mm` (x @ (q · s)ᵀ without
-materialising W; the kernel gpt-fast and torchao's int8 weight-only path call on CPU). Activations stay
-in the model's dtype (fp32 or bf16); embeddings, LayerNorms and biases are untouched. The plain path,
-F.linear on the dequantized weight s · q, is kept beside it as the reference (`kernel=False`), and a
-test holds the two equal. The LM head is tied to the token embedding: only the head's copy is int8,
-the embedding lookup reads the original. A model carrying LoRA adapters is merged first (on a copy).
+`Int8Linear`: each row (output channel) of W stored as int8 q with one bf16 scale s ≈ max|row| / 127
+(q is rounded against the bf16 scale, so W ≈ s[:, None] · q holds for the scale as stored). The product
+runs in `torch.ops.aten._weight_int8pack_mm` (x @ (q · s)ᵀ without materialising W; the kernel gpt-fast
+and torchao's int8 weight-only path call on CPU), always on **bf16 activations**: that is the kernel's
+vectorised path, on AVX2 as on AVX-512. With fp32 activations it runs a scalar loop, 6-14× slower than
+fp32's own matmul at one row and ~40× at 128 (`bench/decode_vs_llamacpp.py --kernels`, measured on
+Zen 4 with and without ATEN_CPU_CAPABILITY=avx2). So an fp32 model's activations are rounded to bf16 for
+these five matrices and the products come back in fp32; embeddings, LayerNorms, attention and biases
+keep the model's dtype. The plain path, F.linear on the dequantized weight s · q in the activations' own
+dtype, is kept beside it as the reference (`kernel=False`); tests hold the two within bf16's rounding.
+The LM head is tied to the token embedding: only the head's copy is int8, the embedding lookup reads the
+original. A model carrying LoRA adapters is merged first (on a copy).
 """
 
 from __future__ import annotations
@@ -39,34 +44,36 @@ def check_quantization(name: str | None) -> None:
 
 
 class Int8Linear(nn.Module):
-    """y = x (s · q)ᵀ + b, q (out, in) int8 and s (out,) one scale per output channel."""
+    """y = x (s · q)ᵀ + b, q (out, in) int8 and s (out,) one bf16 scale per output channel."""
 
     def __init__(self, linear: nn.Linear, *, kernel: bool = True) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         w = linear.weight.detach().float()  # (out, in)
-        scale = w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127.0  # (out,)
-        self.register_buffer("weight_int8", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
-        # The kernel takes scales in the activations' dtype.
-        self.register_buffer("scales", scale.to(linear.weight.dtype))
+        # bf16 scales: the kernel multiplies by them in the (bf16) activations' dtype; q is rounded against
+        # the scale as stored, so s · q is the weight both paths use.
+        scale = (w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127.0).to(torch.bfloat16)
+        q = torch.round(w / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)  # (out, in)
+        self.register_buffer("weight_int8", q)
+        self.register_buffer("scales", scale)  # (out,)
         self.bias = None if linear.bias is None else linear.bias.detach()
         self.kernel = kernel and self.weight_int8.device.type == "cpu"
 
-    def dequantized(self) -> torch.Tensor:
-        """s · q in the activations' dtype: what the reference path multiplies by."""
-        return self.weight_int8.to(self.scales.dtype) * self.scales[:, None]  # (out, in)
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """s · q in `dtype`: what the reference path multiplies by."""
+        return self.weight_int8.to(dtype) * self.scales.to(dtype)[:, None]  # (out, in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.kernel:
-            return F.linear(x, self.dequantized(), self.bias)
-        rows = x.reshape(-1, self.in_features)  # (B*T, in): the kernel takes a matrix
-        y = torch.ops.aten._weight_int8pack_mm(rows.contiguous(), self.weight_int8, self.scales)  # (B*T, out)
+            return F.linear(x, self.dequantized(x.dtype), self.bias)
+        rows = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()  # (B*T, in): the fast path's input
+        y = torch.ops.aten._weight_int8pack_mm(rows, self.weight_int8, self.scales).to(x.dtype)  # (B*T, out)
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], self.out_features)  # (..., out)
 
     def extra_repr(self) -> str:
-        path = "_weight_int8pack_mm" if self.kernel else "dequantized F.linear"
+        path = "_weight_int8pack_mm on bf16 activations" if self.kernel else "dequantized F.linear"
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel, {path}"
 
 
