@@ -49,7 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__)
     p.add_argument("task", choices=["sms", "imdb", "sms-lora"])
     p.add_argument("--base", help="an existing base (run directory); skips its pretraining")
-    args = p.parse_args(argv)
+    p.add_argument("--tag", help="imdb: a variant's name: its run is runs/finetune-imdb-TAG and its record "
+                                 "bench/results/finetune-imdb-TAG.json")
+    p.add_argument("overrides", nargs="*", help="imdb: key=value overrides of the fine-tune (with --tag)")
+    args = p.parse_intermixed_args(argv)  # overrides may come after the options
+    if (args.overrides or args.tag) and args.task != "imdb":
+        p.error("--tag and overrides apply to the imdb task")
+    if args.overrides and not args.tag:
+        p.error("a variant with overrides needs a --tag, so it does not overwrite the recipe's record")
 
     steps: list[dict] = []
     if args.task == "sms":
@@ -82,13 +89,15 @@ def main(argv: list[str] | None = None) -> int:
         base = args.base or "runs/imdb-lm"
         if not args.base:
             steps.append({"step": "pretrain the base on the training reviews", **timed(["train", "imdb-lm"])})
+        out = f"runs/finetune-imdb-{args.tag}" if args.tag else "runs/finetune-imdb"
         steps.append({"step": "fine-tune, then score the 25,000 test reviews",
-                      **timed(["finetune", "classify", "finetune-imdb", f"model.init_from={base}"])})
-        results = {"test": test_record(Path("runs/finetune-imdb"))}
+                      **timed(["finetune", "classify", "finetune-imdb", f"model.init_from={base}", *args.overrides,
+                               *([f"train.out_dir={out}"] if args.tag else [])])})
+        results = {"test": {**test_record(Path(out)), "overrides": args.overrides}}
 
     record = {"task": args.task, "cpu": cpu_name(), "base": base, "steps": steps, "results": results,
               "total_wall_s": sum(s["wall_s"] for s in steps), "total_cpu_s": sum(s["cpu_s"] for s in steps)}
-    out_path = REPO / "bench" / "results" / f"finetune-{args.task}.json"
+    out_path = REPO / "bench" / "results" / f"finetune-{args.task}{'-' + args.tag if args.tag else ''}.json"
     write_results(out_path, record)
     print(f"\n{record['cpu']}\n")
     print(steps_table(steps) + "\n")
