@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from gpt2 import GPT2Config, GPT2LMHeadModel, KVCache
-from gpt2.model.loss import lm_head_cross_entropy, lm_head_token_nll, reference_cross_entropy, reference_token_nll
+from gpt2.model.loss import (
+    lm_head_cross_entropy,
+    lm_head_token_nll,
+    reference_cross_entropy,
+    reference_token_nll,
+)
 
 
 def tiny(**kw) -> GPT2LMHeadModel:
