@@ -185,9 +185,13 @@ def test_loader_ranks_take_disjoint_batches() -> None:
     assert single[0] == per_rank[0][0]
 
 
-def test_length_buckets_cut_padding(alpaca_examples, gpt2_tok) -> None:
+def test_length_buckets_cut_padding(alpaca_examples, gpt2_tok, monkeypatch) -> None:
     """On instruction-data.json, one epoch at micro-batch 8: padded tokens with buckets vs the same epoch's
-    examples batched in shuffled order (bucket_batches=1 sorts only within a batch, which changes nothing)."""
+    examples batched in shuffled order (bucket_batches=1 sorts only within a batch, which changes nothing).
+    Lengths are not rounded here (PAD_MULTIPLE 1): the buckets' own padding is what is measured."""
+    import gpt2.finetune.instruct_data as instruct_data
+
+    monkeypatch.setattr(instruct_data, "PAD_MULTIPLE", 1)
     _, examples = alpaca_examples
     useful = sum(len(ids) - 1 for ids, _ in examples[: len(examples) // 8 * 8])
 
@@ -203,6 +207,15 @@ def test_length_buckets_cut_padding(alpaca_examples, gpt2_tok) -> None:
     bucketed, shuffled = padding(50), padding(1)
     # measured: 271 padded tokens against 14,879 (62,025 real), 2% of the padding
     assert bucketed < 0.05 * shuffled, (bucketed, shuffled)
+
+
+def test_batch_lengths_round_up_but_never_past_the_longest() -> None:
+    ex = lambda n: (list(range(n)), [True] * n)  # noqa: E731
+    assert pad_examples([ex(10)], 0)[0].shape == (1, 9)  # plain: the longest - 1
+    assert pad_examples([ex(10), ex(4)], 0, multiple=8, longest=40)[0].shape == (2, 16)
+    assert pad_examples([ex(10)], 0, multiple=8, longest=12)[0].shape == (1, 11)  # capped at the data's longest
+    x, y = pad_examples([ex(10)], 7, multiple=8, longest=40)
+    assert (x[0, 9:] == 7).all() and (y[0, 9:] == -100).all()  # the extra positions are padding, never targets
 
 
 # --------------------------------------------------------------------------------------- held out

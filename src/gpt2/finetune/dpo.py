@@ -98,6 +98,7 @@ def score_pairs(model: torch.nn.Module, pairs: list[Any], *, batch_size: int, pa
     """(summed log-probs (2n,), token counts (2n,)) of every pair's chosen then rejected side, chosen rows first,
     the same on every rank: pairs sorted by length, batches of `batch_size`, rank r scores every world_size-th
     batch and the results are all-reduced."""
+    from gpt2.finetune.instruct_data import PAD_MULTIPLE
     from gpt2.finetune.preference_data import PairLoader, pad_pairs
 
     autocast = autocast if autocast is not None else contextlib.nullcontext()
@@ -105,10 +106,11 @@ def score_pairs(model: torch.nn.Module, pairs: list[Any], *, batch_size: int, pa
     sums = torch.zeros(2 * n, dtype=torch.float64, device=device)
     counts = torch.zeros(2 * n, dtype=torch.float64, device=device)
     order = sorted(range(n), key=lambda i: PairLoader.length(pairs[i]))
+    longest = max((PairLoader.length(p) for p in pairs), default=0)
     batches = [order[i: i + batch_size] for i in range(0, n, batch_size)]
     for b in range(rank, len(batches), world_size):
         idx = torch.tensor(batches[b], device=device)
-        x, y = pad_pairs([pairs[i] for i in batches[b]], pad_id)[:2]
+        x, y = pad_pairs([pairs[i] for i in batches[b]], pad_id, multiple=PAD_MULTIPLE, longest=longest)[:2]
         with autocast:
             s, c = sequence_logps(model, x.to(device), y.to(device))
         rows = torch.cat([idx, idx + n])  # chosen rows, then rejected rows

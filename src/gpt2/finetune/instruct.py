@@ -80,10 +80,11 @@ def response_loss(model: torch.nn.Module, examples: list[Example], *, batch_size
     token), since each forward all-gathers the weights."""
     import contextlib
 
-    from gpt2.finetune.instruct_data import pad_examples
+    from gpt2.finetune.instruct_data import PAD_MULTIPLE, pad_examples
 
     autocast = autocast if autocast is not None else contextlib.nullcontext()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
+    longest = max((len(e[0]) for e in examples), default=0)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     rounds = math.ceil(len(batches) / world_size)
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -96,7 +97,7 @@ def response_loss(model: torch.nn.Module, examples: list[Example], *, batch_size
             x = torch.full((1, 1), pad_id, dtype=torch.long)
             y = torch.full((1, 1), -100, dtype=torch.long)
         else:
-            x, y = pad_examples([examples[i] for i in batches[b]], pad_id)
+            x, y = pad_examples([examples[i] for i in batches[b]], pad_id, multiple=PAD_MULTIPLE, longest=longest)
         x, y = x.to(device), y.to(device)
         with autocast:
             loss = model(x, targets=y, return_logits=False).loss

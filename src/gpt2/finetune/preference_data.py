@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from gpt2.errors import UserError, UserFileNotFoundError
-from gpt2.finetune.instruct_data import InstructLoader, pad_examples
+from gpt2.finetune.instruct_data import PAD_MULTIPLE, InstructLoader, pad_examples
 from gpt2.generate.chat import Message, check_conversation, encode_conversation
 
 Example = tuple[list[int], list[bool]]  # (ids, target mask), as encode_conversation returns them
@@ -169,9 +169,12 @@ def encode_pairs(pairs: list[Preference], tokenizer: Any, fmt: Any, *, max_token
     return out, kept, truncated
 
 
-def pad_pairs(pairs: list[Pair], pad_id: int) -> tuple[torch.Tensor, ...]:
-    """(x (2B, T), y (2B, T)), plus ref (2B,) when every pair has its reference log-probs: chosen rows first."""
-    x, y = pad_examples([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
+def pad_pairs(pairs: list[Pair], pad_id: int, *, multiple: int = 1, longest: int | None = None
+              ) -> tuple[torch.Tensor, ...]:
+    """(x (2B, T), y (2B, T)), plus ref (2B,) when every pair has its reference log-probs: chosen rows first.
+    `multiple` and `longest` round T up as pad_examples does."""
+    x, y = pad_examples([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, multiple=multiple,
+                        longest=longest)
     if all(p.ref is not None for p in pairs):
         ref = torch.tensor([p.ref[0] for p in pairs] + [p.ref[1] for p in pairs], dtype=torch.float64)  # type: ignore[index]
         return x, y, ref
@@ -186,7 +189,7 @@ class PairLoader(InstructLoader):
         return max(len(example.chosen[0]), len(example.rejected[0]))
 
     def collate(self, examples: list[Any]) -> tuple[torch.Tensor, ...]:
-        return pad_pairs(examples, self.pad_id)
+        return pad_pairs(examples, self.pad_id, multiple=PAD_MULTIPLE, longest=self.longest)
 
 
 # --------------------------------------------------------------------------------------------- CLI

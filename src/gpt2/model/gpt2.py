@@ -21,14 +21,22 @@ from gpt2.errors import UserError
 from gpt2.model.config import _TANH_GELU, GPT2Config
 from gpt2.model.loss import lm_head_cross_entropy, lm_head_token_nll
 
+# The head's rows in steps of 64: each new row count is a new oneDNN kernel on CPU (see PAD_MULTIPLE in
+# gpt2.finetune.instruct_data); the extra rows are masked (-100), so they add nothing but ~2% of the head's work.
+HEAD_ROWS_MULTIPLE = 64
+
 
 def _token_nll(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Each target's cross-entropy (B, T), 0 at -100, with the head run only on the rows that have a target."""
     B, T, C = x.shape
     flat = targets.reshape(-1)  # (B*T,)
     rows = (flat != -100).nonzero().squeeze(1)  # (M,): a prompt's and the padding's rows never reach the head
-    nll = lm_head_token_nll(x.reshape(-1, C).index_select(0, rows), weight, flat.index_select(0, rows))  # (M,)
-    return nll.new_zeros(B * T).index_put((rows,), nll).view(B, T)
+    t = flat.index_select(0, rows)  # (M,)
+    pad = -rows.numel() % HEAD_ROWS_MULTIPLE
+    if pad:  # masked copies of row 0, scored 0
+        rows, t = torch.cat([rows, rows.new_zeros(pad)]), torch.cat([t, t.new_full((pad,), -100)])
+    nll = lm_head_token_nll(x.reshape(-1, C).index_select(0, rows), weight, t)  # (M + pad,)
+    return nll.new_zeros(B * T).index_put((rows,), nll, accumulate=True).view(B, T)  # pads add their 0
 
 
 class LMOutput(NamedTuple):
