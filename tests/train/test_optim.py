@@ -32,6 +32,10 @@ def test_schedule_warmup_cosine_floor_and_time_budget() -> None:
     assert s(20, time_fraction=0.5) == pytest.approx(s(60))
     assert s(20, time_fraction=2.0) == pytest.approx(0.1)
     assert s(20, time_fraction=0.0) == pytest.approx(s(20))  # steps ahead of the clock win
+    # right after warm-up the decay's progress is ~0: a clock reading behind the steps (11/110) changes nothing,
+    # so a run that its steps end is the same whatever the machine's speed
+    assert s(11, time_fraction=0.05) == s(11) and s(11, time_fraction=0.09) == s(11)
+    assert s(11, time_fraction=0.2) == pytest.approx(s(10 + 20))  # a clock ahead of the steps still drives it
     with pytest.raises(ValueError, match="LR schedule differs"):
         s.load_state_dict({**s.state_dict(), "max_steps": 5})
 

@@ -254,7 +254,10 @@ class LRSchedule:
 
         With a time budget (train.max_minutes), `time_fraction` is the share of it used so far; the
         decay then follows whichever runs out first, steps or time, so a run cut short by the clock
-        still ends at the floor instead of at its peak rate.
+        still ends at the floor instead of at its peak rate. The clock counts only while it is ahead of the
+        steps (time_fraction > step / max_steps): a run that its steps end first follows the steps alone,
+        so it is a function of its config and seed, not of how fast the machine ran its first steps (right
+        after warm-up the decay's own progress is ~0, and any clock reading used to win there).
         """
         if step < self.warmup:
             return self.lr * (step + 1) / self.warmup
@@ -262,7 +265,7 @@ class LRSchedule:
             return self.lr
         span = max(self.max_steps - self.warmup, 1)
         progress = min((step - self.warmup) / span, 1.0)
-        if time_fraction is not None:
+        if time_fraction is not None and time_fraction > step / max(self.max_steps, 1):
             progress = min(max(progress, time_fraction), 1.0)
         if self.kind == "linear":
             coeff = 1.0 - progress
