@@ -207,6 +207,8 @@ def test_per_token_loss_runs_the_head_on_target_rows_only() -> None:
     assert model.transformer.h[0].mlp.c_fc.weight.grad.abs().sum() > 0
     with torch.no_grad():
         torch.testing.assert_close(model(ids, targets=y, return_logits=False, reduction="none").loss, want.detach())
+    with pytest.raises(ValueError, match="reduction"):
+        model(ids, targets=y, reduction="none")  # per-token losses come only from the fused head
 
 
 def test_fused_loss_under_bf16_autocast_is_close() -> None:

@@ -367,6 +367,8 @@ class GPT2LMHeadModel(GPT2Sizes, nn.Module):
         return_logits=False) gives each target's cross-entropy (B, T) instead, 0 where targets is -100, and
         runs the head only on the rows that have a target (what DPO sums per response).
         """
+        if reduction not in ("mean", "none") or (reduction == "none" and (targets is None or return_logits)):
+            raise ValueError(f"reduction={reduction!r}: 'mean', or 'none' with targets and return_logits=False")
         x = self.transformer(
             input_ids, attention_mask=attention_mask, position_ids=position_ids, kv_cache=kv_cache
         )  # (B, T, C)

@@ -38,18 +38,25 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+def _head_forward(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, W in the compute dtype, logits (N, V) in fp32 at least, their logsumexp (N,), each row's CE (N,),
+    0 where targets is -100): the forward both fused heads share."""
+    cdt = _compute_dtype(x)
+    xc, wc = x.to(cdt), weight.to(cdt)
+    logits = xc @ wc.t()  # (N, V)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # softmax in fp32 at least
+    lse = torch.logsumexp(logits, dim=-1)  # (N,)
+    picked = logits.gather(1, targets.clamp(min=0)[:, None]).squeeze(1)  # (N,)
+    return xc, wc, logits, lse, torch.where(targets != -100, lse - picked, 0.0)
+
+
 class _LMHeadCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        cdt = _compute_dtype(x)
-        xc, wc = x.to(cdt), weight.to(cdt)
-        logits = xc @ wc.t()  # (N, V)
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # softmax in fp32 at least
-        lse = torch.logsumexp(logits, dim=-1)  # (N,)
-        valid = targets != -100
-        n = valid.sum().clamp(min=1)
-        picked = logits.gather(1, targets.clamp(min=0)[:, None]).squeeze(1)  # (N,)
-        loss = torch.where(valid, lse - picked, 0.0).sum() / n
+        xc, wc, logits, lse, rows = _head_forward(x, weight, targets)
+        n = (targets != -100).sum().clamp(min=1)
+        loss = rows.sum() / n
         ctx.save_for_backward(xc, wc, targets, logits, lse, n)
         ctx.dtypes = (x.dtype, weight.dtype)
         return loss
@@ -92,16 +99,10 @@ def reference_token_nll(x: torch.Tensor, weight: torch.Tensor, targets: torch.Te
 class _LMHeadTokenNLL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        cdt = _compute_dtype(x)
-        xc, wc = x.to(cdt), weight.to(cdt)
-        logits = xc @ wc.t()  # (N, V)
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        lse = torch.logsumexp(logits, dim=-1)  # (N,)
-        valid = targets != -100
-        picked = logits.gather(1, targets.clamp(min=0)[:, None]).squeeze(1)  # (N,)
+        xc, wc, logits, lse, rows = _head_forward(x, weight, targets)
         ctx.save_for_backward(xc, wc, targets, logits, lse)
         ctx.dtypes = (x.dtype, weight.dtype)
-        return torch.where(valid, lse - picked, 0.0)  # (N,)
+        return rows  # (N,)
 
     @staticmethod
     def backward(ctx, grad_rows: torch.Tensor):
