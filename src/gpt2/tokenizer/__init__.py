@@ -7,15 +7,16 @@
     tok = train_bpe(["some text", "more text"], vocab_size=300)
     tok.save("out/tok")                                # our format + HF tokenizer.json
 
-core.py holds the split patterns and the plain-Python reference encoder; bpe.py trains; encoding.py is the `Tokenizer`
-(tiktoken's API and fast path); io.py reads and writes the file formats and resolves "gpt2";
-chat.py writes conversations in a prompt format (chat.json, chat_template); show.py prints vocabulary
+core.py holds the split patterns, the plain-Python reference encoder, the byte-level alphabet, the
+tokenizer hash and `TokenizerParts`; bpe.py trains; io.py reads the file formats into parts (and
+resolves "gpt2") and writes them from a tokenizer; encoding.py is the `Tokenizer` (tiktoken's API and
+fast path) and `load_tokenizer`, built on io.py's readers (imports run core ← io ← encoding); chat.py
+writes conversations in a prompt format (chat.json, chat_template); show.py prints vocabulary
 statistics and draws token boundaries.
 """
 
 from gpt2.tokenizer.bpe import train_bpe
 from gpt2.tokenizer.core import GPT2_PATTERN, GPT4_PATTERN, reference_encode
-from gpt2.tokenizer.encoding import Tokenizer
-from gpt2.tokenizer.io import load_tokenizer
+from gpt2.tokenizer.encoding import Tokenizer, load_tokenizer
 
 __all__ = ["GPT2_PATTERN", "GPT4_PATTERN", "Tokenizer", "load_tokenizer", "reference_encode", "train_bpe"]

