@@ -18,6 +18,7 @@ bench/results/douban-conditioning.json with every completion and its judgement.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 import subprocess
@@ -39,7 +40,8 @@ def _split_with_stars(run: Path) -> tuple[list[tuple[int, str]], list[tuple[int,
     from gpt2.sources import resolve_source
     from gpt2.train.setup import with_control_tokens
 
-    data, controls = with_control_tokens(load_run_config(run).data)
+    # The records as they are, once each, also where data.balance_controls repeated rare ratings for the LM.
+    data, controls = with_control_tokens(dataclasses.replace(load_run_config(run).data, balance_controls=False))
     if not any(t.startswith("<|stars=") for t in controls):
         raise SystemExit(f"{run} was not trained with data.control_fields: [stars]")
     fraction = data.val_fraction if data.val_fraction is not None else DEFAULT_VAL_FRACTION

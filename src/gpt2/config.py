@@ -93,6 +93,8 @@ class DataConfig:
     """Tokenizer processes for preparing shards; 0 = one per CPU."""
     control_fields: list[str] = dataclasses.field(default_factory=list)
     """Metadata fields of each record whose values become control tokens <|field=value|> before its text."""
+    balance_controls: bool = False
+    """Repeat training records of rarer control values so each value is read about as often (held-out once)."""
     tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
 
 

@@ -104,3 +104,31 @@ def test_generate_info_and_serve_take_control_prompts(reviews: Path, tmp_path: P
     assert _encode_prompts(Served(), "<|stars=5|>好")[0][0] == tok.special_tokens["<|stars=5|>"]
     with pytest.raises(ApiError, match="no stars=0"):
         _encode_prompts(Served(), ["<|stars=0|>好"])
+
+
+def test_balance_repeats_rare_training_values_and_never_held_out(reviews: Path, tmp_path: Path) -> None:
+    from collections import Counter
+
+    from gpt2.data.prepare import is_val_document
+
+    plain, _ = with_controls(reviews, field="text", control_fields=["stars"], out_dir=tmp_path / "c")
+    out, _ = with_controls(reviews, field="text", control_fields=["stars"], out_dir=tmp_path / "c",
+                           balance=True, val_fraction=0.3)
+    assert out != plain  # its own cache entry
+    before = [json.loads(line)["text"] for line in plain.read_text(encoding="utf-8").splitlines()]
+    after = [json.loads(line)["text"] for line in out.read_text(encoding="utf-8").splitlines()]
+    val_before = Counter(d for d in before if is_val_document(d, 0.3))
+    assert val_before and Counter(d for d in after if is_val_document(d, 0.3)) == val_before  # held-out once each
+    train_before = Counter(d[:d.index("|>") + 2] for d in before if not is_val_document(d, 0.3))
+    train_after = Counter(d[:d.index("|>") + 2] for d in after if not is_val_document(d, 0.3))
+    most = max(train_before.values())
+    for token, n in train_before.items():
+        assert train_after[token] == n * max(1, round(most / n))
+    assert len(set(train_before.values())) > 1 and max(train_after.values()) - min(train_after.values()) <= most // 2
+
+
+def test_balance_needs_control_fields(tmp_path: Path) -> None:
+    from gpt2.train.setup import with_control_tokens
+
+    with pytest.raises(UserError, match="balance_controls"):
+        with_control_tokens(DataConfig(source=str(tmp_path / "x.jsonl"), balance_controls=True))

@@ -48,12 +48,18 @@ def with_control_tokens(cfg: DataConfig) -> tuple[DataConfig, list[str]]:
     """cfg reading a cached copy of its source with each record's control tokens before its text, and
     those tokens; cfg unchanged and [] without data.control_fields."""
     if not cfg.control_fields:
+        if cfg.balance_controls:
+            raise UserError("data.balance_controls=true balances the values of data.control_fields, and none are "
+                            "named: add data.control_fields (e.g. [stars]) or drop balance_controls")
         return cfg, []
     from gpt2.data.controls import with_controls
+    from gpt2.data.prepare import DEFAULT_VAL_FRACTION
 
+    fraction = cfg.val_fraction if cfg.val_fraction is not None else DEFAULT_VAL_FRACTION
     path, tokens = with_controls(cfg.source, field=cfg.field, control_fields=cfg.control_fields,
-                                 out_dir=cache_dir() / "controls")
-    return dataclasses.replace(cfg, source=str(path), field="text", control_fields=[]), tokens
+                                 out_dir=cache_dir() / "controls", balance=cfg.balance_controls,
+                                 val_fraction=fraction)
+    return dataclasses.replace(cfg, source=str(path), field="text", control_fields=[], balance_controls=False), tokens
 
 
 def ensure_tokenizer(cfg: DataConfig, *, progress: bool = True):
