@@ -12,7 +12,7 @@
    classifier reads prompt word + completion. Goal: ≥ 80% judged as the rating asked (1 → 0, 5 → 1).
 
 Prints the classifier's held-out accuracy, the share judged as asked per rating, and writes
-bench/results/douban-conditioning.json with every completion and its judgement.
+bench/results/douban-conditioning.json (--results) with every completion and its judgement.
 """
 
 from __future__ import annotations
@@ -78,6 +78,10 @@ def main() -> None:
     p.add_argument("--no-hotel", action="store_true", help="train the classifier on Douban's reviews alone")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--classifier", type=Path, default=None, help="use this classifier instead of training one")
+    p.add_argument("--classifier-out", type=Path, default=None,
+                   help="train the classifier into this run directory (default: a temporary one), to judge "
+                        "another run with the same classifier later (--classifier DIR/best)")
+    p.add_argument("--results", type=Path, default=REPO / "bench" / "results" / "douban-conditioning.json")
     args = p.parse_args()
     train, val = _split_with_stars(args.run)
     rows = _labelled(train)
@@ -91,12 +95,13 @@ def main() -> None:
                     "classifier_test_rows": len(_labelled(val)), "hotel": not args.no_hotel}
     classifier = args.classifier
     if classifier is None:
-        classifier = work / "classifier"
+        classifier = args.classifier_out or work / "classifier"
         record["finetune"] = timed(["finetune", "classify", "douban-zh-classify", f"model.init_from={args.run}",
                                     f"finetune.train_file={work / 'train.jsonl'}", "finetune.text_field=text",
                                     f"finetune.test_file={work / 'test.jsonl'}", f"train.max_minutes={args.minutes}",
                                     f"train.out_dir={classifier}"])
         classifier = classifier / "best"
+    record["classifier"] = str(classifier)
     r = subprocess.run([sys.executable, "-m", "gpt2", "eval", str(classifier), "--classify", str(work / "test.jsonl"),
                         "--json"], cwd=REPO, text=True, capture_output=True, check=True)
     held_out = json.loads(r.stdout)
@@ -119,7 +124,7 @@ def main() -> None:
     record["conditioning"] = results
     both = (results[1]["as_asked"] + results[5]["as_asked"]) / 2
     record["as_asked_overall"] = both
-    write_results(REPO / "bench" / "results" / "douban-conditioning.json", record)
+    write_results(args.results, record)
     print(f"classifier held-out accuracy {held_out['accuracy']:.4f} on {record['classifier_test_rows']} Douban "
           f"reviews; judged as asked: 1 star {results[1]['as_asked']:.0%}, 5 stars {results[5]['as_asked']:.0%}, "
           f"overall {both:.0%} ({N_PROMPTS} prompt words each)")

@@ -2,13 +2,19 @@
 
     GPT2_DOCS_ZYGOTE=SOCKET python -S tests/docs/client.py model info gpt2    # what the `gpt2` shim runs
 
-Standard library only (it starts with -S, in milliseconds); exits with the command's own status.
+Standard library only (it starts with -S, in milliseconds); exits with the command's own status. The
+zygote first sends the pid of the child running the command; SIGTERM, SIGINT and SIGHUP sent to this
+client go on to that child, so an example that starts `gpt2 serve ... &` and later `kill`s it stops the
+server, as it would stop the real command.
 """
 
 import json
 import os
+import signal
 import socket
 import sys
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def main() -> int:
@@ -19,7 +25,20 @@ def main() -> int:
     reply = b""
     while chunk := conn.recv(64):
         reply += chunk
-    return int(reply or b"1")
+        if b"\n" in reply:
+            break
+    head, _, reply = reply.partition(b"\n")
+    child = int(head or b"0")
+    if child:
+        for sig in FORWARDED:
+            signal.signal(sig, lambda s, _frame: os.kill(child, s))
+    while chunk := conn.recv(64):
+        reply += chunk
+    code = int(reply or b"1")
+    if code < 0:  # the command died of a signal: die of it too, so the shell sees what it would have seen
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ def serve(path: str) -> None:
                 _child(conn, fds, request)
             for fd in fds:
                 os.close(fd)
+            conn.sendall(f"{pid}\n".encode())  # the client forwards signals to it (`kill $server` in an example)
             waiting[pid] = conn
         while waiting:  # reap every finished child and tell its client the exit status
             pid, status = os.waitpid(-1, os.WNOHANG)
