@@ -1,6 +1,7 @@
 """Preference data for DPO: read prompt/chosen/rejected records, encode each pair in a chat format, batch pairs.
 
-    python -m gpt2.finetune.preference_data ../shared/data/instruction-data-with-preference.json --tokenizer gpt2
+    python -c "from gpt2.finetune.preference_data import read_preference; \
+               print(read_preference('../shared/data/instruction-data-with-preference.json')[0])"
 
 **Files** (`read_preference`, through the one JSON/JSON-lines reader gpt2.sources.read_json_records), the
 form detected per record:
@@ -30,9 +31,7 @@ PairLoader is InstructLoader's length buckets and resumable state with a pair's 
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,33 +189,3 @@ class PairLoader(InstructLoader):
 
     def collate(self, examples: list[Any]) -> tuple[torch.Tensor, ...]:
         return pad_pairs(examples, self.pad_id, multiple=PAD_MULTIPLE, longest=self.longest)
-
-
-# --------------------------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> int:
-    """Summarise a preference file: pairs, token lengths, and one pair with its reply tokens in [brackets]."""
-    from gpt2.generate.chat import FORMATS
-    from gpt2.tokenizer import load_tokenizer
-
-    p = argparse.ArgumentParser(prog="python -m gpt2.finetune.preference_data", description=main.__doc__)
-    p.add_argument("path")
-    p.add_argument("--format", default="alpaca", choices=list(FORMATS))
-    p.add_argument("--tokenizer", default="gpt2")
-    args = p.parse_args(argv)
-    try:
-        pairs = read_preference(args.path)
-        tok, fmt = load_tokenizer(args.tokenizer), FORMATS[args.format]
-        encoded, _, _ = encode_pairs(pairs, tok, fmt, max_tokens=10**9)
-    except (UserError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    longest = sorted(PairLoader.length(e) for e in encoded)
-    print(f"{len(pairs)} pairs; longer side in tokens: min {longest[0]}, median {longest[len(longest) // 2]}, "
-          f"max {longest[-1]}")
-    ids, mask = encoded[0].chosen
-    print("--- chosen\n" + "".join(f"[{tok.decode([t])}]" if m else tok.decode([t]) for t, m in zip(ids, mask)))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
