@@ -61,14 +61,18 @@ def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
-def _completions(run: Path, words: list[str], max_new_tokens: int) -> dict[int, list[str]]:
+def _completions(run: Path, words: list[str], max_new_tokens: int, samples: int) -> dict[int, list[str]]:
+    """Per rating, `samples` completions of each prompt word (seeds 0, 1, ...), seed by seed."""
     from gpt2.generate.engine import SampleConfig, generate
     from gpt2.load import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(run)
-    config = SampleConfig(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=0, stop_at_eot=True)
-    return {stars: [g.text for g in generate(model, tok, [f"<|stars={stars}|>{w}" for w in words], config)]
-            for stars in (1, 5)}
+    out: dict[int, list[str]] = {1: [], 5: []}
+    for seed in range(samples):
+        config = SampleConfig(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=seed, stop_at_eot=True)
+        for stars in out:
+            out[stars] += [g.text for g in generate(model, tok, [f"<|stars={stars}|>{w}" for w in words], config)]
+    return out
 
 
 def main() -> None:
@@ -77,6 +81,8 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=5.0, help="the classifier's training time")
     p.add_argument("--no-hotel", action="store_true", help="train the classifier on Douban's reviews alone")
     p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--samples", type=int, default=1,
+                   help="completions per prompt word and rating (seeds 0..N-1): more for a smaller standard error")
     p.add_argument("--classifier", type=Path, default=None, help="use this classifier instead of training one")
     p.add_argument("--classifier-out", type=Path, default=None,
                    help="train the classifier into this run directory (default: a temporary one), to judge "
@@ -108,7 +114,9 @@ def main() -> None:
     record["classifier_heldout_accuracy"] = held_out["accuracy"]
 
     words = [t[:2] for _, t in val[:N_PROMPTS]]
-    completions = _completions(args.run, words, args.max_new_tokens)
+    completions = _completions(args.run, words, args.max_new_tokens, args.samples)
+    words = words * args.samples
+    record["samples_per_word"] = args.samples
     from gpt2.finetune.classify_inference import Reading, classify
 
     model, tok, _ = Reading(device="cpu").load(classifier)
@@ -127,7 +135,7 @@ def main() -> None:
     write_results(args.results, record)
     print(f"classifier held-out accuracy {held_out['accuracy']:.4f} on {record['classifier_test_rows']} Douban "
           f"reviews; judged as asked: 1 star {results[1]['as_asked']:.0%}, 5 stars {results[5]['as_asked']:.0%}, "
-          f"overall {both:.0%} ({N_PROMPTS} prompt words each)")
+          f"overall {both:.0%} ({N_PROMPTS} prompt words × {args.samples} each)")
 
 
 if __name__ == "__main__":
