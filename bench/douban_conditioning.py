@@ -28,7 +28,10 @@ from pathlib import Path
 
 from common import REPO, cpu_name, parser, timed, write_results
 
+from gpt2.sources import read_json_records
+
 HOTEL = REPO.parent / "shared" / "data" / "chnsenticorp_hotel_reviews_zh.csv"
+DOUBAN = REPO.parent / "shared" / "data" / "douban_movie_reviews_zh.jsonl"
 STARS = re.compile(r"^<\|stars=(\d+)\|>")
 N_PROMPTS = 50
 
@@ -55,6 +58,22 @@ def _split_with_stars(run: Path) -> tuple[list[tuple[int, str]], list[tuple[int,
 
 def _labelled(rows: list[tuple[int, str]]) -> list[dict[str, str]]:
     return [{"text": t, "label": "1" if s >= 4 else "0"} for s, t in rows if s != 3]
+
+
+def _hotel_reviews() -> list[dict[str, str]]:
+    """ChnSentiCorp's labelled hotel reviews as {"text", "label"} (1 positive, 0 negative), empty ones dropped."""
+    with open(HOTEL, encoding="utf-8", newline="") as f:
+        return [{"text": r["review"], "label": r["label"]} for r in csv.DictReader(f) if r["review"].strip()]
+
+
+def write_corpus(path: Path) -> None:
+    """The corpus of the judge's language model in docs/douban-zh.md: every Douban record ({"stars", "text"})
+    then every hotel review with no stars ({"text"}), so `data.control_fields: [stars]` gives the hotel
+    reviews no control token and splits the Douban reviews as the recipe does."""
+    rows = [{"stars": r["stars"], "text": r["text"]} for _, r in read_json_records(DOUBAN)]
+    rows += [{"text": r["text"]} for r in _hotel_reviews()]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    print(f"wrote {path}: {len(rows):,} records")
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
@@ -88,12 +107,17 @@ def main() -> None:
                    help="train the classifier into this run directory (default: a temporary one), to judge "
                         "another run with the same classifier later (--classifier DIR/best)")
     p.add_argument("--results", type=Path, default=REPO / "bench" / "results" / "douban-conditioning.json")
+    p.add_argument("--write-corpus", type=Path, default=None, metavar="PATH",
+                   help="only write the Douban + hotel corpus of a judge's language model (docs/douban-zh.md) and exit")
     args = p.parse_args()
+    if args.samples < 1:
+        p.error(f"--samples must be at least 1, got {args.samples}")
+    if args.write_corpus is not None:
+        return write_corpus(args.write_corpus)
     train, val = _split_with_stars(args.run)
     rows = _labelled(train)
     if not args.no_hotel:
-        with open(HOTEL, encoding="utf-8", newline="") as f:
-            rows += [{"text": r["review"], "label": r["label"]} for r in csv.DictReader(f) if r["review"].strip()]
+        rows += _hotel_reviews()
     work = Path(tempfile.mkdtemp(prefix="douban-cond-"))
     _write_jsonl(work / "train.jsonl", rows)
     _write_jsonl(work / "test.jsonl", _labelled(val))
