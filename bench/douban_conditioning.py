@@ -10,6 +10,9 @@
 3. Prompt words: the first two characters of the first 50 held-out reviews. Each is completed once after
    <|stars=1|> and once after <|stars=5|> (seed 0, temperature 0.8, top-k 50, 48 new tokens), and the
    classifier reads prompt word + completion. Goal: ≥ 80% judged as the rating asked (1 → 0, 5 → 1).
+   With --guidance-scale G each completion is sampled with classifier-free guidance against the other
+   rating (`<|stars=1|>剧情` pushed away from `<|stars=5|>剧情`, and back), as
+   `gpt2 generate RUN "<|stars=1|>剧情" --guidance-scale G --negative-prompt "<|stars=5|>剧情"` does.
 
 Prints the classifier's held-out accuracy, the share judged as asked per rating, and writes
 bench/results/douban-conditioning.json (--results) with every completion and its judgement.
@@ -80,8 +83,10 @@ def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
-def _completions(run: Path, words: list[str], max_new_tokens: int, samples: int) -> dict[int, list[str]]:
-    """Per rating, `samples` completions of each prompt word (seeds 0, 1, ...), seed by seed."""
+def _completions(run: Path, words: list[str], max_new_tokens: int, samples: int, guidance: float
+                 ) -> dict[int, list[str]]:
+    """Per rating, `samples` completions of each prompt word (seeds 0, 1, ...), seed by seed; with guidance
+    each against the same words after the other rating."""
     from gpt2.generate.engine import SampleConfig, generate
     from gpt2.load import load_model_and_tokenizer
 
@@ -90,7 +95,13 @@ def _completions(run: Path, words: list[str], max_new_tokens: int, samples: int)
     for seed in range(samples):
         config = SampleConfig(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=seed, stop_at_eot=True)
         for stars in out:
-            out[stars] += [g.text for g in generate(model, tok, [f"<|stars={stars}|>{w}" for w in words], config)]
+            if guidance == 1.0:
+                out[stars] += [g.text for g in generate(model, tok, [f"<|stars={stars}|>{w}" for w in words], config)]
+                continue
+            other = 6 - stars  # 1 <-> 5
+            for w in words:  # one negative prompt per call
+                guided = config.replace(guidance_scale=guidance, negative_prompt=f"<|stars={other}|>{w}")
+                out[stars].append(generate(model, tok, [f"<|stars={stars}|>{w}"], guided)[0].text)
     return out
 
 
@@ -102,6 +113,8 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--samples", type=int, default=1,
                    help="completions per prompt word and rating (seeds 0..N-1): more for a smaller standard error")
+    p.add_argument("--guidance-scale", type=float, default=1.0, metavar="G",
+                   help="sample with classifier-free guidance against the other rating (default 1: off)")
     p.add_argument("--classifier", type=Path, default=None, help="use this classifier instead of training one")
     p.add_argument("--classifier-out", type=Path, default=None,
                    help="train the classifier into this run directory (default: a temporary one), to judge "
@@ -138,9 +151,10 @@ def main() -> None:
     record["classifier_heldout_accuracy"] = held_out["accuracy"]
 
     words = [t[:2] for _, t in val[:N_PROMPTS]]
-    completions = _completions(args.run, words, args.max_new_tokens, args.samples)
+    completions = _completions(args.run, words, args.max_new_tokens, args.samples, args.guidance_scale)
     words = words * args.samples
     record["samples_per_word"] = args.samples
+    record["guidance_scale"] = args.guidance_scale
     from gpt2.finetune.classify_inference import Reading, classify
 
     model, tok, _ = Reading(device="cpu").load(classifier)
@@ -159,7 +173,7 @@ def main() -> None:
     write_results(args.results, record)
     print(f"classifier held-out accuracy {held_out['accuracy']:.4f} on {record['classifier_test_rows']} Douban "
           f"reviews; judged as asked: 1 star {results[1]['as_asked']:.0%}, 5 stars {results[5]['as_asked']:.0%}, "
-          f"overall {both:.0%} ({N_PROMPTS} prompt words × {args.samples} each)")
+          f"overall {both:.0%} ({N_PROMPTS} prompt words × {args.samples} each, guidance {args.guidance_scale})")
 
 
 if __name__ == "__main__":

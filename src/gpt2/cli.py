@@ -394,12 +394,19 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chat", action="store_true", help="each prompt is a user message in the checkpoint's prompt "
                    "format (chat.json / the chat template), as `gpt2 chat` sends a first message; prints the answer")
     p.add_argument("--format", default=None, help="with --chat: the prompt format (alpaca, plain) instead of chat.json's")
+    p.add_argument("--guidance-scale", type=float, default=None, metavar="G",
+                   help="classifier-free guidance: > 1 pushes each token toward the prompt and away from "
+                   "--negative-prompt (1.5-3 is typical; default 1: off)")
+    p.add_argument("--negative-prompt", default=None, metavar="TEXT",
+                   help="with --guidance-scale: the context to push away from, e.g. \"<|stars=5|>剧情\" against "
+                   "\"<|stars=1|>剧情\" (default: the prompt's last token, as transformers does)")
     _add_sampling_args(p, max_new_tokens=128)
 
     def run(args: argparse.Namespace) -> int:
         from gpt2.generate.commands import run_generate
 
-        config = _sample_config(args, num_samples=args.num_samples, bos=args.bos)
+        config = _sample_config(args, num_samples=args.num_samples, bos=args.bos, guidance_scale=args.guidance_scale,
+                                negative_prompt=args.negative_prompt)
         return run_generate(args.source, args.prompt, config=config, prompts_file=args.prompts_file, out=args.out,
                             batch_size=args.batch_size, tokenizer=args.tokenizer, dtype=args.dtype,
                             device=args.device, as_json=args.json, show_probs=args.show_probs,

@@ -66,8 +66,13 @@ def test_prompts_file_to_results_file(ckpt, model, tok, tmp_path, gpt2_main) -> 
         (["{ckpt}", "hi", "--temperature", "-0.5"], "temperature must be >= 0"),
         (["{ckpt}", "", "--max-new-tokens", "8"], "prompt 0 is empty and the BOS policy is 'never'"),
         (["{ckpt}", "hi", "--out", "x.jsonl"], "--out writes the results of --prompts-file"),
+        (["{ckpt}", "hi", "--negative-prompt", "x"], "negative_prompt is read only with classifier-free guidance"),
+        (["{ckpt}", "hi", "--guidance-scale", "-2"], "guidance_scale must be a finite number >= 0"),
+        (["{ckpt}", "hi", "--guidance-scale", "2", "--negative-prompt", "", "--max-new-tokens", "8"],
+         "negative prompt: prompt 0 is empty"),
     ],
-    ids=["missing-checkpoint", "top-p", "negative-temperature", "empty-prompt", "out-without-file"],
+    ids=["missing-checkpoint", "top-p", "negative-temperature", "empty-prompt", "out-without-file",
+         "negative-without-guidance", "negative-guidance", "empty-negative"],
 )
 def test_bad_input_is_one_error_line_and_exit_2(ckpt, tmp_path, args, match, gpt2_main) -> None:
     args = [a.format(ckpt=ckpt, missing=tmp_path / "nope") for a in args]
@@ -75,6 +80,18 @@ def test_bad_input_is_one_error_line_and_exit_2(ckpt, tmp_path, args, match, gpt
     assert r.returncode == 2, r.stdout
     assert r.stderr.startswith("error: ") and r.stderr.strip().count("\n") == 0, r.stderr
     assert re.search(match, r.stderr), r.stderr
+
+
+def test_guided_generation_is_the_engines(ckpt, model, tok, gpt2_main) -> None:
+    r = gpt2_main("generate", str(ckpt), "The quick", "--max-new-tokens", "10", "--greedy", "--json",
+                  "--guidance-scale", "2.5", "--negative-prompt", "Once upon")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    expected = generate(model, tok, "The quick", max_new_tokens=10, temperature=0, guidance_scale=2.5,
+                        negative_prompt="Once upon")[0]
+    assert out["results"][0]["tokens"] == expected.tokens
+    assert out["config"]["guidance_scale"] == 2.5 and out["config"]["negative_prompt"] == "Once upon"
+    assert expected.tokens != generate(model, tok, "The quick", max_new_tokens=10, temperature=0)[0].tokens
 
 
 def test_empty_prompt_with_bos_policy_works(ckpt, gpt2_main) -> None:

@@ -90,6 +90,12 @@ class SampleConfig:
     """A prompt that does not fit n_positions - max_new_tokens: error, or truncate (keep its end)."""
     top_probs: int = 0
     """Record the k most likely next tokens and their probabilities at every step (0: off)."""
+    guidance_scale: float = 1.0
+    """Classifier-free guidance (HF's guidance_scale): each step's scores are u + scale × (c − u), c and u the
+    log-probabilities after the prompt and after negative_prompt; > 1 pushes away from the negative; 1: off."""
+    negative_prompt: str | list[int] | None = None
+    """The context guidance pushes away from (text or token ids, e.g. the other rating's control token); it is
+    fed the same new tokens as the prompt. None: the prompt's last token alone (as HF). Needs guidance_scale != 1."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -122,6 +128,11 @@ class SampleConfig:
             raise bad("min_p", "in [0, 1]")
         if not self.repetition_penalty > 0:
             raise bad("repetition_penalty", "> 0 (1 is off)")
+        if isinstance(self.guidance_scale, bool) or not 0 <= self.guidance_scale < float("inf"):
+            raise bad("guidance_scale", "a finite number >= 0 (1 is off)")
+        if self.negative_prompt is not None and self.guidance_scale == 1.0:
+            raise UserError("negative_prompt is read only with classifier-free guidance: give guidance_scale "
+                            "(CLI --guidance-scale), e.g. 1.5, or drop the negative prompt")
         if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
             raise bad("seed", "a non-negative integer or None")
         if isinstance(self.stop, str):
@@ -324,6 +335,21 @@ def prepare_prompts(
     return out
 
 
+def prepare_negatives(model: GPT2LMHeadModel, tokenizer: Any, prepared: list[tuple[list[int], str | None, int]],
+                      config: SampleConfig) -> list[list[int]] | None:
+    """The negative context of each prompt under guidance (None without): config.negative_prompt encoded as a
+    prompt is (same BOS policy, same context check), or each prompt's last token when there is none."""
+    if config.guidance_scale == 1.0:
+        return None
+    if config.negative_prompt is None:
+        return [ids[-1:] for ids, _, _ in prepared]
+    try:
+        [(ids, _, _)] = prepare_prompts(model, tokenizer, [config.negative_prompt], config)
+    except UserError as e:
+        raise UserError(f"negative prompt: {e}") from None
+    return [list(ids) for _ in prepared]
+
+
 def row_generator(seed: int, prompt_ids: Sequence[int], sample_index: int, *, device: torch.device | str = "cpu"
                   ) -> torch.Generator:
     """The noise source of one sequence: a function of the seed, the prompt's tokens and the sample index only."""
@@ -369,6 +395,7 @@ def stream(
     if config.stop and tokenizer is None:
         raise UserError("stop strings need a tokenizer to read the text; pass one")
     prepared = prepare_prompts(model, tokenizer, prompts, config)
+    negatives = prepare_negatives(model, tokenizer, prepared, config)
     if batch_size is not None and batch_size < 1:
         raise UserError(f"batch_size must be a positive integer, got {batch_size}")
     seed = config.seed
@@ -378,13 +405,14 @@ def stream(
     if batch_size is not None and batch_size < len(prepared):
         order.sort(key=lambda i: len(prepared[i][0]))
     batches = [order[i : i + (batch_size or len(order))] for i in range(0, len(order), batch_size or len(order))]
-    return _stream_batches(model, tokenizer, prepared, batches, config, seed, pack)
+    return _stream_batches(model, tokenizer, prepared, negatives, batches, config, seed, pack)
 
 
 def _stream_batches(
     model: GPT2LMHeadModel,
     tokenizer: Any,
     prepared: list[tuple[list[int], str | None, int]],
+    negatives: list[list[int]] | None,
     batches: list[list[int]],
     config: SampleConfig,
     seed: int | None,
@@ -392,7 +420,8 @@ def _stream_batches(
 ) -> Iterator[TokenEvent]:
     view = inference_view(model, pack=pack)  # packed once per model (cached), on the first token
     for batch in batches:
-        yield from _decode(view, tokenizer, [(i, *prepared[i]) for i in batch], config, seed)
+        yield from _decode(view, tokenizer, [(i, *prepared[i]) for i in batch], config, seed,
+                           negatives=None if negatives is None else [negatives[i] for i in batch])
 
 
 def generate(
@@ -428,26 +457,27 @@ def _new_seqs(batch: list[tuple[int, list[int], str | None, int]], config: Sampl
     return seqs
 
 
-def _prefill(model: GPT2LMHeadModel, batch: list[tuple[int, list[int], str | None, int]], seqs: list[_Seq],
+def _prefill(model: GPT2LMHeadModel, prompts: list[list[int]], seqs: list[_Seq],
              config: SampleConfig, *, P: int, cache_len: int, padded: bool,
              ) -> tuple[torch.Tensor, torch.Tensor, KVCache, torch.Tensor | None]:
     """Run the left-padded prompts through the model once: (the next-token logits of every sample's row,
-    the attention mask (1 = real token), the KV cache, the presence mask for the repetition penalty)."""
+    the attention mask (1 = real token), the KV cache, the presence mask for the repetition penalty).
+    Under guidance `prompts` is the batch's prompts then their negative contexts, and so are the rows."""
     cfg = model.config
     device = model.transformer.wte.weight.device
     dtype = model.transformer.wte.weight.dtype
     n_samples = config.num_samples
     with torch.inference_mode():
-        input_ids = torch.zeros(len(batch), P, dtype=torch.long, device=device)  # (n_prompts, P), left-padded
-        mask = torch.ones(len(batch), max(cache_len, P), dtype=torch.long, device=device)  # 1 = real token
-        for b, (_, ids, _, _) in enumerate(batch):
+        input_ids = torch.zeros(len(prompts), P, dtype=torch.long, device=device)  # (n_prompts, P), left-padded
+        mask = torch.ones(len(prompts), max(cache_len, P), dtype=torch.long, device=device)  # 1 = real token
+        for b, ids in enumerate(prompts):
             input_ids[b, P - len(ids) :] = torch.tensor(ids, device=device)
             mask[b, : P - len(ids)] = 0
-        cache = KVCache(cfg, batch_size=len(batch), max_len=max(cache_len, P), device=device, dtype=dtype)
+        cache = KVCache(cfg, batch_size=len(prompts), max_len=max(cache_len, P), device=device, dtype=dtype)
         logits = next_logits(model, input_ids, attention_mask=mask[:, :P] if padded else None, kv_cache=cache)
         if n_samples > 1:
             # Every sample of a prompt starts from the same prefill: copy its cache rows, do not recompute.
-            expand = torch.arange(len(batch), device=device).repeat_interleave(n_samples)  # (N,)
+            expand = torch.arange(len(prompts), device=device).repeat_interleave(n_samples)  # (N,)
             cache.reorder(expand)
             logits, mask = logits[expand], mask[expand]
         present = None
@@ -459,12 +489,17 @@ def _prefill(model: GPT2LMHeadModel, batch: list[tuple[int, list[int], str | Non
 def _pick(logits: torch.Tensor, seqs: list[_Seq], active: list[int], config: SampleConfig,
           present: torch.Tensor | None, *, V: int) -> tuple[torch.Tensor, list[int], list[Any] | None, list[float]]:
     """One decoding step's choice for every active row: (the ids (B,), the same as a list, the top
-    probabilities when asked for, the chosen tokens' probabilities); marks them present (in place)."""
+    probabilities when asked for, the chosen tokens' probabilities); marks them present (in place).
+    Under guidance `logits` holds 2B rows, the prompts' then their negative contexts'."""
     device = logits.device
     chosen: list[float] = []
     logits = logits[:, :V].float()  # (B, V); float32 for the sampling arithmetic under bf16 weights
+    scores = logits
+    if config.guidance_scale != 1.0:
+        logits, negative = logits[: len(active)], logits[len(active) :]  # (B, V) each
+        scores = sampling.apply_guidance(logits, negative, config.guidance_scale)
     processed = sampling.process_logits(
-        logits,
+        scores,
         temperature=config.temperature,
         top_k=config.top_k,
         top_p=config.top_p,
@@ -533,20 +568,27 @@ def _decode(
     batch: list[tuple[int, list[int], str | None, int]],
     config: SampleConfig,
     seed: int | None,
+    *,
+    negatives: list[list[int]] | None = None,
 ) -> Iterator[TokenEvent]:
-    """Decode one batch of prompts (prompt index, ids, text, truncated) to the end of every sequence."""
+    """Decode one batch of prompts (prompt index, ids, text, truncated) to the end of every sequence.
+
+    With negatives (classifier-free guidance) the batch carries a second row per sequence, its negative
+    context, after all the prompts' rows: fed the same tokens, dropped with it."""
     cfg = model.config
     device = model.transformer.wte.weight.device
     eos = _eos_id(model, tokenizer)
     # The tokenizer may know fewer ids than the model scores (a padded vocabulary): never pick those.
     V = min(cfg.vocab_size, tokenizer.n_vocab) if tokenizer is not None else cfg.vocab_size
     seqs = _new_seqs(batch, config, seed, device=device)
-    lengths = [len(ids) for _, ids, _, _ in batch]
+    prompts = [ids for _, ids, _, _ in batch] + (negatives or [])
+    lengths = [len(ids) for ids in prompts]
     P = max(lengths)
     cache_len = P + config.max_new_tokens - 1  # the last new token is never fed back
     padded = min(lengths) < P
 
-    logits, mask, cache, present = _prefill(model, batch, seqs, config, P=P, cache_len=cache_len, padded=padded)
+    logits, mask, cache, present = _prefill(model, prompts, seqs, config, P=P, cache_len=cache_len, padded=padded)
+    halves = 1 if negatives is None else 2  # rows: [sequences...] or [sequences..., their negative contexts...]
 
     active = list(range(len(seqs)))  # index into seqs of each batch row
     while True:
@@ -560,13 +602,15 @@ def _decode(
 
         with torch.inference_mode():
             if len(keep) < len(active):
-                # Drop finished rows: cache, mask and per-row state shrink together.
+                # Drop finished rows: cache, mask and per-row state shrink together (a negative context with its row).
                 idx = torch.tensor(keep, device=device)
-                cache.reorder(idx)
-                mask, next_ids = mask[idx], next_ids[idx]
+                rows = torch.cat([idx + h * len(active) for h in range(halves)])  # (halves × len(keep),)
+                cache.reorder(rows)
+                mask, next_ids = mask[rows], next_ids[idx]
                 present = present[idx] if present is not None else None
                 active = [active[j] for j in keep]
                 padded = padded and bool((mask[:, :P] == 0).any())
             past = cache.pos
-            logits = next_logits(model, next_ids[:, None], kv_cache=cache,
+            feed = next_ids.repeat(halves)  # (halves × B,): a negative context reads the same new token
+            logits = next_logits(model, feed[:, None], kv_cache=cache,
                                  attention_mask=mask[:, : past + 1] if padded else None)

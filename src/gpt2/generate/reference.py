@@ -34,6 +34,7 @@ def reference_generate(
 
     Honours max_new_tokens, stop_at_eot and every sampling control; not stop strings (no tokenizer).
     Sampling needs config.seed: the noise is drawn from the same per-sequence generator as the engine's.
+    Guidance reads a negative prompt of token ids (or the prompt's last token), run again whole each step.
     """
     config = (config or SampleConfig()).replace(**overrides)
     if not config.greedy and config.seed is None:
@@ -41,10 +42,17 @@ def reference_generate(
     eos = model.config.eos_token_id if eos_token_id is None else eos_token_id
     device = model.transformer.wte.weight.device
     generator = None if config.greedy else row_generator(config.seed, prompt_ids, sample_index, device=device)
+    if isinstance(config.negative_prompt, str):
+        raise UserError("the reference takes a negative prompt as token ids")
+    negative = list(prompt_ids[-1:] if config.negative_prompt is None else config.negative_prompt)
     seq = list(prompt_ids)
     out: list[int] = []
     for _ in range(config.max_new_tokens):
         logits = model(torch.tensor([seq], device=device)).logits[:, -1].float()  # (1, V)
+        present = sampling.presence_mask([seq], logits.shape[-1], device=device)
+        if config.guidance_scale != 1.0:
+            negative_logits = model(torch.tensor([negative + out], device=device)).logits[:, -1].float()  # (1, V)
+            logits = sampling.apply_guidance(logits, negative_logits, config.guidance_scale)
         logits = sampling.process_logits(
             logits,
             temperature=config.temperature,
@@ -52,7 +60,7 @@ def reference_generate(
             top_p=config.top_p,
             min_p=config.min_p,
             repetition_penalty=config.repetition_penalty,
-            present=sampling.presence_mask([seq], logits.shape[-1], device=device),
+            present=present,
             no_repeat_ngram_size=config.no_repeat_ngram_size,
             histories=[seq],
         )

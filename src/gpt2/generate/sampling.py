@@ -5,7 +5,8 @@
 Each function takes logits and returns new logits (filtered entries set to -inf), never touching its
 input, so each is tested on its own against a hand-computed case. `process_logits` chains them in
 the order `transformers` does (logits processors, then warpers): repetition penalty, no-repeat n-grams,
-temperature, top-k, top-p, min-p. `pick_tokens` then takes the argmax (greedy) or samples.
+temperature, top-k, top-p, min-p. `pick_tokens` then takes the argmax (greedy) or samples. Classifier-free
+guidance (`apply_guidance`) comes before all of them, as in `transformers`.
 
 Choices made where implementations differ, documented once here:
 - **Ties are kept.** top-k keeps every token tied with the k-th largest logit (as HF does); top-p keeps
@@ -20,6 +21,11 @@ Choices made where implementations differ, documented once here:
   by it when negative, so the penalty always lowers the token's probability.
 - **No-repeat n-gram** (HF's NoRepeatNGramLogitsProcessor): a token that would complete an n-gram
   already present in the row's tokens (prompt included) is banned.
+- **Classifier-free guidance** (Ho & Salimans 2022; for language models Sanchez et al. 2023, "Stay on
+  topic with Classifier-Free Guidance"; HF's UnbatchedClassifierFreeGuidanceLogitsProcessor): with the
+  log-probabilities c of the prompt's context and u of a second, "negative" context fed the same new tokens,
+  the scores are u + scale × (c − u). scale 1 is c itself; above 1 every token moves toward what the prompt
+  makes likelier than the negative context does (e.g. a 1-star control token against a 5-star one).
 - **Sampling** draws with the Gumbel-max trick, argmax(logits + Gumbel noise), which is an exact
   draw from softmax(logits) (Gumbel 1954; Maddison et al. 2014). The noise of each row comes from
   that row's own torch.Generator, so a row's samples never depend on which other rows share its batch.
@@ -77,6 +83,15 @@ def min_p_filter(logits: torch.Tensor, min_p: float) -> torch.Tensor:
     probs = torch.softmax(logits.float(), dim=-1)
     floor = probs.amax(dim=-1, keepdim=True) * min_p  # (B, 1)
     return logits.masked_fill(probs < floor, NEG_INF)
+
+
+def apply_guidance(logits: torch.Tensor, negative_logits: torch.Tensor, scale: float) -> torch.Tensor:
+    """(B, V) scores u + scale × (c − u), c and u the log-softmax of the prompt's and the negative context's logits."""
+    if not scale >= 0 or scale == float("inf"):  # also catches NaN
+        raise UserError(f"guidance_scale must be a finite number >= 0 (1 is off), got {scale}")
+    c = torch.log_softmax(logits.float(), dim=-1)  # (B, V)
+    u = torch.log_softmax(negative_logits.float(), dim=-1)  # (B, V)
+    return scale * (c - u) + u  # HF's order of operations
 
 
 def presence_mask(token_ids: Sequence[Sequence[int]], vocab_size: int, *, device: torch.device | str = "cpu"
