@@ -83,8 +83,8 @@ def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
-def _completions(run: Path, words: list[str], max_new_tokens: int, samples: int, guidance: float
-                 ) -> dict[int, list[str]]:
+def _completions(run: Path, words: list[str], max_new_tokens: int, samples: int, guidance: float,
+                 penalty: float = 1.0) -> dict[int, list[str]]:
     """Per rating, `samples` completions of each prompt word (seeds 0, 1, ...), seed by seed; with guidance
     each against the same words after the other rating."""
     from gpt2.generate.engine import SampleConfig, generate
@@ -93,7 +93,8 @@ def _completions(run: Path, words: list[str], max_new_tokens: int, samples: int,
     model, tok = load_model_and_tokenizer(run)
     out: dict[int, list[str]] = {1: [], 5: []}
     for seed in range(samples):
-        config = SampleConfig(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=seed, stop_at_eot=True)
+        config = SampleConfig(max_new_tokens=max_new_tokens, temperature=0.8, top_k=50, seed=seed, stop_at_eot=True,
+                              repetition_penalty=penalty)
         for stars in out:
             if guidance == 1.0:
                 out[stars] += [g.text for g in generate(model, tok, [f"<|stars={stars}|>{w}" for w in words], config)]
@@ -115,6 +116,8 @@ def main() -> None:
                    help="completions per prompt word and rating (seeds 0..N-1): more for a smaller standard error")
     p.add_argument("--guidance-scale", type=float, default=1.0, metavar="G",
                    help="sample with classifier-free guidance against the other rating (default 1: off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
+                   help="sample with this repetition penalty (default 1: off)")
     p.add_argument("--classifier", type=Path, default=None, help="use this classifier instead of training one")
     p.add_argument("--classifier-out", type=Path, default=None,
                    help="train the classifier into this run directory (default: a temporary one), to judge "
@@ -149,12 +152,15 @@ def main() -> None:
                         "--json"], cwd=REPO, text=True, capture_output=True, check=True)
     held_out = json.loads(r.stdout)
     record["classifier_heldout_accuracy"] = held_out["accuracy"]
+    record["classifier_heldout"] = {k: held_out.get(k) for k in ("per_class", "confusion", "checkpoint")}
 
     words = [t[:2] for _, t in val[:N_PROMPTS]]
-    completions = _completions(args.run, words, args.max_new_tokens, args.samples, args.guidance_scale)
+    completions = _completions(args.run, words, args.max_new_tokens, args.samples, args.guidance_scale,
+                               args.repetition_penalty)
     words = words * args.samples
     record["samples_per_word"] = args.samples
     record["guidance_scale"] = args.guidance_scale
+    record["repetition_penalty"] = args.repetition_penalty
     from gpt2.finetune.classify_inference import Reading, classify
 
     model, tok, _ = Reading(device="cpu").load(classifier)
@@ -171,8 +177,9 @@ def main() -> None:
     both = (results[1]["as_asked"] + results[5]["as_asked"]) / 2
     record["as_asked_overall"] = both
     write_results(args.results, record)
+    negative = held_out.get("per_class", {}).get("0", {}).get("recall", float("nan"))
     print(f"classifier held-out accuracy {held_out['accuracy']:.4f} on {record['classifier_test_rows']} Douban "
-          f"reviews; judged as asked: 1 star {results[1]['as_asked']:.0%}, 5 stars {results[5]['as_asked']:.0%}, "
+          f"reviews (negative recall {negative:.0%}); judged as asked: 1 star {results[1]['as_asked']:.0%}, 5 stars {results[5]['as_asked']:.0%}, "
           f"overall {both:.0%} ({N_PROMPTS} prompt words × {args.samples} each, guidance {args.guidance_scale})")
 
 
