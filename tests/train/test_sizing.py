@@ -39,7 +39,7 @@ def test_the_fitted_ladder_on_the_machines_measured() -> None:
     slow = pick({r: 4_241.0 for r in LADDER}, seconds=seconds, train_tokens=train_tokens)  # Zen 3 fp32
     fast = pick({r: 17_000.0 for r in LADDER}, seconds=seconds, train_tokens=train_tokens)  # Zen 5 bf16
     assert slow.rung == LADDER[-1] and slow.rung.dropout == 0.0 and slow.rung.shape == (4, 4, 192)
-    assert fast.rung != slow.rung
+    assert fast.rung != slow.rung and fast.rung.shape == (6, 5, 160) and fast.rung.weight_decay == 0.5
     assert LADDER[-1].min_passes == 0.0  # the last rung takes every plan
 
 

@@ -52,12 +52,16 @@ class Rung:
 #   1.0 2.048; 256 wide loses (2.145 at its fewer tokens, bench/results/recipe-sweep.json);
 # - 5.7 passes (a 2-core Zen 5 in bf16): weight decay 0.1 1.863, 0.5 1.785, 1.0 1.791, 2.0 1.847; residual
 #   dropout 0.1 1.895 (and dropout on the attention weights costs 38% of the speed); 256 wide with weight
-#   decay 0.5 or 1.0 1.811, with dropout 1.931.
-# So no CPU measured wants a larger shape in this budget; past a few passes a stronger weight decay holds the
-# validation loss down at no cost in speed. The threshold sits between the two measured points (at 1.4 passes
-# the two decays tie, so a slow CPU trains exactly the recipe it was tuned with).
+#   decay 0.5 or 1.0 1.811, with dropout 1.931;
+# - the same Zen 5, weight decay 0.5 (bench/results/sizing-sweep-depth-zen5.json): 4 x 4 x 192 1.793; 6 layers
+#   x 5 heads x 160 wide, as fast at about the same parameters, 1.769; 6 x 6 x 192 1.789 and 8 x 5 x 160 1.800 (each
+#   a fifth slower); context 512 1.803; lr 4e-3 1.816.
+# So no CPU measured wants a larger model in this budget, but a fast one wants the same parameters deeper; past a
+# few passes a stronger weight decay holds the validation loss down at no cost in speed. The threshold sits between
+# the two measured points (at 1.4 passes the two decays tie, so a slow CPU trains exactly the recipe it was tuned
+# with).
 LADDER: tuple[Rung, ...] = (
-    Rung(shape=(4, 4, 192), dropout=0.0, weight_decay=0.5, min_passes=3.0),
+    Rung(shape=(6, 5, 160), dropout=0.0, weight_decay=0.5, min_passes=3.0),
     Rung(shape=(4, 4, 192), dropout=0.0, weight_decay=0.1, min_passes=0.0),
 )
 
