@@ -128,6 +128,8 @@ def main() -> None:
     args = p.parse_args()
     if args.samples < 1:
         p.error(f"--samples must be at least 1, got {args.samples}")
+    if not args.guidance_scale >= 0 or not args.repetition_penalty > 0:
+        p.error("--guidance-scale must be >= 0 (1 is off) and --repetition-penalty > 0 (1 is off)")
     if args.write_corpus is not None:
         return write_corpus(args.write_corpus)
     train, val = _split_with_stars(args.run)

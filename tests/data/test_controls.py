@@ -91,6 +91,14 @@ def test_generate_info_and_serve_take_control_prompts(reviews: Path, tmp_path: P
     err = capsys.readouterr().err.strip()
     assert err == "error: <|stars=7|>: the training data has no stars=7; this model knows stars = 1, 2, 3, 4, 5, 10"
     assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    # guided against the other rating; an unknown rating in the negative prompt is refused, named as such
+    assert main(["generate", str(model_dir), "<|stars=1|>剧情", "--guidance-scale", "3", "--negative-prompt",
+                 "<|stars=5|>剧情", "--max-new-tokens", "4", "--seed", "1"]) == 0
+    assert capsys.readouterr().out.startswith("<|stars=1|>剧情")
+    for extra in ([], ["--max-new-tokens", "4"]):  # the default length is fitted first; a given one is not
+        assert main(["generate", str(model_dir), "<|stars=1|>剧情", "--guidance-scale", "3", "--negative-prompt",
+                     "<|stars=7|>剧情", *extra]) == 2
+        assert capsys.readouterr().err.strip().startswith("error: negative prompt: <|stars=7|>: the training data")
     assert main(["model", "info", str(model_dir)]) == 0
     assert "<|stars=1|> <|stars=2|> <|stars=3|> <|stars=4|> <|stars=5|> <|stars=10|>" in capsys.readouterr().out
 

@@ -188,8 +188,11 @@ def run_generate(
     if fit_max_new_tokens:  # the default is fitted to the longest prompt, as the engine will encode it
         ids = [encode_prompt(tok, p, bos=config.bos, bos_token_id=model.config.bos_token_id)[0] for p in prompts]
         if config.guidance_scale != 1.0 and config.negative_prompt:  # guidance runs it through the same context
-            ids.append(encode_prompt(tok, config.negative_prompt, bos=config.bos,
-                                     bos_token_id=model.config.bos_token_id)[0])
+            try:
+                ids.append(encode_prompt(tok, config.negative_prompt, bos=config.bos,
+                                         bos_token_id=model.config.bos_token_id)[0])
+            except UserError as e:  # as the engine says it (prepare_negatives): name which prompt is wrong
+                raise UserError(f"negative prompt: {e}") from None
     config = _fit(config, model, prompts=ids, fit=fit_max_new_tokens)
 
     with warnings_as_lines():
